@@ -1,0 +1,81 @@
+"""Hugging Face Trainer / trl adapter: a TrainerCallback that freezes the safety neurons.
+
+    from safeneuron_plugins.integrations.hf import SafeNeuronCallback
+    trainer = DPOTrainer(..., callbacks=[SafeNeuronCallback(safeneuron_freeze=True)])
+
+Works with any transformers Trainer (trl's DPO, SFT, ORPO, KTO trainers included). The options are
+the ``safeneuron_*`` fields of :class:`safeneuron_plugins.SafeNeuronOptions`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from transformers import TrainerCallback
+
+from safeneuron_plugins.errors import UnsupportedSetupError
+from safeneuron_plugins.options import SafeNeuronOptions
+from safeneuron_plugins.training import SafeNeuronTraining
+
+
+def _check_setup(args) -> None:
+    """Refuse set-ups where the freezing hooks would not see the real parameters."""
+    if getattr(args, "deepspeed", None) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        raise UnsupportedSetupError(
+            "safeneuron_freeze does not support DeepSpeed yet (its engine steps inside backward, so "
+            "frozen entries would move). Train with DDP (accelerate launch / torchrun) instead.")
+    fsdp = getattr(args, "fsdp", None)
+    if fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        raise UnsupportedSetupError(
+            "safeneuron_freeze does not support FSDP yet (sharded flat parameters hide the rows to "
+            "freeze). Train with DDP (accelerate launch / torchrun) instead.")
+
+
+class SafeNeuronCallback(TrainerCallback):
+    """Freeze SafeNeuron safety neurons exactly during training (no-op unless safeneuron_freeze)."""
+
+    def __init__(self, options: SafeNeuronOptions | None = None, **safeneuron_kwargs) -> None:
+        if options is not None and safeneuron_kwargs:
+            raise TypeError("pass either options= or safeneuron_* keyword arguments, not both")
+        self.options = options or SafeNeuronOptions.from_dict(safeneuron_kwargs,
+                                                               source="SafeNeuronCallback(...)")
+        self.run = SafeNeuronTraining(self.options)
+
+    @property
+    def mask(self):
+        return self.run.mask
+
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, optimizer=None,
+                       **kwargs):
+        if not self.options.safeneuron_freeze:
+            return
+        _check_setup(args)
+        resume_dir = None
+        if state.global_step > 0:  # the Trainer restored a checkpoint before this event
+            resume_dir = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if isinstance(args.resume_from_checkpoint, str) and os.path.isdir(args.resume_from_checkpoint):
+                resume_dir = args.resume_from_checkpoint
+        self.run.begin(model, processing_class, output_dir=args.output_dir if state.is_world_process_zero
+                       else None, resume_dir=resume_dir, optimizer=optimizer)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.run.after_optimizer_step()
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        steps = self.options.safeneuron_reidentify_steps
+        if self.run.freezer is not None and steps and state.global_step % steps == 0 \
+                and state.global_step < state.max_steps:
+            self.run.reidentify(optimizer, args.output_dir)
+
+    def on_epoch_end(self, args, state, control, optimizer=None, **kwargs):
+        if self.run.freezer is not None and self.options.safeneuron_reidentify_on_epoch_end \
+                and state.global_step < state.max_steps:
+            self.run.reidentify(optimizer, args.output_dir)
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if os.path.isdir(checkpoint):
+            self.run.save(checkpoint)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.run.end(args.output_dir)

@@ -1,0 +1,270 @@
+"""Exact freezing of safety neurons during training, and forward pruning.
+
+Two mechanisms together make the frozen weights bit-identical whatever the optimizer does:
+1. a gradient hook zeroes the frozen entries' gradient before it is accumulated, so they add
+   nothing to the gradient norm (clipping, logging) and the optimizer's moments stay zero;
+2. after every optimizer step, the frozen entries are written back from a snapshot taken when
+   freezing began (decoupled weight decay, e.g. AdamW's, moves rows whose gradient is zero).
+Extra memory is the snapshot of the frozen entries plus their index vectors; no dense masks.
+
+With a PEFT LoRA adapter the base weights are frozen already; freezing neuron j keeps row j of
+the adapter's B (output side: gate/up) or column j of A (input side: down_proj) at exactly zero,
+so the merged delta B·A is zero on the frozen rows and columns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .architectures import MLPLayer, ParamSlice
+from .errors import UnsupportedSetupError
+from .mask import NeuronMask
+
+logger = logging.getLogger("safeneuron")
+
+
+@dataclass
+class FrozenEntries:
+    """The frozen slices of one parameter: ``param.index_select(dim, index) == snapshot`` always."""
+
+    name: str
+    param: nn.Parameter
+    dim: int
+    index: torch.Tensor
+    snapshot: torch.Tensor
+
+    @property
+    def numel(self) -> int:
+        return self.snapshot.numel()
+
+
+def _is_lora(module: nn.Module) -> bool:
+    return hasattr(module, "lora_A") and hasattr(module, "lora_B") and hasattr(module, "base_layer")
+
+
+def _lora_slices(module: nn.Module, module_name: str, s: ParamSlice,
+                 output_side: bool) -> list[tuple[str, nn.Parameter, int, int]]:
+    """Translate a base-weight slice to the LoRA adapter parameters that produce it."""
+    if getattr(module, "use_dora", {}) and any(module.use_dora.values()):
+        raise UnsupportedSetupError(
+            f"{module_name} uses DoRA: its per-row magnitude rescales whole rows, so frozen neurons "
+            "cannot stay exactly unchanged. Use plain LoRA (use_dora=False) or full fine-tuning with "
+            "safeneuron_freeze.")
+    out = []
+    for adapter in module.lora_A:
+        if output_side:
+            lin = module.lora_B[adapter]
+            out.append((f"{module_name}.lora_B.{adapter}.weight", lin.weight, 0, s.offset))
+            if getattr(lin, "bias", None) is not None:
+                out.append((f"{module_name}.lora_B.{adapter}.bias", lin.bias, 0, s.offset))
+        else:
+            lin = module.lora_A[adapter]
+            out.append((f"{module_name}.lora_A.{adapter}.weight", lin.weight, 1, s.offset))
+    return out
+
+
+def _targets(model: nn.Module, layer: MLPLayer, include_down: bool):
+    """(name, param, dim, offset, output_side) for every trainable parameter slice of the layer."""
+    plan = [(s, True) for s in layer.input_slices()]
+    if include_down:
+        plan += [(s, False) for s in layer.output_slices()]
+    for s, output_side in plan:
+        module = model.get_submodule(s.module)
+        if _is_lora(module):
+            if s.name != "weight":
+                continue  # the base bias is frozen by PEFT; lora_B's bias is handled with the weight
+            for name, p, dim, offset in _lora_slices(module, s.module, s, output_side):
+                yield name, p, dim, offset, output_side
+            base = getattr(module.base_layer, s.name, None)
+            if base is not None and base.requires_grad:
+                yield f"{s.module}.base_layer.{s.name}", base, s.dim, s.offset, output_side
+            continue
+        p = getattr(module, s.name, None)
+        if isinstance(p, nn.Parameter) and p.requires_grad:
+            yield f"{s.module}.{s.name}", p, s.dim, s.offset, output_side
+
+
+class NeuronFreezer:
+    """Keeps the weights producing the masked neurons bit-identical during training.
+
+    Call :meth:`attach` before the first backward pass, :meth:`restore` after every optimizer
+    step, :meth:`detach` at the end. :meth:`extend` adds neurons (iterative mode): already
+    frozen entries keep their original values, new ones are frozen at their current values.
+    """
+
+    def __init__(self, model: nn.Module, layers: list[MLPLayer], mask: NeuronMask, *,
+                 include_down_proj: bool = False) -> None:
+        self.model = model
+        self.layers = {l.index: l for l in layers}
+        self.mask = mask
+        self.include_down_proj = include_down_proj
+        self.entries: dict[int, FrozenEntries] = {}   # keyed by id(param)
+        self._handles: list = []
+        self._hooked: set[int] = set()
+
+    # --- set-up --------------------------------------------------------------------------
+    def attach(self) -> NeuronFreezer:
+        self._add(self.mask)
+        return self
+
+    def extend(self, mask: NeuronMask) -> NeuronMask:
+        """Freeze also the neurons of ``mask``; returns the union now in force."""
+        self.mask = self.mask.union(mask)
+        self._add(mask)
+        return self.mask
+
+    def _add(self, mask: NeuronMask) -> None:
+        grouped: dict[int, tuple[str, nn.Parameter, int, list[int]]] = {}
+        for layer_index, neurons in mask.neurons.items():
+            if not neurons:
+                continue
+            layer = self.layers[layer_index]
+            for name, p, dim, offset, _ in _targets(self.model, layer, self.include_down_proj):
+                key = id(p)
+                if key not in grouped:
+                    grouped[key] = (name, p, dim, [])
+                grouped[key][3].extend(offset + j for j in neurons)
+        for name, p, dim, idx in grouped.values():
+            self._freeze(name, p, dim, idx)
+
+    @torch.no_grad()
+    def _freeze(self, name: str, p: nn.Parameter, dim: int, idx: list[int]) -> None:
+        key = id(p)
+        old = self.entries.get(key)
+        new = sorted(set(idx) - (set(old.index.tolist()) if old else set()))
+        if not new:
+            return
+        local = _local(p)
+        new_index = torch.tensor(new, dtype=torch.long, device=local.device)
+        if "lora_B" in name or "lora_A" in name:
+            values = local.index_select(dim, new_index)
+            if "lora_B" in name and values.abs().max() > 0:
+                raise UnsupportedSetupError(
+                    f"{name}: the LoRA B matrix is not zero on frozen neurons at the start, so the "
+                    "adapter already changes them (a non-zero-B initialisation such as PiSSA, OLoRA, "
+                    "LoftQ or CorDA). Use init_lora_weights=True (or 'gaussian') with safeneuron_freeze.")
+            if "lora_A" in name:
+                local.index_fill_(dim, new_index, 0.0)  # input side: zero columns j of A
+        snap_new = local.index_select(dim, new_index).clone()
+        if old is None:
+            entry = FrozenEntries(name, p, dim, new_index, snap_new)
+            self.entries[key] = entry
+        else:
+            old.index = torch.cat([old.index, new_index])
+            old.snapshot = torch.cat([old.snapshot, snap_new], dim=dim)
+            entry = old
+        if key not in self._hooked:
+            self._hooked.add(key)
+            self._handles.append(_grad_hook(p, entry))
+
+    # --- during training -----------------------------------------------------------------
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Write the frozen entries back (call after every optimizer step)."""
+        for e in self.entries.values():
+            local = _local(e.param)
+            local.index_copy_(e.dim, e.index, e.snapshot.to(local.dtype))
+
+    def zero_optimizer_state(self, optimizer) -> None:
+        """Zero the optimizer state of frozen entries (needed when freezing starts mid-training)."""
+        if optimizer is None:
+            return
+        opt = getattr(optimizer, "optimizer", optimizer)
+        with torch.no_grad():
+            for e in self.entries.values():
+                state = opt.state.get(e.param, {})
+                for value in state.values():
+                    if torch.is_tensor(value) and value.shape == e.param.shape:
+                        _local(value).index_fill_(e.dim, e.index, 0)
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._hooked.clear()
+
+    # --- reporting -----------------------------------------------------------------------
+    @property
+    def num_frozen_parameters(self) -> int:
+        return sum(e.numel for e in self.entries.values())
+
+    def per_layer_report(self) -> list[dict]:
+        rows = []
+        for layer_index, neurons in sorted(self.mask.neurons.items()):
+            prefix = self.layers[layer_index]
+            names = {prefix.up, prefix.down, prefix.gate}
+            params = sum(e.numel for e in self.entries.values()
+                         if any(e.name.startswith(str(n) + ".") for n in names if n))
+            rows.append({"layer": layer_index, "neurons": len(neurons), "parameters": params})
+        return rows
+
+    def check(self) -> list[str]:
+        """Names of parameters whose frozen entries differ from the snapshot (empty when exact)."""
+        bad = []
+        with torch.no_grad():
+            for e in self.entries.values():
+                now = _local(e.param).index_select(e.dim, e.index)
+                if not torch.equal(now, e.snapshot.to(now.dtype)):
+                    bad.append(e.name)
+        return bad
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The local tensor of a DTensor (FSDP2 shard), else the tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _grad_hook(p: nn.Parameter, entry: FrozenEntries):
+    if hasattr(p, "to_local"):  # FSDP2 DTensor: Tensor hooks do not fire; zero after accumulation
+        raise UnsupportedSetupError(
+            "safeneuron_freeze with FSDP2-sharded parameters is not supported yet: identify on the "
+            "unsharded model and use DDP, or train without FSDP.")
+
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        return grad.index_fill(entry.dim, entry.index.to(grad.device), 0)
+
+    return p.register_hook(hook)
+
+
+@contextlib.contextmanager
+def pruned(model: nn.Module, layers: list[MLPLayer], mask: NeuronMask, *,
+           only_training: bool = False) -> Iterator[None]:
+    """Zero the masked neurons' activations (the input channels of down_proj) while in the block.
+
+    ``only_training`` prunes only modules in training mode and never while a PEFT adapter is
+    disabled (that forward pass is the DPO reference model)."""
+    handles = []
+    by_index = {l.index: l for l in layers}
+    try:
+        for layer_index, neurons in mask.neurons.items():
+            if not neurons:
+                continue
+            layer = by_index[layer_index]
+            down = model.get_submodule(layer.down)
+            handles.append(down.register_forward_pre_hook(
+                _prune_hook(torch.tensor(neurons, dtype=torch.long), only_training)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _prune_hook(index: torch.Tensor, only_training: bool):
+    cache: dict = {}
+
+    def hook(module, args):
+        if only_training and (not module.training or getattr(module, "disable_adapters", False)):
+            return None
+        x = args[0]
+        idx = cache.get(x.device)
+        if idx is None:
+            idx = cache[x.device] = index.to(x.device)
+        return (x.index_fill(-1, idx, 0),) + tuple(args[1:])
+
+    return hook

@@ -1,0 +1,182 @@
+"""Identification: prompts -> pooled activations -> streamed statistics -> scores -> NeuronMask."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .activations import input_device, length_batches, pad_batch, pad_id_of, pooled_activations, tokenize
+from .architectures import MLPLayer, find_mlp_layers, fingerprint
+from .errors import OptionsError, PromptSourceError
+from .mask import NeuronMask
+from .options import SafeNeuronOptions
+from .prompts import Prompt, format_prompts, load_prompts, prompts_hash
+from .scoring import activation_shift, effect_size, neurostrike_probe, select
+from .stats import RunningStats
+
+logger = logging.getLogger("safeneuron")
+
+
+def _dist() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _progress(total: int, desc: str, disable: bool | None):
+    from tqdm.auto import tqdm
+
+    rank, _ = _dist()
+    return tqdm(total=total, desc=desc, unit="prompt", disable=bool(disable) or rank != 0,
+                dynamic_ncols=True)
+
+
+def _batches(tokenizer, texts: list[str], batch_size: int, max_length: int, templated: bool,
+             device, shard: tuple[int, int]):
+    seqs = tokenize(tokenizer, texts, max_length, templated)
+    rank, world = shard
+    mine = list(range(rank, len(seqs), world))
+    pad = pad_id_of(tokenizer)
+    for group in length_batches([len(seqs[i]) for i in mine], batch_size):
+        idx = [mine[i] for i in group]
+        ids, mask = pad_batch([seqs[i] for i in idx], pad, device)
+        yield idx, ids, mask
+
+
+def collect_statistics(model: nn.Module, tokenizer, layers: list[MLPLayer], texts: list[str], *,
+                       signal: str = "gate", pooling: str = "max", batch_size: int = 16,
+                       max_length: int = 256, templated: bool = True, desc: str = "activations",
+                       progress: bool | None = None) -> dict[int, RunningStats]:
+    """Per-layer running statistics of pooled activations over ``texts``.
+
+    Under torch.distributed the prompts are sharded across ranks and the statistics merged, so
+    every rank returns the statistics of all prompts."""
+    stats = {l.index: RunningStats.empty(l.intermediate_size) for l in layers}
+
+    def consume(indices, pooled):
+        for layer, values in pooled.items():
+            stats[layer].update(values.to("cpu"))
+
+    shard = _dist()
+    bar = _progress(len(range(shard[0], len(texts), shard[1])), desc, None if progress else True)
+    with bar:
+        pooled_activations(model, layers, _batches(tokenizer, texts, batch_size, max_length, templated,
+                                                    input_device(model), shard),
+                           signal, pooling, consume, progress=bar)
+    for s in stats.values():
+        s.all_reduce_()
+    return stats
+
+
+def collect_matrix(model: nn.Module, tokenizer, layers: list[MLPLayer], texts: list[str], *,
+                   signal: str, pooling: str, batch_size: int, max_length: int, templated: bool,
+                   desc: str, progress: bool | None = None) -> dict[int, torch.Tensor]:
+    """Per-layer [prompts, neurons] pooled activations (the NeuroStrike probe needs them all)."""
+    rows: dict[int, list[tuple[int, torch.Tensor]]] = {l.index: [] for l in layers}
+
+    def consume(indices, pooled):
+        for layer, values in pooled.items():
+            rows[layer].extend(zip(indices, values.to("cpu").clone()))
+
+    bar = _progress(len(texts), desc, None if progress else True)
+    with bar:
+        pooled_activations(model, layers, _batches(tokenizer, texts, batch_size, max_length, templated,
+                                                    input_device(model), (0, 1)),
+                           signal, pooling, consume, progress=bar)
+    return {l: torch.stack([v for _, v in sorted(r, key=lambda t: t[0])]) for l, r in rows.items()}
+
+
+def _texts(tokenizer, prompts: list[Prompt], system_prompt: str | None) -> tuple[list[str], bool]:
+    templated = getattr(tokenizer, "chat_template", None) is not None
+    return format_prompts(tokenizer, [p.text for p in prompts], system_prompt), templated
+
+
+def identify(model: nn.Module, tokenizer, harmful: str | list[str] | None = None,
+             harmless: str | list[str] | None = None, *, options: SafeNeuronOptions | None = None,
+             progress: bool = True, **overrides: Any) -> NeuronMask:
+    """Identify the safety neurons of ``model``.
+
+    ``harmful`` / ``harmless`` are prompt sources (see :mod:`safeneuron_plugins.prompts`) or lists
+    of prompt strings; unset, the options' sources are used (default: the built-in set). Other
+    options are the identification fields of :class:`SafeNeuronOptions`
+    without their ``safeneuron_`` prefix (``tau_es=2.0``, ``signal="up"``, ...) or an ``options``
+    object. Returns a :class:`NeuronMask` carrying the model fingerprint and how it was made.
+    """
+    opts = options or SafeNeuronOptions()
+    unknown = [k for k in overrides if f"safeneuron_{k}" not in opts.to_dict()]
+    if unknown:
+        raise OptionsError(f"identify() got unknown option(s) {unknown}; options are "
+                           f"{sorted(opts.identify_kwargs())}.")
+    if overrides:
+        opts = SafeNeuronOptions(**{**opts.to_dict(), **{f"safeneuron_{k}": v for k, v in overrides.items()}})
+    o = opts.identify_kwargs()
+    if harmful is not None:
+        o["harmful"] = harmful
+    if harmless is not None:
+        o["harmless"] = harmless
+
+    layers = find_mlp_layers(model, o["mlp_modules"])
+    sets = {}
+    for kind in ("harmful", "harmless"):
+        src = o[kind]
+        if isinstance(src, (list, tuple)):
+            prompts = [Prompt(str(t)) for t in src if str(t).strip()][: o["max_prompts"] or None]
+            if not prompts:
+                raise PromptSourceError(f"safeneuron_{kind}: the prompt list is empty.")
+        else:
+            prompts = load_prompts(src, kind=kind, max_prompts=o["max_prompts"], option=f"safeneuron_{kind}")
+        sets[kind] = prompts
+    if len(sets["harmful"]) + len(sets["harmless"]) < 3 or min(len(v) for v in sets.values()) < 1:
+        raise PromptSourceError("identification needs at least 1 harmful and 1 harmless prompt and 3 in "
+                                "total; statistics over fewer are meaningless (use >= 64 of each).")
+    texts_u, templated = _texts(tokenizer, sets["harmful"], o["system_prompt"])
+    texts_s, _ = _texts(tokenizer, sets["harmless"], o["system_prompt"])
+    common = dict(signal=o["signal"], pooling=o["pooling"], batch_size=o["batch_size"],
+                  max_length=o["max_length"], templated=templated, progress=progress)
+    start = time.perf_counter()
+    meta: dict[str, Any] = {}
+    if o["method"] == "neurostrike":
+        x_u = collect_matrix(model, tokenizer, layers, texts_u, desc="harmful prompts", **common)
+        x_s = collect_matrix(model, tokenizer, layers, texts_s, desc="harmless prompts", **common)
+        feats = {l: torch.cat([x_u[l], x_s[l]]) for l in x_u}
+        labels = torch.cat([torch.ones(len(texts_u)), torch.zeros(len(texts_s))])
+        bar = _progress(o["probe_epochs"] * len(layers), "probe epochs x layers", not progress)
+        with bar:
+            chosen = neurostrike_probe(feats, labels, epochs=o["probe_epochs"], z=o["probe_z"],
+                                       progress=bar)
+        mask = NeuronMask(chosen)
+        meta.update(probe_epochs=o["probe_epochs"], probe_z=o["probe_z"])
+    else:
+        s_u = collect_statistics(model, tokenizer, layers, texts_u, desc="harmful prompts", **common)
+        s_s = collect_statistics(model, tokenizer, layers, texts_s, desc="harmless prompts", **common)
+        d = {l: effect_size(s_u[l], s_s[l]) for l in s_u}
+        delta = {l: activation_shift(s_u[l], s_s[l]) for l in s_u}
+        sel = select(d, delta, tau_es=o["tau_es"], tau_sas=o["tau_sas"], selection=o["selection"],
+                     neuron_ratio=o["neuron_ratio"], ratio_scope=o["ratio_scope"],
+                     ratio_mode=o["ratio_mode"])
+        mask = NeuronMask(sel.neurons, sel.es, sel.sas)
+        meta.update(tau_es=o["tau_es"], tau_sas=o["tau_sas"], selection=o["selection"],
+                    neuron_ratio=o["neuron_ratio"], ratio_scope=o["ratio_scope"],
+                    ratio_mode=o["ratio_mode"])
+    elapsed = time.perf_counter() - start
+    for layer in layers:
+        mask.neurons.setdefault(layer.index, [])
+    mask.neurons = dict(sorted(mask.neurons.items()))
+    mask.metadata = {
+        "fingerprint": fingerprint(model, layers), "method": o["method"], "signal": o["signal"],
+        "pooling": o["pooling"], "system_prompt": o["system_prompt"], "max_length": o["max_length"],
+        "n_harmful": len(texts_u), "n_harmless": len(texts_s),
+        "prompts_hash": prompts_hash(texts_u, texts_s),
+        "harmful_source": o["harmful"] if isinstance(o["harmful"], str) else "list",
+        "harmless_source": o["harmless"] if isinstance(o["harmless"], str) else "list",
+        "library_version": __version__, "seconds": round(elapsed, 3), "rounds": 1, **meta,
+    }
+    logger.info("identified %d safety neurons in %.1fs", mask.num_neurons, elapsed)
+    return mask

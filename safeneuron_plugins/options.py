@@ -1,0 +1,253 @@
+"""The one definition of every ``safeneuron_*`` option.
+
+The Trainer callback's keyword arguments, the Axolotl plugin's pydantic args, the LLaMA-Factory
+YAML keys, the web UI fields and the ``safeneuron`` CLI flags are all generated from (or checked
+against) :class:`SafeNeuronOptions`. Each field's ``metadata["help"]`` is its documentation;
+``docs/OPTIONS.md`` is rendered from it by ``safeneuron options --markdown``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from .errors import OptionsError
+
+PREFIX = "safeneuron_"
+
+
+def _opt(default: Any, help: str, *, low: float | None = None, high: float | None = None,
+         low_open: bool = False, identify: bool = False) -> Any:
+    """A dataclass field with its documentation and range; ``identify`` marks identification options."""
+    meta = {"help": help, "low": low, "high": high, "low_open": low_open, "identify": identify}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class SafeNeuronOptions:
+    """Options of SafeNeuron identification and freezing, shared by every adapter and the CLI."""
+
+    # --- training switches ---------------------------------------------------------------
+    safeneuron_freeze: bool = _opt(
+        False,
+        "Freeze the safety neurons during training: the weights that produce them (rows of the MLP "
+        "input projections and their biases) stay bit-identical while everything else trains.")
+    safeneuron_mask: str | None = _opt(
+        None,
+        "Path to a precomputed mask file (from `safeneuron identify`). When unset, the safety neurons "
+        "are identified on the initial policy before the first optimizer step.")
+    safeneuron_freeze_down_proj: bool = _opt(
+        False,
+        "Also freeze the safety neurons' columns of the MLP output projection (down_proj). "
+        "Off by default: the paper freezes the neurons' input side; see docs/results for the measurement.")
+    safeneuron_forward_prune: bool = _opt(
+        False,
+        "Algorithm 1's forward pruning: zero the safety neurons' activations in the training forward "
+        "pass of the policy (never in the reference model, never after training), forcing the model "
+        "to build safety pathways elsewhere.")
+    safeneuron_reidentify_steps: int | None = _opt(
+        None,
+        "Iterative mode: every N optimizer steps, re-identify on the current model and freeze the "
+        "union with the earlier set (already frozen rows keep their original values).", low=1)
+    safeneuron_reidentify_on_epoch_end: bool = _opt(
+        False, "Iterative mode: re-identify at the end of every epoch (union with the earlier set).")
+    safeneuron_output_name: str = _opt(
+        "safeneuron_mask.safetensors",
+        "File name of the mask in force, written to output_dir and to every checkpoint.")
+
+    # --- prompt sources ------------------------------------------------------------------
+    safeneuron_harmful: str = _opt(
+        "builtin",
+        "Harmful prompt source: `builtin`, a local .jsonl/.json/.csv/.txt file (`path.jsonl:field` "
+        "picks the field) or `hf:DATASET_ID[:split[:field]]`.", identify=True)
+    safeneuron_harmless: str = _opt(
+        "builtin", "Harmless prompt source, same forms as safeneuron_harmful.", identify=True)
+    safeneuron_max_prompts: int | None = _opt(
+        None, "Use at most this many prompts of each source (first N).", low=1, identify=True)
+    safeneuron_system_prompt: str | None = _opt(
+        None, "System prompt put before every prompt when the chat template is applied.",
+        identify=True)
+
+    # --- scoring and selection -----------------------------------------------------------
+    safeneuron_method: Literal["safeneuron", "neurostrike"] = _opt(
+        "safeneuron",
+        "Scorer: `safeneuron` (effect size + activation shift, one pass of streamed statistics) or "
+        "`neurostrike` (a logistic-regression probe per layer, z-score of its weights).", identify=True)
+    safeneuron_tau_es: float = _opt(
+        3.0, "Activation Effect Size threshold: neuron j is selected when Cohen's d > tau_es.",
+        low=0.0, high=100.0, identify=True)
+    safeneuron_tau_sas: float = _opt(
+        2.0, "Safety Activation Shift threshold: selected when the layer-wise z-score of "
+        "mean_harmful - mean_harmless exceeds tau_sas (and the shift is positive).",
+        low=0.0, high=100.0, identify=True)
+    safeneuron_selection: Literal["union", "es", "sas"] = _opt(
+        "union", "Which criterion selects: the union of ES and SAS (the paper), ES only, or SAS only.",
+        identify=True)
+    safeneuron_neuron_ratio: float | None = _opt(
+        None, "Select the top fraction (0 < r <= 1) of neurons by effect size, instead of the "
+        "thresholds or as a cap on them (see safeneuron_ratio_mode).",
+        low=0.0, high=1.0, low_open=True, identify=True)
+    safeneuron_ratio_scope: Literal["global", "layer"] = _opt(
+        "global", "Rank neurons for safeneuron_neuron_ratio over the whole model or within each layer.",
+        identify=True)
+    safeneuron_ratio_mode: Literal["instead", "cap"] = _opt(
+        "instead", "`instead`: the ratio replaces the thresholds; `cap`: threshold selection, then keep "
+        "at most the ratio's number of neurons (highest effect size first).", identify=True)
+    safeneuron_probe_epochs: int = _opt(
+        5000, "NeuroStrike scorer: full-batch Adam epochs of each probe.", low=1, identify=True)
+    safeneuron_probe_z: float = _opt(
+        3.0, "NeuroStrike scorer: keep neurons whose probe weight has z-score above this and is positive.",
+        low=0.0, high=100.0, identify=True)
+
+    # --- activations ---------------------------------------------------------------------
+    safeneuron_signal: Literal["gate", "up", "product"] = _opt(
+        "gate", "Recorded activation per neuron: the gate projection's output before the activation "
+        "function (the reference code's choice), the up projection's output, or the gated product "
+        "fed to down_proj. Non-gated MLPs (GPT-2, GPT-NeoX) have one projection: gate and up both "
+        "mean its output, product its activated output.", identify=True)
+    safeneuron_pooling: Literal["max", "mean", "last"] = _opt(
+        "max", "How a prompt's token activations are pooled into one value per neuron (padding never "
+        "counts): max over tokens (the reference code), mean, or the last prompt token.", identify=True)
+    safeneuron_batch_size: int = _opt(
+        16, "Prompts per forward pass during identification (prompts are batched by length).",
+        low=1, identify=True)
+    safeneuron_max_length: int = _opt(
+        256, "Truncate formatted prompts to this many tokens during identification.", low=1,
+        identify=True)
+    safeneuron_mlp_modules: str | None = _opt(
+        None, "For architectures not recognised automatically: `LAYERS_PATH:GATE,UP,DOWN` naming the "
+        "decoder layer list and the projections inside each layer, e.g. "
+        "`model.layers:mlp.gate_proj,mlp.up_proj,mlp.down_proj` (omit GATE for a non-gated MLP: "
+        "`transformer.h:,mlp.c_fc,mlp.c_proj`).", identify=True)
+
+    # ------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check types, choices and ranges; raise :class:`OptionsError` naming the key and the fix."""
+        hints = get_type_hints(SafeNeuronOptions)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            setattr(self, f.name, _check_value(f, hints[f.name], value))
+        if self.safeneuron_method == "neurostrike" and self.safeneuron_neuron_ratio is not None:
+            raise OptionsError(
+                "safeneuron_neuron_ratio ranks neurons by effect size and applies to "
+                "safeneuron_method='safeneuron' only; unset it or use the safeneuron method.")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, source: str = "config") -> SafeNeuronOptions:
+        """Build options from ``safeneuron_*`` keys; unknown keys are an error with a suggestion."""
+        known = option_names()
+        unknown = [k for k in values if k not in known]
+        if unknown:
+            key = unknown[0]
+            guess = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean `{guess[0]}`?" if guess else ""
+            raise OptionsError(
+                f"Unknown option `{key}` in {source}.{hint} Known SafeNeuron options: "
+                f"{', '.join(sorted(known))}.")
+        return cls(**dict(values))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def identify_kwargs(self) -> dict[str, Any]:
+        """The identification options without their prefix, as :func:`identify` takes them."""
+        return {f.name[len(PREFIX):]: getattr(self, f.name)
+                for f in dataclasses.fields(self) if f.metadata["identify"]}
+
+
+def _check_value(f: dataclasses.Field, hint: Any, value: Any) -> Any:
+    name = f.name
+    meta = f.metadata
+    allowed = get_args(hint) if get_origin(hint) is not Literal else (hint,)
+    optional = type(None) in allowed
+    if value is None:
+        if optional:
+            return None
+        raise OptionsError(f"`{name}` must not be empty (default: {f.default!r}).")
+    base = next((a for a in allowed if a is not type(None)), hint)
+    if get_origin(base) is Literal:
+        choices = get_args(base)
+        if value not in choices:
+            raise OptionsError(
+                f"`{name}` is {value!r}; choose one of {', '.join(map(repr, choices))}.")
+        return value
+    if base is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise OptionsError(f"`{name}` must be true or false, got {value!r}.")
+        return value
+    if base in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise OptionsError(f"`{name}` must be a number, got {value!r}.")
+        try:
+            number = base(value) if base is float else int(str(value))
+        except ValueError:
+            raise OptionsError(f"`{name}` must be {'an integer' if base is int else 'a number'}, "
+                               f"got {value!r}.") from None
+        low, high = meta.get("low"), meta.get("high")
+        too_low = low is not None and (number <= low if meta.get("low_open") else number < low)
+        too_high = high is not None and number > high
+        if too_low or too_high:
+            left = "(" if meta.get("low_open") else "["
+            rng = f"{left}{low}, {high if high is not None else 'inf'}]"
+            raise OptionsError(f"`{name}` is {value!r}, outside its range {rng}. {meta['help']}")
+        return number
+    if base is str:
+        if not isinstance(value, str):
+            raise OptionsError(f"`{name}` must be a string, got {value!r}.")
+        return value
+    return value
+
+
+def option_fields() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(SafeNeuronOptions))
+
+
+def option_names() -> list[str]:
+    return [f.name for f in option_fields()]
+
+
+def option_choices(name: str) -> tuple[Any, ...] | None:
+    """The allowed values of a Literal option, else None."""
+    hint = get_type_hints(SafeNeuronOptions)[name]
+    for arg in (hint, *get_args(hint)):
+        if get_origin(arg) is Literal:
+            return get_args(arg)
+    return None
+
+
+def option_type(name: str) -> type:
+    """The plain Python type of an option (bool, int, float or str)."""
+    hint = get_type_hints(SafeNeuronOptions)[name]
+    for arg in (hint, *get_args(hint)):
+        if arg in (bool, int, float, str):
+            return arg
+        if get_origin(arg) is Literal:
+            return type(get_args(arg)[0])
+    raise TypeError(name)
+
+
+def split_options(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a host framework's config into (``safeneuron_*`` keys, the rest)."""
+    ours = {k: v for k, v in config.items() if k.startswith(PREFIX)}
+    rest = {k: v for k, v in config.items() if not k.startswith(PREFIX)}
+    return ours, rest
+
+
+def options_markdown() -> str:
+    """Render every option as a Markdown table (docs/OPTIONS.md)."""
+    lines = ["| option | CLI flag | default | meaning |", "|---|---|---|---|"]
+    for f in option_fields():
+        flag = "--" + f.name[len(PREFIX):].replace("_", "-") if f.metadata["identify"] else ""
+        choices = option_choices(f.name)
+        extra = f" One of: {', '.join(f'`{c}`' for c in choices)}." if choices else ""
+        lines.append(f"| `{f.name}` | `{flag}` | `{f.default!r}` | {f.metadata['help']}{extra} |"
+                     .replace("``", ""))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,145 @@
+"""Scores and selection of safety neurons (METHOD.md section 2).
+
+Activation Effect Size: Cohen's d with pooled SD, one-sided (more active on harmful input).
+Safety Activation Shift: z-score of mean_harmful - mean_harmless within each layer, positive only.
+NeuroStrike's scorer: a logistic-regression probe per layer, z-score of its weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .stats import RunningStats
+
+
+def effect_size(harmful: RunningStats, harmless: RunningStats) -> torch.Tensor:
+    """Cohen's d = (mean_u - mean_s) / pooled SD, per neuron; 0 where both are constant and equal."""
+    n_u, n_s = harmful.count, harmless.count
+    if n_u + n_s <= 2:
+        raise ValueError("effect size needs at least 3 prompts in total")
+    pooled = ((n_u - 1) * harmful.var + (n_s - 1) * harmless.var) / (n_u + n_s - 2)
+    delta = harmful.mean - harmless.mean
+    d = delta / pooled.sqrt()
+    # zero variance: a constant shift is infinitely separated, no shift is no effect
+    return torch.where(pooled > 0, d, torch.sign(delta) * math.inf).nan_to_num(nan=0.0)
+
+
+def activation_shift(harmful: RunningStats, harmless: RunningStats) -> torch.Tensor:
+    return harmful.mean - harmless.mean
+
+
+def zscore(values: torch.Tensor) -> torch.Tensor:
+    """z-score within one layer (population SD); all-equal values give 0."""
+    std = values.std(unbiased=False)
+    if std == 0 or not torch.isfinite(std):
+        return torch.zeros_like(values)
+    return (values - values.mean()) / std
+
+
+@dataclass
+class Selection:
+    """Selected neurons per layer plus which criterion picked each (sorted index lists)."""
+
+    neurons: dict[int, list[int]]
+    es: dict[int, list[int]]
+    sas: dict[int, list[int]]
+
+
+def _indices(flags: torch.Tensor) -> list[int]:
+    return flags.nonzero().flatten().tolist()
+
+
+def _top_k_flags(scores: dict[int, torch.Tensor], k_of: dict[int, int] | int,
+                 among: dict[int, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
+    """Flags of the highest-scoring neurons: per layer (dict k) or across layers (int k).
+
+    ``among`` restricts the candidates. Ties are broken by (layer, index), deterministically."""
+    flags = {l: torch.zeros_like(s, dtype=torch.bool) for l, s in scores.items()}
+    if isinstance(k_of, dict):
+        for l, s in scores.items():
+            cand = s.clone() if among is None else torch.where(among[l], s, -math.inf)
+            k = min(k_of[l], int((cand > -math.inf).sum()))
+            if k > 0:
+                flags[l][torch.sort(cand, descending=True, stable=True).indices[:k]] = True
+        return flags
+    layers = sorted(scores)
+    cat = torch.cat([scores[l] if among is None else torch.where(among[l], scores[l], -math.inf)
+                     for l in layers])
+    k = min(k_of, int((cat > -math.inf).sum()))
+    chosen = torch.sort(cat, descending=True, stable=True).indices[:k]
+    flat = torch.zeros_like(cat, dtype=torch.bool)
+    flat[chosen] = True
+    start = 0
+    for l in layers:
+        n = scores[l].numel()
+        flags[l] = flat[start:start + n]
+        start += n
+    return flags
+
+
+def select(d: dict[int, torch.Tensor], delta: dict[int, torch.Tensor], *, tau_es: float = 3.0,
+           tau_sas: float = 2.0, selection: str = "union", neuron_ratio: float | None = None,
+           ratio_scope: str = "global", ratio_mode: str = "instead") -> Selection:
+    """Select safety neurons from effect sizes ``d`` and mean shifts ``delta`` (per layer)."""
+    es_flags = {l: d[l] > tau_es for l in d}
+    sas_flags = {l: (zscore(delta[l]) > tau_sas) & (delta[l] > 0) for l in d}
+    chosen = {l: {"union": es_flags[l] | sas_flags[l], "es": es_flags[l],
+                  "sas": sas_flags[l]}[selection] for l in d}
+    if neuron_ratio is not None:
+        # ranks by effect size; -inf-free copy keeps NaN-free ordering
+        scores = {l: d[l].nan_to_num(nan=-math.inf) for l in d}
+        if ratio_scope == "layer":
+            k_of: dict[int, int] | int = {l: math.ceil(neuron_ratio * d[l].numel()) for l in d}
+        else:
+            k_of = math.ceil(neuron_ratio * sum(v.numel() for v in d.values()))
+        if ratio_mode == "instead":
+            chosen = _top_k_flags(scores, k_of)
+            es_flags = chosen
+        else:  # cap: threshold selection, then at most k by effect size
+            chosen = _top_k_flags(scores, k_of, among=chosen)
+            es_flags = {l: es_flags[l] & chosen[l] for l in d}
+            sas_flags = {l: sas_flags[l] & chosen[l] for l in d}
+    return Selection({l: _indices(chosen[l]) for l in sorted(d)},
+                     {l: _indices(es_flags[l]) for l in sorted(d)},
+                     {l: _indices(sas_flags[l]) for l in sorted(d)})
+
+
+def neurostrike_probe(features: dict[int, torch.Tensor], labels: torch.Tensor, *, epochs: int = 5000,
+                      lr: float = 1e-3, weight_decay: float = 1e-3, z: float = 3.0,
+                      progress=None) -> dict[int, list[int]]:
+    """NeuroStrike's scorer: per layer, a logistic-regression probe on pooled activations
+    (full-batch Adam, ``epochs`` steps); keep neurons with probe-weight z-score > ``z`` and weight > 0.
+
+    The per-layer probes are independent; they are trained side by side as one batched problem,
+    which gives the same updates as training them one after another."""
+    layers = sorted(features)
+    sizes = {features[l].shape[1] for l in layers}
+    y = labels.float()
+    if len(sizes) == 1:
+        groups = [layers]
+    else:
+        groups = [[l] for l in layers]
+    out: dict[int, list[int]] = {}
+    for group in groups:
+        x = torch.stack([features[l].float() for l in group])             # [L, n, I]
+        w = torch.zeros(x.shape[0], x.shape[2], requires_grad=True)      # [L, I]
+        b = torch.zeros(x.shape[0], 1, requires_grad=True)
+        opt = torch.optim.Adam([w, b], lr=lr, weight_decay=weight_decay)
+        with torch.enable_grad():
+            for _ in range(epochs):
+                opt.zero_grad()
+                logits = torch.einsum("lni,li->ln", x, w) + b
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                    logits, y.expand_as(logits), reduction="none").mean(1).sum()
+                loss.backward()
+                opt.step()
+                if progress is not None:
+                    progress.update(len(group))
+        weights = w.detach()
+        for row, l in enumerate(group):
+            zw = zscore(weights[row])
+            out[l] = _indices((zw > z) & (weights[row] > 0))
+    return out

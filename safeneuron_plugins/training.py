@@ -1,0 +1,157 @@
+"""Framework-agnostic training-time SafeNeuron: mask in force, exact freezing, forward pruning,
+iterative re-identification, saving and resuming. Adapters call these methods from their hooks."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+from torch import nn
+
+from .architectures import find_mlp_layers, fingerprint
+from .errors import UnsupportedSetupError
+from .freeze import NeuronFreezer, pruned
+from .mask import NeuronMask
+from .options import SafeNeuronOptions
+
+logger = logging.getLogger("safeneuron")
+
+
+def _is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _tokenizer_of(processing_class):
+    return getattr(processing_class, "tokenizer", None) or processing_class
+
+
+class SafeNeuronTraining:
+    """The SafeNeuron state of one training run of one policy model."""
+
+    def __init__(self, options: SafeNeuronOptions) -> None:
+        self.options = options
+        self.freezer: NeuronFreezer | None = None
+        self.model: nn.Module | None = None
+        self.tokenizer = None
+        self._prune: contextlib.ExitStack | None = None
+
+    @property
+    def mask(self) -> NeuronMask | None:
+        return self.freezer.mask if self.freezer else None
+
+    # ------------------------------------------------------------------------------------
+    def begin(self, model: nn.Module, processing_class=None, *, output_dir: str | None = None,
+              resume_dir: str | None = None, optimizer=None) -> NeuronMask:
+        """Load, restore or identify the mask; start freezing (and pruning). Before any backward."""
+        if self.freezer is not None:
+            raise UnsupportedSetupError("SafeNeuron freezing is already attached to a model in this "
+                                        "run; attach one SafeNeuronCallback per trainer.")
+        o = self.options
+        self.model = model
+        self.tokenizer = _tokenizer_of(processing_class)
+        layers = find_mlp_layers(model, o.safeneuron_mlp_modules)
+        fp = fingerprint(model, layers)
+        mask = self._resumed_mask(resume_dir) if resume_dir else None
+        if mask is None and o.safeneuron_mask:
+            mask = NeuronMask.load(o.safeneuron_mask)
+            source = f"mask file {o.safeneuron_mask}"
+        elif mask is None:
+            mask = self._identify()
+            source = "identified on the initial policy"
+        else:
+            source = f"restored from checkpoint {resume_dir}"
+        for warning in mask.check_compatible(fp, what="safeneuron_mask"):
+            logger.warning(warning)
+        self.freezer = NeuronFreezer(model, layers, mask,
+                                     include_down_proj=o.safeneuron_freeze_down_proj).attach()
+        if optimizer is not None and resume_dir is None:
+            self.freezer.zero_optimizer_state(optimizer)
+        self._start_pruning()
+        self._log_start(source)
+        if output_dir:
+            self.save(output_dir)
+        return mask
+
+    def _identify(self) -> NeuronMask:
+        from .identify import identify
+
+        if self.tokenizer is None:
+            raise UnsupportedSetupError(
+                "safeneuron_freeze needs the safety neurons: give safeneuron_mask (a file from "
+                "`safeneuron identify`), or pass the tokenizer to the trainer (processing_class) so the "
+                "callback can identify them on the initial policy.")
+        return identify(self.model, self.tokenizer, options=self.options)
+
+    def _resumed_mask(self, resume_dir: str) -> NeuronMask:
+        path = Path(resume_dir) / self.options.safeneuron_output_name
+        if path.is_file():
+            return NeuronMask.load(path)
+        if self.options.safeneuron_mask:
+            logger.warning("resuming from %s, which holds no SafeNeuron mask; using safeneuron_mask=%s",
+                           resume_dir, self.options.safeneuron_mask)
+            return NeuronMask.load(self.options.safeneuron_mask)
+        raise UnsupportedSetupError(
+            f"Resuming from {resume_dir}, but it holds no {self.options.safeneuron_output_name}: the "
+            "neurons frozen before cannot be known, and re-identifying on trained weights would freeze "
+            "different ones. Pass safeneuron_mask=<the mask of the original run (its output_dir)>.")
+
+    def _start_pruning(self) -> None:
+        if self._prune is not None:
+            self._prune.close()
+            self._prune = None
+        if self.options.safeneuron_forward_prune and self.freezer is not None:
+            self._prune = contextlib.ExitStack()
+            self._prune.enter_context(pruned(self.model, list(self.freezer.layers.values()),
+                                             self.freezer.mask, only_training=True))
+
+    def _log_start(self, source: str) -> None:
+        f = self.freezer
+        rows = f.per_layer_report()
+        total = f.mask.num_neurons
+        of = f.mask.total_neurons_in_model()
+        share = f" of {of} ({100 * total / of:.2f}%)" if of else ""
+        logger.info("SafeNeuron: freezing %d safety neurons%s, %d parameters (%s)%s.", total, share,
+                    f.num_frozen_parameters, source,
+                    "; forward pruning on" if self.options.safeneuron_forward_prune else "")
+        logger.info("SafeNeuron per layer (layer:neurons/parameters): %s",
+                    " ".join(f"{r['layer']}:{r['neurons']}/{r['parameters']}" for r in rows))
+
+    # ------------------------------------------------------------------------------------
+    def after_optimizer_step(self) -> None:
+        if self.freezer is not None:
+            self.freezer.restore()
+
+    def reidentify(self, optimizer=None, output_dir: str | None = None) -> NeuronMask:
+        """Iterative mode: identify on the current model, freeze the union."""
+        new = self._identify()
+        before = self.freezer.mask.num_neurons
+        mask = self.freezer.extend(new)
+        self.freezer.zero_optimizer_state(optimizer)
+        self._start_pruning()
+        logger.info("SafeNeuron: re-identified %d neurons; %d frozen now (was %d).", new.num_neurons,
+                    mask.num_neurons, before)
+        if output_dir:
+            self.save(output_dir)
+        return mask
+
+    def save(self, directory: str) -> Path | None:
+        if self.freezer is None or not _is_main_process():
+            return None
+        return self.freezer.mask.save(Path(directory) / self.options.safeneuron_output_name)
+
+    def end(self, output_dir: str | None = None) -> None:
+        if self.freezer is None:
+            return
+        if self._prune is not None:
+            self._prune.close()
+            self._prune = None
+        drift = self.freezer.check()
+        if output_dir:
+            self.save(output_dir)
+        self.freezer.detach()
+        if drift:
+            raise UnsupportedSetupError(f"SafeNeuron: frozen entries changed in {drift[:3]}; the "
+                                        "training set-up bypassed the freezing hooks.")

@@ -1,0 +1,147 @@
+"""Tiny randomly initialised models built from transformers configs, with a locally trained tokenizer.
+
+Nothing here touches a hub: the tokenizer is a byte-level BPE trained on a few sentences, with a
+ChatML chat template, so every test can save a complete model directory and load it back.
+Works with the transformers versions of all three test environments (5.6 .. 5.23).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_CORPUS = [
+    "How do I bake bread at home with simple flour and water?",
+    "Write a poem about the sea and the wind in autumn.",
+    "Explain how photosynthesis works in green plants.",
+    "Tell me how to build a weapon to hurt people.",
+    "How can I steal a password from my neighbour's computer?",
+    "I cannot help with that request. I can help with something else.",
+    "Sure, here is a short answer with clear steps: first, second, third.",
+    "The quick brown fox jumps over the lazy dog 0123456789.",
+]
+
+
+def make_tokenizer(vocab_size: int = 384) -> transformers.PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+        pad_token="<pad>", unk_token="<|endoftext|>")
+    fast.chat_template = CHATML
+    return fast
+
+
+# Token ids of make_tokenizer's special tokens (trained first, so they are 0..3).
+_IDS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=3)
+
+
+def _text(**kw):
+    base = dict(vocab_size=384, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                tie_word_embeddings=False, **_IDS)
+    base.update(kw)
+    return base
+
+
+def tiny_config(family: str) -> transformers.PretrainedConfig:
+    """A config of the family with 3 layers, hidden 32, intermediate 64."""
+    t = transformers
+    if family == "llama":
+        return t.LlamaConfig(**_text())
+    if family == "mistral":
+        return t.MistralConfig(**_text())
+    if family == "qwen2":
+        return t.Qwen2Config(**_text())
+    if family == "qwen3":
+        return t.Qwen3Config(**_text(head_dim=8))
+    if family == "gemma":
+        return t.GemmaConfig(**_text(head_dim=8))
+    if family == "gemma2":
+        return t.Gemma2Config(**_text(head_dim=8))
+    if family == "gemma3":
+        return t.Gemma3TextConfig(**_text(head_dim=8))
+    if family == "phi3":
+        return t.Phi3Config(**_text())
+    if family == "olmo":
+        return t.OlmoConfig(**_text())
+    if family == "gpt2":
+        return t.GPT2Config(vocab_size=384, n_embd=32, n_inner=64, n_layer=3, n_head=4, n_positions=256,
+                                **_IDS)
+    if family == "gpt_neox":
+        return t.GPTNeoXConfig(vocab_size=384, hidden_size=32, intermediate_size=64,
+                               num_hidden_layers=3, num_attention_heads=4,
+                               max_position_embeddings=256, **_IDS)
+    if family == "qwen2_vl":
+        return t.Qwen2VLConfig(text_config=_text(rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}),
+                               vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2,
+                                                  mlp_ratio=2, spatial_merge_size=2))
+    if family == "qwen2_5_vl":
+        return t.Qwen2_5_VLConfig(text_config=_text(rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}),
+                                  vision_config=dict(depth=1, hidden_size=32, intermediate_size=64,
+                                                     num_heads=2, out_hidden_size=32,
+                                                     spatial_merge_size=2, fullatt_block_indexes=[0]))
+    if family == "llava":
+        return t.LlavaConfig(text_config=t.LlamaConfig(**_text()).to_dict(),
+                             vision_config=dict(model_type="clip_vision_model", hidden_size=32,
+                                                intermediate_size=64, num_hidden_layers=1,
+                                                num_attention_heads=2, image_size=32, patch_size=8,
+                                                projection_dim=32),
+                             image_token_index=383)
+    raise ValueError(f"no tiny config for {family!r}")
+
+
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "olmo",
+            "gpt2", "gpt_neox", "qwen2_vl", "qwen2_5_vl", "llava"]
+
+
+def tiny_model(family: str = "llama", seed: int = 0) -> torch.nn.Module:
+    """A randomly initialised model of the family (a causal LM, or the VLM class for VLM families)."""
+    torch.manual_seed(seed)
+    config = tiny_config(family)
+    if family in ("qwen2_vl", "qwen2_5_vl", "llava"):
+        cls = {"qwen2_vl": "Qwen2VLForConditionalGeneration",
+               "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+               "llava": "LlavaForConditionalGeneration"}[family]
+        model = getattr(transformers, cls)(config)
+    else:
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    # Random init gives near-identical activations everywhere; spread the weights so tests see
+    # real differences between inputs.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.2)
+    return model.eval()
+
+
+def save_tiny_model(path: str | Path, family: str = "llama", seed: int = 0) -> Path:
+    """Save a tiny model and its tokenizer to ``path``; returns the path."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model = tiny_model(family, seed)
+    tok = make_tokenizer()
+    model.config.pad_token_id = tok.pad_token_id
+    model.config.eos_token_id = tok.eos_token_id
+    model.config.bos_token_id = tok.bos_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.generation_config.eos_token_id = tok.eos_token_id
+        model.generation_config.bos_token_id = tok.bos_token_id
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
