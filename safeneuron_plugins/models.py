@@ -59,8 +59,11 @@ def _load_gguf(path: Path, dtype):
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                               dtype=dtype)
+    # GGUF weights arrive dequantised; drop the quantizer so the model saves as a plain checkpoint
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
     return model, tokenizer
 
 

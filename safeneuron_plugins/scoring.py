@@ -24,7 +24,7 @@ def effect_size(harmful: RunningStats, harmless: RunningStats) -> torch.Tensor:
     delta = harmful.mean - harmless.mean
     d = delta / pooled.sqrt()
     # zero variance: a constant shift is infinitely separated, no shift is no effect
-    return torch.where(pooled > 0, d, torch.sign(delta) * math.inf).nan_to_num(nan=0.0)
+    return torch.where(pooled > 0, d, torch.sign(delta) * math.inf).nan_to_num(nan=0.0, posinf=math.inf, neginf=-math.inf)
 
 
 def activation_shift(harmful: RunningStats, harmless: RunningStats) -> torch.Tensor:

