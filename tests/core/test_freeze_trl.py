@@ -1,0 +1,254 @@
+"""Exact freezing with a real trl DPOTrainer on tiny models.
+
+The property that matters: the weights producing frozen neurons are bit-identical after training
+(AdamW with weight decay, clipping, accumulation, a schedule), while the rest of the same tensors
+moved; frozen entries add nothing to the clipped gradient norm; resume keeps the same rows.
+"""
+
+import datasets
+import pytest
+import torch
+import transformers
+from safeneuron_plugins.integrations.hf import SafeNeuronCallback
+from tiny import save_tiny_model
+
+from safeneuron_plugins import NeuronMask
+from safeneuron_plugins.architectures import find_mlp_layers
+from safeneuron_plugins.errors import MaskMismatchError, UnsupportedSetupError
+
+trl = pytest.importorskip("trl")
+
+
+def preference_data(n=16):
+    rows = []
+    for i in range(n):
+        rows.append({"prompt": [{"role": "user", "content": f"How do I bake bread, try {i}?"}],
+                     "chosen": [{"role": "assistant", "content": "Mix flour and water, then bake."}],
+                     "rejected": [{"role": "assistant", "content": "I cannot help with that."}]})
+    return datasets.Dataset.from_list(rows)
+
+
+def load(path):
+    return (transformers.AutoModelForCausalLM.from_pretrained(path),
+            transformers.AutoTokenizer.from_pretrained(path))
+
+
+def train(path, out, callback, steps=4, ref=True, **kw):
+    model, tok = load(path)
+    ref_model = transformers.AutoModelForCausalLM.from_pretrained(path) if ref else None
+    args = dict(output_dir=str(out), per_device_train_batch_size=4, max_steps=steps, learning_rate=5e-3,
+                weight_decay=0.1, max_grad_norm=0.5, gradient_accumulation_steps=2, lr_scheduler_type="cosine",
+                report_to="none", logging_steps=1, save_strategy="no", use_cpu=True, seed=0)
+    args.update(kw)
+    trainer = trl.DPOTrainer(model=model, ref_model=ref_model, args=trl.DPOConfig(**args),
+                             train_dataset=preference_data(), processing_class=tok,
+                             callbacks=[callback] if callback else [])
+    trainer.train(**({"resume_from_checkpoint": kw.pop("resume")} if "resume" in kw else {}))
+    return trainer, model
+
+
+IDENT = dict(safeneuron_tau_es=0.5, safeneuron_tau_sas=1.0, safeneuron_max_prompts=24)
+
+
+def frozen_rows(model, mask, include_down=False):
+    """(tensor name, frozen slice now) for every frozen slice, via the architecture locator."""
+    layers = {l.index: l for l in find_mlp_layers(model)}
+    out = {}
+    for layer, idx in mask.neurons.items():
+        if not idx:
+            continue
+        slices = layers[layer].input_slices() + (layers[layer].output_slices() if include_down else [])
+        for s in slices:
+            p = getattr(model.get_submodule(s.module), s.name, None)
+            if p is None:
+                continue
+            index = torch.tensor(idx) + s.offset
+            out[(s.module, s.name, s.offset)] = (p.detach().index_select(s.dim, index).clone(),
+                                                 p.detach().clone(), s.dim, index)
+    return out
+
+
+def assert_frozen_exactly(before, after):
+    moved_rest = False
+    for key, (rows_before, full_before, dim, index) in before.items():
+        rows_after, full_after, _, _ = after[key]
+        assert torch.equal(rows_before, rows_after), f"frozen rows of {key} moved"
+        keep = torch.ones(full_before.shape[dim], dtype=torch.bool)
+        keep[index] = False
+        rest_b = full_before.index_select(dim, keep.nonzero().flatten())
+        rest_a = full_after.index_select(dim, keep.nonzero().flatten())
+        moved_rest |= not torch.equal(rest_b, rest_a)
+    assert moved_rest, "the unfrozen parts of the same tensors must train"
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma", "gpt2"])
+def test_dpo_frozen_rows_bit_identical(tmp_path, family):
+    path = save_tiny_model(tmp_path / "m", family)
+    cb = SafeNeuronCallback(safeneuron_freeze=True, **IDENT)
+    initial, _ = load(path)
+    trainer, model = train(path, tmp_path / "out", cb)
+    mask = NeuronMask.load(tmp_path / "out" / "safeneuron_mask.safetensors")
+    assert mask.num_neurons > 0 and mask.neurons == cb.mask.neurons
+    assert_frozen_exactly(frozen_rows(initial, mask), frozen_rows(model, mask))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[-1] < losses[0], "DPO must still learn"
+
+
+def test_bf16_autocast_and_down_proj(tmp_path):
+    path = save_tiny_model(tmp_path / "m", "llama")
+    cb = SafeNeuronCallback(safeneuron_freeze=True, safeneuron_freeze_down_proj=True, **IDENT)
+    initial, _ = load(path)
+    _, model = train(path, tmp_path / "out", cb, bf16=True)
+    assert_frozen_exactly(frozen_rows(initial, cb.mask, True), frozen_rows(model, cb.mask, True))
+
+
+def test_frozen_entries_do_not_count_in_gradient_norm(tmp_path):
+    """The logged (pre-clipping) grad norm equals the norm of the unfrozen gradient entries only."""
+    path = save_tiny_model(tmp_path / "m", "llama")
+    cb = SafeNeuronCallback(safeneuron_freeze=True, **IDENT)
+    model, tok = load(path)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(path)
+    seen = {}
+
+    class Probe(transformers.TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            seen["norm"] = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
+            for e in cb.run.freezer.entries.values():
+                seen.setdefault("frozen_grad_max", 0.0)
+                g = e.param.grad.index_select(e.dim, e.index)
+                seen["frozen_grad_max"] = max(seen["frozen_grad_max"], g.abs().max().item())
+
+    args = trl.DPOConfig(output_dir=str(tmp_path / "o"), per_device_train_batch_size=4, max_steps=1,
+                         learning_rate=1e-3, max_grad_norm=1e9, report_to="none", logging_steps=1,
+                         save_strategy="no", use_cpu=True)
+    trainer = trl.DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=preference_data(),
+                             processing_class=tok, callbacks=[cb, Probe()])
+    trainer.train()
+    logged = next(h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h)
+    assert seen["frozen_grad_max"] == 0.0
+    assert logged == pytest.approx(seen["norm"], rel=1e-4)
+
+
+def test_freeze_false_is_plain_training(tmp_path):
+    path = save_tiny_model(tmp_path / "m", "llama")
+    _, plain = train(path, tmp_path / "a", None)
+    _, off = train(path, tmp_path / "b", SafeNeuronCallback(safeneuron_freeze=False))
+    for (n, a), (_, b) in zip(plain.state_dict().items(), off.state_dict().items()):
+        assert torch.equal(a, b), n
+    assert not (tmp_path / "b" / "safeneuron_mask.safetensors").exists()
+
+
+def test_precomputed_mask_and_checkpoints_and_resume(tmp_path):
+    path = save_tiny_model(tmp_path / "m", "qwen2")
+    first = SafeNeuronCallback(safeneuron_freeze=True, **IDENT)
+    initial, _ = load(path)
+    train(path, tmp_path / "out", first, steps=4, save_strategy="steps", save_steps=2)
+    for ckpt in ("checkpoint-2", "checkpoint-4"):
+        assert NeuronMask.load(tmp_path / "out" / ckpt / "safeneuron_mask.safetensors").neurons == first.mask.neurons
+    # resume from step 2 with a callback that would identify differently if it re-identified
+    again = SafeNeuronCallback(safeneuron_freeze=True, safeneuron_tau_es=0.1, safeneuron_tau_sas=0.1)
+    model, tok = load(path)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(path)
+    args = trl.DPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=6,
+                         learning_rate=5e-3, weight_decay=0.1, gradient_accumulation_steps=2, report_to="none",
+                         save_strategy="steps", save_steps=2, use_cpu=True, seed=0)
+    trainer = trl.DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=preference_data(),
+                             processing_class=tok, callbacks=[again])
+    trainer.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    assert again.mask.neurons == first.mask.neurons
+    assert_frozen_exactly(frozen_rows(initial, first.mask), frozen_rows(model, first.mask))
+    # and a run from a precomputed mask file freezes exactly those neurons
+    fixed = SafeNeuronCallback(safeneuron_freeze=True,
+                               safeneuron_mask=str(tmp_path / "out" / "safeneuron_mask.safetensors"))
+    _, model2 = train(path, tmp_path / "out2", fixed)
+    assert fixed.mask.neurons == first.mask.neurons
+    assert_frozen_exactly(frozen_rows(initial, first.mask), frozen_rows(model2, first.mask))
+
+
+def test_resume_without_mask_is_refused(tmp_path):
+    path = save_tiny_model(tmp_path / "m", "llama")
+    train(path, tmp_path / "out", None, steps=2, save_strategy="steps", save_steps=2)
+    model, tok = load(path)
+    args = trl.DPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=4,
+                         report_to="none", save_strategy="no", use_cpu=True)
+    trainer = trl.DPOTrainer(model=model, ref_model=transformers.AutoModelForCausalLM.from_pretrained(path),
+                             args=args, train_dataset=preference_data(), processing_class=tok,
+                             callbacks=[SafeNeuronCallback(safeneuron_freeze=True, **IDENT)])
+    with pytest.raises(UnsupportedSetupError, match="holds no safeneuron_mask.safetensors"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+
+
+def test_forward_prune_only_during_training_and_only_the_policy(tmp_path):
+    path = save_tiny_model(tmp_path / "m", "llama")
+    cb = SafeNeuronCallback(safeneuron_freeze=True, safeneuron_forward_prune=True, **IDENT)
+    seen = {}
+
+    class Probe(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kw):
+            layers = find_mlp_layers(model)
+            down = model.get_submodule(layers[0].down)
+            ids = torch.tensor([[1, 5, 9, 12]])
+            captured = []
+            h = down.register_forward_pre_hook(lambda m, a: captured.append(a[0].clone()))
+            model.train()
+            with torch.no_grad():
+                model(input_ids=ids)
+            h.remove()
+            idx = cb.mask.neurons[0]
+            seen["train_pruned"] = bool(idx) and bool(torch.all(captured[0][..., idx] == 0))
+            seen["ref_hooks"] = sum(len(m._forward_pre_hooks) for m in ref.modules())
+
+    model, tok = load(path)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(path)
+    args = trl.DPOConfig(output_dir=str(tmp_path / "o"), per_device_train_batch_size=4, max_steps=2,
+                         learning_rate=1e-3, report_to="none", save_strategy="no", use_cpu=True)
+    trainer = trl.DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=preference_data(),
+                             processing_class=tok, callbacks=[cb, Probe()])
+    trainer.train()
+    assert seen["train_pruned"], "the frozen neurons' activations are zero in the training forward pass"
+    assert seen["ref_hooks"] == 0, "the reference model is never pruned"
+    layers = find_mlp_layers(model)
+    assert all(not model.get_submodule(l.down)._forward_pre_hooks for l in layers), "no pruning after training"
+
+
+def test_iterative_keeps_original_values_of_first_round(tmp_path):
+    path = save_tiny_model(tmp_path / "m", "llama")
+    first = SafeNeuronCallback(safeneuron_freeze=True, **IDENT)
+    initial, _ = load(path)
+    train(path, tmp_path / "probe", first, steps=1)
+    cb = SafeNeuronCallback(safeneuron_freeze=True, safeneuron_reidentify_steps=2, **IDENT)
+    _, model = train(path, tmp_path / "out", cb, steps=4)
+    assert set(first.mask.neurons[0]) <= set(cb.mask.neurons[0])
+    assert_frozen_exactly(frozen_rows(initial, first.mask), frozen_rows(model, first.mask))
+
+
+def test_mask_from_another_model_is_refused(tmp_path):
+    other = save_tiny_model(tmp_path / "g", "gpt2")
+    cb = SafeNeuronCallback(safeneuron_freeze=True, **IDENT)
+    train(other, tmp_path / "g_out", cb, steps=1)
+    path = save_tiny_model(tmp_path / "m", "llama")
+    bad = SafeNeuronCallback(safeneuron_freeze=True,
+                             safeneuron_mask=str(tmp_path / "g_out" / "safeneuron_mask.safetensors"))
+    with pytest.raises(MaskMismatchError, match="model_type"):
+        train(path, tmp_path / "out", bad, steps=1)
+
+
+def test_no_mask_and_no_tokenizer_is_refused(tmp_path):
+    path = save_tiny_model(tmp_path / "m", "llama")
+    model, _ = load(path)
+    trainer = transformers.Trainer(model=model, args=transformers.TrainingArguments(
+        output_dir=str(tmp_path / "o"), max_steps=1, report_to="none", use_cpu=True),
+        train_dataset=datasets.Dataset.from_list([{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}] * 4),
+        callbacks=[SafeNeuronCallback(safeneuron_freeze=True)])
+    with pytest.raises(UnsupportedSetupError, match="safeneuron_mask"):
+        trainer.train()
+
+
+def test_unknown_and_bad_options_are_refused():
+    from safeneuron_plugins.errors import OptionsError
+
+    with pytest.raises(OptionsError, match="Did you mean `safeneuron_neuron_ratio`"):
+        SafeNeuronCallback(safeneuron_freeze=True, safeneuron_nueron_ratio=0.1)
+    with pytest.raises(OptionsError, match="safeneuron_neuron_ratio"):
+        SafeNeuronCallback(safeneuron_freeze=True, safeneuron_neuron_ratio=2)
