@@ -42,7 +42,7 @@ class SafeNeuronOptions:
     safeneuron_freeze_down_proj: bool = _opt(
         False,
         "Also freeze the safety neurons' columns of the MLP output projection (down_proj). "
-        "Off by default: the paper freezes the neurons' input side; see docs/results for the measurement.")
+        "Off by default: the paper freezes the input side; the reproduction measurement (issue 7) settles it.")
     safeneuron_forward_prune: bool = _opt(
         False,
         "Algorithm 1's forward pruning: zero the safety neurons' activations in the training forward "
