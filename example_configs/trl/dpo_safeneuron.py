@@ -11,6 +11,7 @@ with the built-in prompt set before the first optimizer step; pass --mask to use
 import argparse
 
 import datasets
+import torch
 import transformers
 import trl
 from safeneuron_plugins.integrations.hf import SafeNeuronCallback
@@ -33,7 +34,8 @@ train = datasets.load_dataset("json", data_files=args.data, split="train")
 
 config = trl.DPOConfig(output_dir=args.output_dir, max_steps=args.steps, per_device_train_batch_size=4,
                        learning_rate=5e-6, beta=0.1, weight_decay=0.05, lr_scheduler_type="cosine",
-                       logging_steps=1, report_to="none", save_strategy="no")
+                       logging_steps=1, report_to="none", save_strategy="no",
+                       use_cpu=not torch.cuda.is_available())
 callback = SafeNeuronCallback(safeneuron_freeze=True, safeneuron_tau_es=3.0, safeneuron_tau_sas=2.0,
                               safeneuron_mask=args.mask)
 trainer = trl.DPOTrainer(model=model, ref_model=ref_model, args=config, train_dataset=train,
