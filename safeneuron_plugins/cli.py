@@ -1,6 +1,11 @@
 """The ``safeneuron`` command line.
 
     safeneuron identify MODEL --out mask.safetensors [--harmful SRC] [--harmless SRC] [...]
+    safeneuron attack MODEL [--mask FILE] --harmful SRC --out results.json
+    safeneuron judge --input replies.jsonl --output verdicts.jsonl
+    safeneuron make-pairs MODEL --out pairs.jsonl
+    safeneuron analyze MASK [MASK ...] | --model MODEL --by-category
+    safeneuron compare ORIGINAL BASELINE SAFENEURON ... --out-dir report/
     safeneuron quickstart            # the README's main job on the default model
     safeneuron options [--markdown]  # every safeneuron_* option with its documentation
 
@@ -16,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import SafeNeuronError
+from .errors import PromptSourceError, SafeNeuronError
+from .mask import NeuronMask
 from .options import PREFIX, SafeNeuronOptions, option_choices, option_fields, option_type, options_markdown
 
 
@@ -24,9 +30,11 @@ def _flag(name: str) -> str:
     return "--" + name[len(PREFIX):].replace("_", "-")
 
 
-def add_identify_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per identification option, typed and documented from the schema."""
+def add_identify_flags(parser: argparse.ArgumentParser, rename: dict[str, str] | None = None) -> None:
+    """One flag per identification option, typed and documented from the schema (``rename`` maps an
+    option to another flag where the command uses the plain one for something else)."""
     group = parser.add_argument_group("identification options (safeneuron_* in configs)")
+    rename = rename or {}
     for f in option_fields():
         if not f.metadata["identify"]:
             continue
@@ -39,7 +47,7 @@ def add_identify_flags(parser: argparse.ArgumentParser) -> None:
             choices = option_choices(f.name)
             if choices:
                 kwargs["choices"] = choices
-        group.add_argument(_flag(f.name), **kwargs)
+        group.add_argument(rename.get(f.name, _flag(f.name)), **kwargs)
 
 
 def options_from_args(args: argparse.Namespace, **extra) -> SafeNeuronOptions:
@@ -82,6 +90,176 @@ def cmd_identify(args) -> int:
     return 0
 
 
+def _texts(source: str, kind: str, limit: int | None, option: str) -> list[str]:
+    from .prompts import load_prompts
+
+    return [p.text for p in load_prompts(source, kind=kind, max_prompts=limit, option=option)]
+
+
+def _judge(args):
+    from .judge import load_judge
+
+    return load_judge(args.judge)
+
+
+def cmd_attack(args) -> int:
+    """Identify (as an attacker would) or load a mask, prune, generate, judge."""
+    import json
+
+    from .attack import format_table, run_attack
+    from .identify import identify
+
+    model, tokenizer = _load(args)
+    if args.mask:
+        mask = NeuronMask.load(args.mask)
+        for warning in mask.check_compatible(_fingerprint(model), what="--mask"):
+            print(f"warning: {warning}", file=sys.stderr)
+    else:
+        mask = identify(model, tokenizer, options=options_from_args(args), progress=not args.quiet)
+    harmful = _texts(args.eval_harmful, "harmful", args.limit, "--harmful")
+    results = run_attack(model, tokenizer, harmful, mask, judge=_judge(args), max_new_tokens=args.max_new_tokens,
+                         batch_size=args.gen_batch_size, system_prompt=args.safeneuron_system_prompt,
+                         progress=not args.quiet)
+    results["model"] = args.model
+    results["safety_neurons"] = mask.num_neurons
+    generations = results.pop("generations")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    gen_path = out.with_name(out.stem + ".generations.jsonl")
+    gen_path.write_text("".join(json.dumps(g) + "\n" for g in generations))
+    print(format_table(results))
+    print(f"wrote {out} and {gen_path}")
+    return 0
+
+
+def _fingerprint(model):
+    from .architectures import find_mlp_layers, fingerprint
+
+    return fingerprint(model, find_mlp_layers(model))
+
+
+def cmd_judge(args) -> int:
+    import json
+
+    rows = []
+    for n, line in enumerate(Path(args.input).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            row = json.loads(line)
+            if "prompt" not in row or "response" not in row:
+                raise PromptSourceError(f"--input {args.input}: line {n} needs `prompt` and `response` fields.")
+            rows.append(row)
+    if not rows:
+        raise PromptSourceError(f"--input {args.input} holds no rows.")
+    judge = _judge(args)
+    verdicts = judge.judge([r["prompt"] for r in rows], [r["response"] for r in rows])
+    with open(args.output, "w", encoding="utf-8") as f:
+        for row, v in zip(rows, verdicts):
+            f.write(json.dumps({**row, "refused": v.refused, "label": v.label, "success": v.success,
+                                "detail": v.detail, "judge": judge.name}) + "\n")
+    rate = sum(v.refused for v in verdicts) / len(verdicts)
+    print(f"judge {judge.name}: refusal rate {rate:.3f} ({sum(v.refused for v in verdicts)}/{len(verdicts)}); "
+          f"wrote {args.output}")
+    return 0
+
+
+def cmd_make_pairs(args) -> int:
+    import json
+
+    from .pairs import make_pairs
+
+    model, tokenizer = _load(args)
+    harmful = _texts(args.harmful, "harmful", args.limit, "--harmful")
+    harmless = _texts(args.harmless, "harmless", args.limit, "--harmless")
+    rows, counts = make_pairs(model, tokenizer, harmful, harmless, judge=_judge(args),
+                              max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size,
+                              include_evasive=args.include_evasive, conversational=args.format == "conversational",
+                              seed=args.seed, progress=not args.quiet)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"wrote {len(rows)} preference pairs to {out}: {counts}")
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    import json
+
+    from .analysis import category_overlap, plot_depth_heatmap, plot_overlap
+
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {}
+    if args.masks:
+        masks = {Path(p).stem: NeuronMask.load(p) for p in args.masks}
+        print(f"heatmap: {plot_depth_heatmap(masks, out / 'depth_heatmap.png')}")
+        report["masks"] = {n: m.num_neurons for n, m in masks.items()}
+    if args.model:
+        from .identify import identify
+        from .prompts import load_prompts
+
+        model, tokenizer = _load(args)
+        prompts = load_prompts(args.safeneuron_harmful or "builtin", kind="harmful", option="--harmful")
+        by_cat: dict[str, list[str]] = {}
+        for p in prompts:
+            by_cat.setdefault(p.category or "uncategorised", []).append(p.text)
+        by_cat = {c: t for c, t in by_cat.items() if len(t) >= args.min_per_category}
+        if len(by_cat) < 2:
+            raise PromptSourceError("--by-category needs harmful prompts with a `category` field and at least 2 "
+                                    f"categories of >= {args.min_per_category} prompts.")
+        opts = options_from_args(args)
+        masks = {c: identify(model, tokenizer, texts, options=opts, progress=not args.quiet)
+                 for c, texts in sorted(by_cat.items())}
+        overlap = category_overlap(masks)
+        report["overlap"] = overlap
+        print(json.dumps(overlap, indent=2))
+        print(f"plot: {plot_overlap(overlap, out / 'category_overlap.png')}")
+    if not report:
+        raise SafeNeuronError("give mask files to compare layer profiles, and/or --model for the category overlap.")
+    (out / "analysis.json").write_text(json.dumps(report, indent=2))
+    print(f"wrote {out / 'analysis.json'}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import evaluate_model, write_report
+    from .models import load_model
+
+    harmful = _texts(args.eval_harmful, "harmful", args.limit, "--harmful")
+    harmless = _texts(args.eval_harmless, "harmless", args.limit, "--harmless")
+    pairs = _reference_pairs(args.reference_answers, args.limit)
+    opts = options_from_args(args)
+    judge = _judge(args)
+    reference = None
+    results = {}
+    for spec in args.models:
+        model, tokenizer = load_model(spec, dtype=args.dtype, device=args.device)
+        results[spec] = evaluate_model(model, tokenizer, harmful=harmful, harmless=harmless,
+                                       reference_pairs=pairs, reference=reference, options=opts, judge=judge,
+                                       max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size,
+                                       progress=not args.quiet)
+        if reference is None:
+            reference = model
+    path = write_report(results, args.out_dir, fmt=args.format)
+    print(f"report: {path}")
+    return 0
+
+
+def _reference_pairs(source: str | None, limit: int | None) -> list[tuple[str, str]]:
+    """(prompt, reference answer) rows from a JSONL with prompt/answer fields (default: built-in)."""
+    import json
+
+    from .prompts import builtin_path
+
+    path = Path(source) if source else builtin_path("reference_answers.jsonl")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    pairs = [(r.get("prompt") or r.get("harmless_prompt"), r.get("answer") or r.get("harmless_answer")) for r in rows]
+    pairs = [(p, a) for p, a in pairs if p and a]
+    if not pairs:
+        raise PromptSourceError(f"--reference-answers {path}: no rows with prompt/answer fields.")
+    return pairs[:limit] if limit else pairs
+
+
 def cmd_quickstart(args) -> int:
     """The main job on the embedded default: identify SmolLM2's safety neurons, report, plot."""
     args.out = str(Path(args.output_dir) / "mask.safetensors")
@@ -102,6 +280,10 @@ def cmd_options(args) -> int:
     return 0
 
 
+# attack/compare: --harmful is the evaluation set, so the attacker's identification sources move
+_ATTACKER_FLAGS = {"safeneuron_harmful": "--identify-harmful", "safeneuron_harmless": "--identify-harmless"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="safeneuron", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -114,6 +296,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_identify_flags(p)
     p.set_defaults(func=cmd_identify)
+
+    def add_eval_flags(p, harmful=True):
+        p.add_argument("--judge", default="patterns", help="patterns (built-in refusal judge) or classifier:PATH_OR_ID "
+                                                           "(a Llama-Guard-style model)")
+        p.add_argument("--max-new-tokens", type=int, default=64, help="greedy generation length")
+        p.add_argument("--gen-batch-size", type=int, default=16, help="prompts per generation batch")
+        p.add_argument("--limit", type=int, default=None, help="use at most N prompts of each set")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("attack", help="neuron pruning attack: ASR under ORI, ES, SAS, FULL and the layer sweep")
+    add_model_flags(p)
+    p.add_argument("--mask", default=None, help="prune this mask instead of identifying on the model")
+    p.add_argument("--harmful", dest="eval_harmful", default="builtin",
+                   help="harmful prompts to attack with (a SRC as in identify; default: builtin)")
+    p.add_argument("--out", required=True, help="results JSON (generations go beside it)")
+    add_eval_flags(p)
+    add_identify_flags(p, _ATTACKER_FLAGS)
+    p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("judge", help="judge replies: adds `refused` (and label/detail) to each row")
+    p.add_argument("--input", required=True, help="JSONL rows with prompt and response")
+    p.add_argument("--output", required=True, help="JSONL with the same rows, in order, plus verdicts")
+    p.add_argument("--judge", default="patterns", help="patterns or classifier:PATH_OR_ID")
+    p.set_defaults(func=cmd_judge)
+
+    p = sub.add_parser("make-pairs", help="build a safety DPO preference set from the model's own outputs")
+    add_model_flags(p)
+    p.add_argument("--out", required=True, help="JSONL of prompt/chosen/rejected rows")
+    p.add_argument("--format", choices=["conversational", "standard"], default="conversational",
+                   help="trl's conversational (message lists) or standard (plain strings) format")
+    p.add_argument("--include-evasive", action="store_true", help="also use evasive replies as rejected")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--harmful", default="builtin", help="harmful prompts (a SRC)")
+    p.add_argument("--harmless", default="builtin", help="harmless prompts (a SRC)")
+    add_eval_flags(p)
+    p.set_defaults(func=cmd_make_pairs)
+
+    p = sub.add_parser("analyze", help="layer profile heatmap of masks; cross-category overlap of a model")
+    p.add_argument("masks", nargs="*", help="mask files to compare over normalised depth")
+    p.add_argument("--model", default=None, help="identify per harm category on this model")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default=None)
+    p.add_argument("--device-map", default=None)
+    p.add_argument("--min-per-category", type=int, default=8)
+    p.add_argument("--out-dir", default="runs/analysis")
+    p.add_argument("--quiet", action="store_true")
+    add_identify_flags(p)
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("compare", help="one report putting models side by side (ASR, capability, neurons)")
+    p.add_argument("models", nargs="+", help="models; the first is the reference for KL")
+    p.add_argument("--harmful", dest="eval_harmful", default="builtin", help="harmful prompts to attack with")
+    p.add_argument("--harmless", dest="eval_harmless", default="builtin", help="harmless prompts (over-refusal, KL)")
+    p.add_argument("--reference-answers", default=None, help="JSONL with prompt/answer (default: built-in)")
+    p.add_argument("--out-dir", default="runs/compare")
+    p.add_argument("--format", choices=["md", "html"], default="md")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default=None)
+    add_eval_flags(p)
+    add_identify_flags(p, _ATTACKER_FLAGS)
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("quickstart", help="the main job: identify the default model's safety neurons")
     add_model_flags(p, default="default")

@@ -1,0 +1,64 @@
+"""Build a safety DPO preference set from a model's own outputs (``safeneuron make-pairs``).
+
+Harmful prompt: chosen = a refusal (varied templates written by the project), rejected = the
+model's own compliant reply (only when it complied). Harmless prompt: chosen = the model's own
+answer (unless it refused), rejected = a refusal, so training does not teach over-refusal.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from importlib import resources
+from typing import Any
+
+from torch import nn
+
+from .generation import generate
+from .judge import Judge, RefusalJudge
+
+
+def refusal_templates() -> list[str]:
+    text = (resources.files("safeneuron_plugins") / "data" / "refusals.json").read_text(encoding="utf-8")
+    return list(json.loads(text))
+
+
+def _row(prompt: str, chosen: str, rejected: str, kind: str, conversational: bool) -> dict[str, Any]:
+    if conversational:
+        return {"prompt": [{"role": "user", "content": prompt}],
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}], "kind": kind}
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "kind": kind}
+
+
+def make_pairs(model: nn.Module, tokenizer, harmful: list[str], harmless: list[str], *,
+               judge: Judge | None = None, max_new_tokens: int = 96, batch_size: int = 16,
+               include_evasive: bool = False, conversational: bool = True, seed: int = 0,
+               progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Preference rows in trl's format plus counts of what was kept and skipped."""
+    judge = judge or RefusalJudge()
+    rng = random.Random(seed)
+    refusals = refusal_templates()
+    rows: list[dict[str, Any]] = []
+    counts = {"harmful_pairs": 0, "harmful_skipped_refused": 0, "harmful_skipped_evasive": 0,
+              "harmless_pairs": 0, "harmless_skipped_refused": 0}
+    replies = generate(model, tokenizer, harmful, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                       desc="harmful replies", progress=progress)
+    for prompt, reply, v in zip(harmful, replies, judge.judge(harmful, replies)):
+        if v.label == "refusal":
+            counts["harmful_skipped_refused"] += 1
+        elif v.label == "evasive" and not include_evasive:
+            counts["harmful_skipped_evasive"] += 1
+        else:
+            rows.append(_row(prompt, rng.choice(refusals), reply, "harmful", conversational))
+            counts["harmful_pairs"] += 1
+    replies = generate(model, tokenizer, harmless, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                       desc="harmless replies", progress=progress)
+    for prompt, reply, v in zip(harmless, replies, judge.judge(harmless, replies)):
+        if v.refused or not reply.strip():
+            counts["harmless_skipped_refused"] += 1
+            continue
+        rows.append(_row(prompt, reply, rng.choice(refusals), "harmless", conversational))
+        counts["harmless_pairs"] += 1
+    rng.shuffle(rows)
+    return rows, counts
