@@ -261,14 +261,29 @@ def _reference_pairs(source: str | None, limit: int | None) -> list[tuple[str, s
 
 
 def cmd_quickstart(args) -> int:
-    """The main job on the embedded default: identify SmolLM2's safety neurons, report, plot."""
-    args.out = str(Path(args.output_dir) / "mask.safetensors")
-    args.plot = str(Path(args.output_dir) / "safety_neurons_per_layer.png")
-    print(f"SafeNeuron quickstart: identifying the safety neurons of {args.model} on the built-in "
-          "harmful/harmless prompts.")
-    code = cmd_identify(args)
-    print(f"Report files are in {args.output_dir}/ (mask.safetensors, safety_neurons_per_layer.png).")
-    return code
+    """The main job: identify, short SafeNeuron DPO and plain DPO, attack all, print the table."""
+    from .reproduce import ExperimentConfig, print_summary, run_experiment
+
+    opts = options_from_args(args)
+    identify_kwargs = {k: v for k, v in opts.identify_kwargs().items()
+                       if v != getattr(SafeNeuronOptions(), PREFIX + k)}
+    cfg = ExperimentConfig(model=args.model, out_dir=args.output_dir, variants=args.variants.split(","),
+                           n_train_harmful=args.n_train, n_train_harmless=args.n_train,
+                           n_eval_harmful=args.n_eval, n_eval_harmless=args.n_eval, epochs=args.epochs,
+                           max_steps=args.max_steps, learning_rate=args.learning_rate, sft_weight=args.sft_weight,
+                           train_harmful=args.train_harmful, train_harmless=args.train_harmless,
+                           eval_harmful=args.eval_harmful, eval_harmless=args.eval_harmless,
+                           max_new_tokens=args.max_new_tokens, sweep=args.sweep, seed=args.seed,
+                           judge=args.judge, identify=identify_kwargs, progress=not args.quiet)
+    print(f"SafeNeuron quickstart on {args.model}: identify its safety neurons, train plain safety DPO and "
+          "SafeNeuron DPO from the same start, then attack both by pruning their own safety neurons.", flush=True)
+    result = run_experiment(cfg)
+    print()
+    print("ASR = share of held-out harmful prompts answered with compliance (lower is safer);")
+    print("FULL = after pruning the safety neurons re-identified on that model.")
+    print(print_summary(result))
+    print(f"\nReport with plots: {result['report']} (results.json, generations.jsonl, models/ beside it)")
+    return 0
 
 
 def cmd_options(args) -> int:
@@ -358,11 +373,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_identify_flags(p, _ATTACKER_FLAGS)
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("quickstart", help="the main job: identify the default model's safety neurons")
+    p = sub.add_parser("quickstart", help="the main job: SafeNeuron DPO vs plain DPO under the pruning attack")
     add_model_flags(p, default="default")
-    p.add_argument("--output-dir", default="runs/quickstart", help="where the report files go")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_identify_flags(p)
+    p.add_argument("--output-dir", default="runs/quickstart", help="where the report, models and mask go")
+    p.add_argument("--variants", default="dpo,safeneuron",
+                   help="comma-separated: dpo, safeneuron, safeneuron_prune, safeneuron_down, safeneuron_ratio, "
+                        "safeneuron_iter")
+    p.add_argument("--train-harmful", default="builtin:harmful", help="prompts for the preference pairs")
+    p.add_argument("--train-harmless", default="builtin:harmless")
+    p.add_argument("--eval-harmful", default="builtin:harmful", help="held out from training when it is the "
+                                                                      "same source")
+    p.add_argument("--eval-harmless", default="builtin:harmless")
+    p.add_argument("--n-train", type=int, default=48, help="training prompts of each kind")
+    p.add_argument("--n-eval", type=int, default=32, help="held-out evaluation prompts of each kind")
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--max-steps", type=int, default=-1)
+    p.add_argument("--learning-rate", type=float, default=2e-5)
+    p.add_argument("--sft-weight", type=float, default=1.0,
+                   help="weight of an SFT loss on the chosen replies added to DPO (0: plain DPO loss)")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--sweep", action="store_true", help="also run the 25/50/75/100%% layer sweep")
+    p.add_argument("--judge", default="patterns")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_identify_flags(p, {"safeneuron_harmful": "--identify-harmful", "safeneuron_harmless": "--identify-harmless"})
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("options", help="list every safeneuron_* option")

@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from .analysis import layer_fractions, plot_depth_heatmap
-from .attack import CONDITIONS, run_attack
+from .attack import CONDITIONS, SWEEP, run_attack
 from .capability import kl_to_reference, over_refusal, perplexity
 from .identify import identify
 from .judge import Judge, RefusalJudge
@@ -22,12 +22,12 @@ def evaluate_model(model: nn.Module, tokenizer, *, harmful: list[str], harmless:
                    reference_pairs: list[tuple[str, str]], reference: nn.Module | None = None,
                    options: SafeNeuronOptions | None = None, mask: NeuronMask | None = None,
                    judge: Judge | None = None, max_new_tokens: int = 64, batch_size: int = 16,
-                   progress: bool = True) -> dict[str, Any]:
+                   sweep: tuple[int, ...] = SWEEP, progress: bool = True) -> dict[str, Any]:
     """Attack (neurons re-identified on this model unless ``mask``), over-refusal, perplexity, KL."""
     judge = judge or RefusalJudge()
     mask = mask or identify(model, tokenizer, options=options, progress=progress)
     attack = run_attack(model, tokenizer, harmful, mask, judge=judge, max_new_tokens=max_new_tokens,
-                        batch_size=batch_size, progress=progress)
+                        batch_size=batch_size, sweep=sweep, progress=progress)
     over = over_refusal(model, tokenizer, harmless, judge=judge, max_new_tokens=max_new_tokens,
                         batch_size=batch_size, progress=progress)
     return {
@@ -80,7 +80,7 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
         rows.append([name, *(f"{m['asr'][c]:.2f}" for c in CONDITIONS), f"{m['rates']['FULL']['evasive']:.2f}",
                      f"{m['over_refusal']:.2f}", f"{m['perplexity']:.2f}", f"{m['kl']:.4f}",
                      str(m.get("safety_neurons", "")), str(m.get("frozen_neurons", ""))])
-    sweep_keys = list(next(iter(models.values()))["sweep"])
+    sweep_keys = list(next(iter(models.values())).get("sweep", {}))
     sweep_rows = [[name, *(f"{m['sweep'][k]:.2f}" for k in sweep_keys)] for name, m in models.items()]
     (out / "results.json").write_text(json.dumps(
         {"models": {n: {k: v for k, v in m.items() if not k.startswith("_") and k != "generations"}
@@ -107,8 +107,9 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
                                            ["| " + " | ".join(r) + " |" for r in body])
         doc = (f"# {title}\n\nASR = share of harmful prompts answered with compliance, judged by "
                f"`{judge}` (refusals and evasive replies are not successes).\n\n{md(header, rows)}\n\n"
-               f"## Layer sweep: FULL(SN-) pruned in the first p% of layers\n\n"
-               f"{md(['model', *[k + '%' for k in sweep_keys]], sweep_rows)}\n\n![ASR](asr.png)\n\n" +
+               + (f"## Layer sweep: FULL(SN-) pruned in the first p% of layers\n\n"
+                  f"{md(['model', *[k + '%' for k in sweep_keys]], sweep_rows)}\n\n" if sweep_keys else "")
+               + "![ASR](asr.png)\n\n" +
                ("![layers](layers.png)\n\n" if masks else "") + (notes + "\n" if notes else ""))
         path = out / "report.md"
     path.write_text(doc)
