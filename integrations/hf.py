@@ -22,13 +22,15 @@ def _check_setup(args) -> None:
     """Refuse set-ups where the freezing hooks would not see the real parameters."""
     if getattr(args, "deepspeed", None) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
         raise UnsupportedSetupError(
-            "safeneuron_freeze does not support DeepSpeed yet (its engine steps inside backward, so "
-            "frozen entries would move). Train with DDP (accelerate launch / torchrun) instead.")
-    fsdp = getattr(args, "fsdp", None)
-    if fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        raise UnsupportedSetupError(
-            "safeneuron_freeze does not support FSDP yet (sharded flat parameters hide the rows to "
-            "freeze). Train with DDP (accelerate launch / torchrun) instead.")
+            "safeneuron_freeze does not support DeepSpeed yet (its engine steps inside backward and keeps "
+            "fp32 master weights apart, so frozen entries would move). Use DDP or FSDP2 instead.")
+    if getattr(args, "fsdp", None) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        config = getattr(args, "fsdp_config", None) or {}
+        version = int(config.get("version", config.get("fsdp_version", os.environ.get("FSDP_VERSION", 2))))
+        if version != 2:
+            raise UnsupportedSetupError(
+                "safeneuron_freeze needs FSDP2 (fsdp_config version 2): FSDP1 flattens parameters, so the rows "
+                "to freeze cannot be addressed. Set fsdp_config={'version': 2} or train with DDP.")
 
 
 class SafeNeuronCallback(TrainerCallback):

@@ -126,8 +126,12 @@ def pooled_activations(model: nn.Module, layers: list[MLPLayer], batches: Iterat
 
     was_training = model.training
     model.eval()
+    # FSDP2 reuses unsharded parameter buffers across passes and reshards in post-forward hooks:
+    # no inference tensors there, and no early stop (it would skip the last layer's reshard).
+    sharded = any(hasattr(p, "to_local") for p in model.parameters())
+    grad_off = torch.no_grad() if sharded else torch.inference_mode()
     try:
-        with torch.inference_mode(), recording(model, layers, signal, sink):
+        with grad_off, recording(model, layers, signal, sink, stop_after_last=not sharded):
             for indices, ids, mask in batches:
                 current.clear()
                 mask_box[:] = [mask]

@@ -180,6 +180,8 @@ def fingerprint(model: nn.Module, layers: list[MLPLayer]) -> dict:
     text_config = getattr(config, "text_config", None) or config
     weight = layers[0].modules(model)[1]
     weight = getattr(weight, "base_layer", weight).weight
+    if hasattr(weight, "full_tensor"):  # FSDP2 shard: hash the same rows on every rank
+        weight = weight.full_tensor()
     rows = weight[:, :8] if layers[0].conv1d else weight[:8]
     digest = hashlib.sha256(rows.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     sizes = sorted({layer.intermediate_size for layer in layers})

@@ -96,6 +96,8 @@ class NeuronFreezer:
     Call :meth:`attach` before the first backward pass, :meth:`restore` after every optimizer
     step, :meth:`detach` at the end. :meth:`extend` adds neurons (iterative mode): already
     frozen entries keep their original values, new ones are frozen at their current values.
+    Under FSDP2 (DTensor parameters sharded on dim 0) each rank freezes the rows of its own shard:
+    gradients are zeroed in a post-accumulate hook and the shard is restored in place.
     """
 
     def __init__(self, model: nn.Module, layers: list[MLPLayer], mask: NeuronMask, *,
@@ -141,6 +143,9 @@ class NeuronFreezer:
         if not new:
             return
         local = _local(p)
+        new = _to_local_indices(p, dim, new)
+        if not new:
+            return  # none of these rows is in this rank's shard (FSDP2)
         new_index = torch.tensor(new, dtype=torch.long, device=local.device)
         if "lora_B" in name or "lora_A" in name:
             values = local.index_select(dim, new_index)
@@ -220,11 +225,26 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
+def _to_local_indices(p: torch.Tensor, dim: int, indices: list[int]) -> list[int]:
+    """Global indices along ``dim`` -> indices into this rank's local shard (FSDP2 DTensor)."""
+    if not hasattr(p, "to_local"):
+        return indices
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    shape, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+    lo, hi = offset[dim], offset[dim] + shape[dim]
+    return [i - lo for i in indices if lo <= i < hi]
+
+
 def _grad_hook(p: nn.Parameter, entry: FrozenEntries):
-    if hasattr(p, "to_local"):  # FSDP2 DTensor: Tensor hooks do not fire; zero after accumulation
-        raise UnsupportedSetupError(
-            "safeneuron_freeze with FSDP2-sharded parameters is not supported yet: identify on the "
-            "unsharded model and use DDP, or train without FSDP.")
+    if hasattr(p, "to_local"):
+        # FSDP2 DTensor: Tensor.register_hook does not fire; zero the local shard after accumulation
+        def post(param: torch.Tensor) -> None:
+            if param.grad is not None:
+                g = _local(param.grad)
+                g.index_fill_(entry.dim, entry.index.to(g.device), 0)
+
+        return p.register_post_accumulate_grad_hook(post)
 
     def hook(grad: torch.Tensor) -> torch.Tensor:
         return grad.index_fill(entry.dim, entry.index.to(grad.device), 0)

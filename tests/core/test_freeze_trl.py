@@ -252,3 +252,20 @@ def test_unknown_and_bad_options_are_refused():
         SafeNeuronCallback(safeneuron_freeze=True, safeneuron_nueron_ratio=0.1)
     with pytest.raises(OptionsError, match="safeneuron_neuron_ratio"):
         SafeNeuronCallback(safeneuron_freeze=True, safeneuron_neuron_ratio=2)
+
+
+def test_deepspeed_and_fsdp1_are_refused(tmp_path, monkeypatch):
+    from safeneuron_plugins.integrations.hf import _check_setup
+
+    class Args:
+        deepspeed = None
+        fsdp = "full_shard"
+        fsdp_config = {"version": 1}
+
+    with pytest.raises(UnsupportedSetupError, match="FSDP2"):
+        _check_setup(Args())
+    Args.fsdp_config = {"version": 2}
+    _check_setup(Args())  # FSDP2 is supported
+    Args.deepspeed = "ds_config.json"
+    with pytest.raises(UnsupportedSetupError, match="DeepSpeed"):
+        _check_setup(Args())
