@@ -49,7 +49,7 @@ def child(mode: str, mask: str, steps: int) -> None:
         callbacks.insert(0, SafeNeuronCallback(safeneuron_freeze=True, safeneuron_mask=mask))
     args = trl.DPOConfig(output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=4,
                          learning_rate=5e-6, weight_decay=0.05, report_to="none", save_strategy="no",
-                         logging_steps=1000, use_cpu=True, seed=0)
+                         logging_steps=1000, use_cpu=True, bf16=False, seed=0)
     trl.DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=datasets.Dataset.from_list(rows),
                    processing_class=tok, callbacks=callbacks).train()
     print(json.dumps({"mode": mode, "median_step_s": statistics.median(times[1:]),

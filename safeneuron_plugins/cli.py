@@ -265,8 +265,8 @@ def cmd_quickstart(args) -> int:
     from .reproduce import ExperimentConfig, print_summary, run_experiment
 
     opts = options_from_args(args)
-    identify_kwargs = {k: v for k, v in opts.identify_kwargs().items()
-                       if v != getattr(SafeNeuronOptions(), PREFIX + k)}
+    identify_kwargs = {"max_prompts": 128, **{k: v for k, v in opts.identify_kwargs().items()
+                                              if v != getattr(SafeNeuronOptions(), PREFIX + k)}}
     cfg = ExperimentConfig(model=args.model, out_dir=args.output_dir, variants=args.variants.split(","),
                            n_train_harmful=args.n_train, n_train_harmless=args.n_train,
                            n_eval_harmful=args.n_eval, n_eval_harmless=args.n_eval, epochs=args.epochs,
@@ -384,14 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-harmful", default="builtin:harmful", help="held out from training when it is the "
                                                                       "same source")
     p.add_argument("--eval-harmless", default="builtin:harmless")
-    p.add_argument("--n-train", type=int, default=48, help="training prompts of each kind")
-    p.add_argument("--n-eval", type=int, default=32, help="held-out evaluation prompts of each kind")
-    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--n-train", type=int, default=40, help="training prompts of each kind")
+    p.add_argument("--n-eval", type=int, default=24, help="held-out evaluation prompts of each kind")
+    p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-steps", type=int, default=-1)
-    p.add_argument("--learning-rate", type=float, default=2e-5)
+    p.add_argument("--learning-rate", type=float, default=5e-5)
     p.add_argument("--sft-weight", type=float, default=1.0,
                    help="weight of an SFT loss on the chosen replies added to DPO (0: plain DPO loss)")
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--sweep", action="store_true", help="also run the 25/50/75/100%% layer sweep")
     p.add_argument("--judge", default="patterns")
     p.add_argument("--seed", type=int, default=0)

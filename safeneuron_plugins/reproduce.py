@@ -48,26 +48,26 @@ class ExperimentConfig:
     train_harmless: str = "builtin:harmless"
     eval_harmful: str = "builtin:harmful"
     eval_harmless: str = "builtin:harmless"
-    n_train_harmful: int = 48
-    n_train_harmless: int = 48
-    n_eval_harmful: int = 32
-    n_eval_harmless: int = 32
+    n_train_harmful: int = 40
+    n_train_harmless: int = 40
+    n_eval_harmful: int = 24
+    n_eval_harmless: int = 24
     reference_answers: str | None = None
     variants: list[str] = field(default_factory=lambda: ["dpo", "safeneuron"])
-    epochs: float = 2.0
+    epochs: float = 1.0
     max_steps: int = -1
-    learning_rate: float = 2e-5
+    learning_rate: float = 5e-5
     beta: float = 0.1
     sft_weight: float = 1.0
     weight_decay: float = 0.05
     batch_size: int = 8
     max_length: int = 160
     seed: int = 0
-    max_new_tokens: int = 48
+    max_new_tokens: int = 32
     gen_batch_size: int = 16
     judge: str = "patterns"
     sweep: bool = False
-    identify: dict[str, Any] = field(default_factory=dict)
+    identify: dict[str, Any] = field(default_factory=lambda: {"max_prompts": 128})
     progress: bool = True
 
     def split(self) -> dict[str, list[str]]:
@@ -120,7 +120,10 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
         loss_type=["sigmoid", "sft"] if cfg.sft_weight else ["sigmoid"],
         loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight else None, weight_decay=cfg.weight_decay, lr_scheduler_type="cosine",
         max_length=cfg.max_length, logging_steps=1, save_strategy="no", report_to="none", seed=cfg.seed,
-        use_cpu=not torch.cuda.is_available(), disable_tqdm=not cfg.progress)
+        use_cpu=not torch.cuda.is_available(), disable_tqdm=not cfg.progress,
+        # trl defaults to bf16; on CPUs without native bf16 that falls back to a slow scalar GEMM (measured
+        # 309 s vs ~20 s per step on this machine)
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     trainer = trl.DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tok,
                              callbacks=[callback])
     start = time.perf_counter()

@@ -35,7 +35,8 @@ train = datasets.load_dataset("json", data_files=args.data, split="train")
 config = trl.DPOConfig(output_dir=args.output_dir, max_steps=args.steps, per_device_train_batch_size=4,
                        learning_rate=5e-6, beta=0.1, weight_decay=0.05, lr_scheduler_type="cosine",
                        logging_steps=1, report_to="none", save_strategy="no",
-                       use_cpu=not torch.cuda.is_available())
+                       use_cpu=not torch.cuda.is_available(),
+                       bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 callback = SafeNeuronCallback(safeneuron_freeze=True, safeneuron_tau_es=3.0, safeneuron_tau_sas=2.0,
                               safeneuron_mask=args.mask)
 trainer = trl.DPOTrainer(model=model, ref_model=ref_model, args=config, train_dataset=train,
