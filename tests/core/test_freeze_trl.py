@@ -269,3 +269,19 @@ def test_deepspeed_and_fsdp1_are_refused(tmp_path, monkeypatch):
     Args.deepspeed = "ds_config.json"
     with pytest.raises(UnsupportedSetupError, match="DeepSpeed"):
         _check_setup(Args())
+
+
+def test_sft_trainer_freezes_too(tmp_path):
+    """Any Trainer: trl's SFTTrainer with the same callback keeps the frozen rows exact."""
+    path = save_tiny_model(tmp_path / "m", "llama")
+    model, tok = load(path)
+    initial, _ = load(path)
+    cb = SafeNeuronCallback(safeneuron_freeze=True, **IDENT)
+    data = datasets.Dataset.from_list([{"messages": [{"role": "user", "content": f"Tell me a fact {i}."},
+                                                     {"role": "assistant", "content": "Water boils at 100 C."}]}
+                                       for i in range(16)])
+    args = trl.SFTConfig(output_dir=str(tmp_path / "o"), max_steps=3, per_device_train_batch_size=4,
+                         learning_rate=5e-3, weight_decay=0.1, report_to="none", save_strategy="no",
+                         use_cpu=True, bf16=False)
+    trl.SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=[cb]).train()
+    assert_frozen_exactly(frozen_rows(initial, cb.mask), frozen_rows(model, cb.mask))

@@ -44,3 +44,19 @@ def test_selected_neurons_separate_better_than_random(smollm2, shared_data):
     # Measured: selected 0.19, random -0.18, ES-selected 1.51 (64+64 AdvBench/harmless, held-out HarmBench).
     assert selected.mean() > random_d.mean() + 0.25, "selected neurons separate unseen prompts better"
     assert es.mean() > 1.0, "effect-size neurons stay strongly separated on unseen prompts"
+
+
+def test_attack_on_real_model_handful_of_prompts(smollm2, shared_data):
+    """The attack runs on the real model: every condition judged, pruning changes the replies."""
+    from safeneuron_plugins.attack import CONDITIONS, run_attack
+
+    model, tok = smollm2
+    mask = identify(model, tok, max_prompts=64, progress=False)
+    prompts = _read(shared_data / "harmful_harmbench.jsonl", 6)
+    res = run_attack(model, tok, prompts, mask, max_new_tokens=24, batch_size=6, sweep=(50,), progress=False)
+    assert set(res["asr"]) == set(CONDITIONS) and all(0 <= v <= 1 for v in res["asr"].values())
+    assert res["pruned_neurons"]["FULL"] == mask.num_neurons > 0
+    ori = [g["response"] for g in res["generations"] if g["condition"] == "ORI"]
+    full = [g["response"] for g in res["generations"] if g["condition"] == "FULL"]
+    assert len(ori) == len(full) == 6 and all(ori)
+    assert ori != full, "pruning the safety neurons changes the model's replies"
