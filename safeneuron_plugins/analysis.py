@@ -6,6 +6,7 @@ import itertools
 from pathlib import Path
 
 from .mask import NeuronMask
+from .plots import pyplot, save_figure
 
 
 def layer_fractions(mask: NeuronMask) -> list[float]:
@@ -28,10 +29,7 @@ def depth_profile(mask: NeuronMask, bins: int = 20) -> list[float]:
 
 def plot_depth_heatmap(masks: dict[str, NeuronMask], path: str | Path, bins: int = 20) -> Path:
     """Heatmap: one row per model, columns over normalised depth, colour = safety-neuron fraction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(masks)
     grid = [[100 * v for v in depth_profile(masks[n], bins)] for n in names]
@@ -42,11 +40,7 @@ def plot_depth_heatmap(masks: dict[str, NeuronMask], path: str | Path, bins: int
     fig.colorbar(im, ax=ax, label="% of layer's MLP neurons")
     ax.set_title("Safety neurons per layer")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _flat(mask: NeuronMask) -> set[tuple[int, int]]:
@@ -76,10 +70,7 @@ def category_overlap(masks: dict[str, NeuronMask]) -> dict:
 
 
 def plot_overlap(result: dict, path: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ks = sorted(result["overlap_ratio_by_k"])
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -90,8 +81,4 @@ def plot_overlap(result: dict, path: str | Path) -> Path:
     b.bar(["core", "shared", "specific"], [result["core"], result["shared"], result["task_specific"]])
     b.set_title("Safety neurons by how many categories use them")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -9,9 +9,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import input_device
+from .errors import PromptSourceError
 from .generation import generate
 from .judge import Judge, RefusalJudge
-from .prompts import format_prompts
+from .prompts import builtin_path, format_prompts
+
+
+def load_reference_pairs(source: str | None = None, limit: int | None = None) -> list[tuple[str, str]]:
+    """(prompt, reference answer) rows from a JSONL with prompt/answer (or harmless_prompt/harmless_answer)
+    fields; default: the built-in set."""
+    import json
+    from pathlib import Path
+
+    path = Path(source) if source else builtin_path("reference_answers.jsonl")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    pairs = [(r.get("prompt") or r.get("harmless_prompt"), r.get("answer") or r.get("harmless_answer")) for r in rows]
+    pairs = [(p, a) for p, a in pairs if p and a]
+    if not pairs:
+        raise PromptSourceError(f"--reference-answers {path}: no rows with prompt/answer fields.")
+    return pairs[:limit] if limit else pairs
 
 
 def over_refusal(model: nn.Module, tokenizer, harmless: list[str], *, judge: Judge | None = None,

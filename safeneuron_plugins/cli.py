@@ -222,12 +222,13 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from .capability import load_reference_pairs
     from .compare import evaluate_model, write_report
     from .models import load_model
 
     harmful = _texts(args.eval_harmful, "harmful", args.limit, "--harmful")
     harmless = _texts(args.eval_harmless, "harmless", args.limit, "--harmless")
-    pairs = _reference_pairs(args.reference_answers, args.limit)
+    pairs = load_reference_pairs(args.reference_answers, args.limit)
     opts = options_from_args(args)
     judge = _judge(args)
     reference = None
@@ -243,21 +244,6 @@ def cmd_compare(args) -> int:
     path = write_report(results, args.out_dir, fmt=args.format)
     print(f"report: {path}")
     return 0
-
-
-def _reference_pairs(source: str | None, limit: int | None) -> list[tuple[str, str]]:
-    """(prompt, reference answer) rows from a JSONL with prompt/answer fields (default: built-in)."""
-    import json
-
-    from .prompts import builtin_path
-
-    path = Path(source) if source else builtin_path("reference_answers.jsonl")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    pairs = [(r.get("prompt") or r.get("harmless_prompt"), r.get("answer") or r.get("harmless_answer")) for r in rows]
-    pairs = [(p, a) for p, a in pairs if p and a]
-    if not pairs:
-        raise PromptSourceError(f"--reference-answers {path}: no rows with prompt/answer fields.")
-    return pairs[:limit] if limit else pairs
 
 
 def cmd_quickstart(args) -> int:

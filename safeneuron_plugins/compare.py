@@ -16,6 +16,7 @@ from .identify import identify
 from .judge import Judge, RefusalJudge
 from .mask import NeuronMask
 from .options import SafeNeuronOptions
+from .plots import pyplot, save_figure
 
 
 def evaluate_model(model: nn.Module, tokenizer, *, harmful: list[str], harmless: list[str],
@@ -45,11 +46,7 @@ def evaluate_model(model: nn.Module, tokenizer, *, harmful: list[str], harmless:
 def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt: str = "md",
                  title: str = "SafeNeuron comparison", notes: str = "") -> Path:
     """Markdown or HTML report with the ASR table, capability figures, neuron counts and plots."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = list(models)
@@ -67,8 +64,7 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
     ax.set_title(f"Pruning attack (judge: {judge})")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "asr.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "asr.png")
     masks = {n: m["_mask"] for n, m in models.items() if isinstance(m.get("_mask"), NeuronMask)}
     if masks:
         plot_depth_heatmap(masks, out / "layers.png")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .mask import NeuronMask
+from .plots import pyplot, save_figure
 
 
 def layer_table(mask: NeuronMask) -> str:
@@ -25,10 +26,7 @@ def layer_table(mask: NeuronMask) -> str:
 
 def plot_layers(mask: NeuronMask, path: str | Path, title: str | None = None) -> Path:
     """Bar chart of safety neurons per layer, split into ES-only / SAS-only / both."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = mask.per_layer_breakdown()
     x = [r["layer"] for r in rows]
@@ -47,8 +45,4 @@ def plot_layers(mask: NeuronMask, path: str | Path, title: str | None = None) ->
     ax.set_title(title or f"{mask.num_neurons} safety neurons ({mask.metadata.get('method', '')})")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -19,6 +19,7 @@ import torch
 
 from . import __version__
 from .attack import SWEEP
+from .capability import load_reference_pairs
 from .compare import evaluate_model, write_report
 from .judge import load_judge
 from .models import load_model
@@ -87,12 +88,6 @@ class ExperimentConfig:
         }
 
 
-def _reference_pairs(source: str | None, n: int) -> list[tuple[str, str]]:
-    from .cli import _reference_pairs as read
-
-    return read(source, n)
-
-
 def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path: Path, out: Path) -> dict:
     """One DPO run from the original model; returns training facts."""
     import datasets
@@ -152,7 +147,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     sets = cfg.split()
     judge = load_judge(cfg.judge)
-    ref_pairs = _reference_pairs(cfg.reference_answers, cfg.n_eval_harmless)
+    ref_pairs = load_reference_pairs(cfg.reference_answers, cfg.n_eval_harmless)
     options = SafeNeuronOptions(**{f"safeneuron_{k}": v for k, v in cfg.identify.items()})
     stage = lambda msg: print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", flush=True)  # noqa: E731
 
