@@ -58,25 +58,22 @@ def run_attack(model: nn.Module, tokenizer, harmful: list[str], mask: NeuronMask
     num_layers = len(find_mlp_layers(model))
     results: dict[str, Any] = {"judge": judge.name, "n_prompts": len(harmful), "max_new_tokens": max_new_tokens,
                                "asr": {}, "rates": {}, "pruned_neurons": {}, "sweep": {}, "generations": []}
-    cached: dict[tuple, tuple[float, dict]] = {}
+    cached: dict[tuple, tuple[list[str], list]] = {}
 
     def run(name: str, prune: NeuronMask) -> float:
         key = tuple((l, tuple(v)) for l, v in sorted(prune.neurons.items()) if v)
-        if key in cached:  # identical pruning gives identical greedy replies
-            asr, r = cached[key]
-        else:
-            replies, verdicts = judged_replies(model, tokenizer, harmful, prune, judge, max_new_tokens=max_new_tokens,
-                                               batch_size=batch_size, system_prompt=system_prompt,
-                                               desc=f"attack {name}", progress=progress)
-            r = rates(verdicts)
-            asr = r["compliance"]
-            cached[key] = (asr, r)
-            for prompt, reply, v in zip(harmful, replies, verdicts):
-                results["generations"].append({"condition": name, "prompt": prompt, "response": reply,
-                                               "label": v.label, "success": v.success, "detail": v.detail})
+        if key not in cached:  # identical pruning gives identical greedy replies: generate once
+            cached[key] = judged_replies(model, tokenizer, harmful, prune, judge, max_new_tokens=max_new_tokens,
+                                         batch_size=batch_size, system_prompt=system_prompt,
+                                         desc=f"attack {name}", progress=progress)
+        replies, verdicts = cached[key]
+        for prompt, reply, v in zip(harmful, replies, verdicts):  # every condition's verdicts stay readable
+            results["generations"].append({"condition": name, "prompt": prompt, "response": reply,
+                                           "label": v.label, "success": v.success, "detail": v.detail})
+        r = rates(verdicts)
         results["rates"][name] = r
         results["pruned_neurons"][name] = prune.num_neurons
-        return asr
+        return r["compliance"]
 
     for condition in CONDITIONS:
         results["asr"][condition] = run(condition, condition_mask(mask, condition))

@@ -43,7 +43,9 @@ def test_attack_cli_contract(tiny_dir, tmp_path, capsys):
     assert res["judge"] == RefusalJudge().name and res["n_prompts"] == 6
     assert res["pruned_neurons"]["ORI"] == 0 and res["pruned_neurons"]["FULL"] > 0
     gens = [json.loads(line) for line in out.with_name("results.generations.jsonl").read_text().splitlines()]
-    assert {g["condition"] for g in gens} >= {"ORI", "FULL"} and all("label" in g for g in gens)
+    names = set(CONDITIONS) | {f"FULL@{p}%" for p in (25, 50, 75, 100)}
+    assert {g["condition"] for g in gens} == names and all("label" in g for g in gens)
+    assert all(sum(g["condition"] == n for g in gens) == 6 for n in names), "every condition's verdicts are saved"
     text = capsys.readouterr().out
     assert "FULL" in text and "judge" in text
 
