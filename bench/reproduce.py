@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--sft-weight", type=float, default=1.0)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--sweep", action="store_true", help="also attack with 25/50/75/100%% of the safety neurons")
     parser.add_argument("--keep-models", action="store_true")
     args = parser.parse_args()
     shared = (SHARED / "harmful_harmbench.jsonl").exists()
@@ -48,7 +50,7 @@ def main() -> None:
         n_train_harmful=args.n_train, n_train_harmless=args.n_train, n_eval_harmful=args.n_eval,
         n_eval_harmless=args.n_eval, variants=args.variants.split(","), epochs=args.epochs,
         learning_rate=args.learning_rate, sft_weight=args.sft_weight, max_new_tokens=args.max_new_tokens,
-        seed=args.seed, sweep=True)
+        seed=args.seed, batch_size=args.batch_size, sweep=args.sweep)
     result = run_experiment(cfg)
     print(print_summary(result))
     out = Path(cfg.out_dir)

@@ -20,10 +20,14 @@ from safeneuron_plugins.training import SafeNeuronTraining
 
 def _check_setup(args) -> None:
     """Refuse set-ups where the freezing hooks would not see the real parameters."""
-    if getattr(args, "deepspeed", None) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
-        raise UnsupportedSetupError(
-            "safeneuron_freeze does not support DeepSpeed yet (its engine steps inside backward and keeps "
-            "fp32 master weights apart, so frozen entries would move). Use DDP or FSDP2 instead.")
+    ds = getattr(args, "hf_deepspeed_config", None)
+    zero = (getattr(ds, "config", None) or {}).get("zero_optimization", {}) if ds is not None else {}
+    for part in ("offload_param", "offload_optimizer"):
+        if str((zero.get(part) or {}).get("device", "none")).lower() == "nvme":
+            raise UnsupportedSetupError(
+                f"safeneuron_freeze does not support DeepSpeed zero_optimization.{part}.device=nvme (the "
+                "frozen entries are restored in memory after every step, and NVMe-swapped partitions are not "
+                "resident). Offload to 'cpu' instead, or drop the offload.")
     if getattr(args, "fsdp", None) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         config = getattr(args, "fsdp_config", None) or {}
         version = int(config.get("version", config.get("fsdp_version", os.environ.get("FSDP_VERSION", 2))))

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from .architectures import MLPLayer
+from .architectures import MLPLayer, is_sharded
 
 
 class _StopForward(Exception):
@@ -126,9 +126,9 @@ def pooled_activations(model: nn.Module, layers: list[MLPLayer], batches: Iterat
 
     was_training = model.training
     model.eval()
-    # FSDP2 reuses unsharded parameter buffers across passes and reshards in post-forward hooks:
-    # no inference tensors there, and no early stop (it would skip the last layer's reshard).
-    sharded = any(hasattr(p, "to_local") for p in model.parameters())
+    # FSDP2 and ZeRO-3 reuse unsharded parameter buffers across passes and reshard in post-forward
+    # hooks: no inference tensors there, and no early stop (it would skip the last layers' reshard).
+    sharded = is_sharded(model)
     grad_off = torch.no_grad() if sharded else torch.inference_mode()
     try:
         with grad_off, recording(model, layers, signal, sink, stop_after_last=not sharded):

@@ -9,6 +9,7 @@ Everything else (recording, freezing, pruning) works from :class:`MLPLayer` only
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -172,6 +173,26 @@ def _build(list_name: str, layers: nn.ModuleList, gate: str | None, up: str, dow
     return found
 
 
+@contextlib.contextmanager
+def _gathered(weight: torch.Tensor):
+    """The full tensor of a possibly sharded parameter (FSDP2 DTensor, DeepSpeed ZeRO-3), on every rank."""
+    if hasattr(weight, "full_tensor"):
+        yield weight.full_tensor()
+    elif hasattr(weight, "ds_id"):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([weight]):
+            yield weight.data
+    else:
+        yield weight
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether the parameters are sharded across ranks (FSDP2 or DeepSpeed ZeRO-3): every rank must then
+    run the same forward passes, since each one gathers parameters collectively."""
+    return any(hasattr(p, "to_local") or hasattr(p, "ds_id") for p in model.parameters())
+
+
 def fingerprint(model: nn.Module, layers: list[MLPLayer]) -> dict:
     """Structural identity of a model plus a hash of a few of its weights (for mask checks)."""
     import hashlib
@@ -180,10 +201,9 @@ def fingerprint(model: nn.Module, layers: list[MLPLayer]) -> dict:
     text_config = getattr(config, "text_config", None) or config
     weight = layers[0].modules(model)[1]
     weight = getattr(weight, "base_layer", weight).weight
-    if hasattr(weight, "full_tensor"):  # FSDP2 shard: hash the same rows on every rank
-        weight = weight.full_tensor()
-    rows = weight[:, :8] if layers[0].conv1d else weight[:8]
-    digest = hashlib.sha256(rows.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    with _gathered(weight) as weight:
+        rows = weight[:, :8] if layers[0].conv1d else weight[:8]
+        digest = hashlib.sha256(rows.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     sizes = sorted({layer.intermediate_size for layer in layers})
     return {
         "model_type": getattr(config, "model_type", type(model).__name__),

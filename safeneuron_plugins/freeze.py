@@ -7,6 +7,16 @@ Two mechanisms together make the frozen weights bit-identical whatever the optim
    freezing began (decoupled weight decay, e.g. AdamW's, moves rows whose gradient is zero).
 Extra memory is the snapshot of the frozen entries plus their index vectors; no dense masks.
 
+Where the values live depends on the training set-up, and the restore writes every copy:
+- plain / DDP: the parameter itself;
+- FSDP2: this rank's dim-0 shard (DTensor local tensor); gradients are zeroed after accumulation;
+- DeepSpeed ZeRO-1/2: the full low-precision parameter on every rank *and* this rank's fragment of
+  the fp32 master weights (``param._hp_mapping``), which the engine copies back after each step;
+- DeepSpeed ZeRO-3: this rank's partition of the parameter (``param.ds_tensor``) and of the fp32
+  master weights (``safe_get/set_local_fp32_param``); the gradient hook sees the gathered gradient.
+Under DeepSpeed the engine steps inside ``backward``; restoring after the Trainer's (no-op)
+optimizer step is still after the update.
+
 With a PEFT LoRA adapter the base weights are frozen already; freezing neuron j keeps row j of
 the adapter's B (output side: gate/up) or column j of A (input side: down_proj) at exactly zero,
 so the merged delta B·A is zero on the frozen rows and columns.
@@ -37,11 +47,92 @@ class FrozenEntries:
     param: nn.Parameter
     dim: int
     index: torch.Tensor
-    snapshot: torch.Tensor
+    snapshot: torch.Tensor | None
+    zero: _ZeroSlots | None = None   # DeepSpeed: this rank's copies of the frozen entries
 
     @property
     def numel(self) -> int:
-        return self.snapshot.numel()
+        shape = _full_shape(self.param)
+        return self.index.numel() * (shape.numel() // shape[self.dim])
+
+
+def _full_shape(p: torch.Tensor) -> torch.Size:
+    return getattr(p, "ds_shape", None) or p.shape
+
+
+def _gathered_now(p: torch.Tensor) -> bool:
+    """False for a ZeRO-3 parameter whose full data is released (only its partition exists now)."""
+    return not hasattr(p, "ds_id") or p.data.numel() == p.ds_numel
+
+
+def _zero_stage(p: torch.Tensor) -> int:
+    """3 for a ZeRO-3 partitioned parameter, 1 for a ZeRO-1/2 (or DeepSpeed bf16) one, else 0."""
+    if hasattr(p, "ds_id"):
+        return 3
+    if getattr(p, "_hp_mapping", None) is not None:
+        return 1
+    return 0
+
+
+@dataclass
+class _ZeroSlots:
+    """Flat positions of the frozen entries inside this rank's DeepSpeed partitions, and their values.
+
+    ``lp`` indexes the flat partition of the model's own parameter (ZeRO-3 only: ZeRO-1/2 keep the full
+    parameter, restored through the regular snapshot); ``hp`` indexes the flat fp32 master fragment."""
+
+    lp: torch.Tensor | None
+    lp_values: torch.Tensor | None
+    hp: torch.Tensor
+    hp_values: torch.Tensor
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, p: nn.Parameter, dim: int, index: torch.Tensor) -> _ZeroSlots:
+        shape = _full_shape(p)
+        flat = torch.arange(shape.numel(), dtype=torch.long).view(shape).index_select(dim, index.cpu()).flatten()
+        if _zero_stage(p) == 3:
+            import torch.distributed as dist
+            from deepspeed.utils import safe_get_local_fp32_param
+
+            size = p.ds_tensor.ds_numel
+            lo = size * dist.get_rank(group=p.ds_process_group)
+            pos = (flat[(flat >= lo) & (flat < lo + size)] - lo).to(p.ds_tensor.device)
+            lp_values = p.ds_tensor.data.view(-1).index_select(0, pos).clone()
+            hp = safe_get_local_fp32_param(p)
+            hp_pos = pos.to(hp.device)
+            return cls(pos, lp_values, hp_pos, hp.view(-1).index_select(0, hp_pos).clone())
+        mapping = p._hp_mapping
+        start, numel = mapping.lp_fragment_address.start, mapping.lp_fragment_address.numel
+        hp = mapping.get_hp_fragment()
+        pos = (flat[(flat >= start) & (flat < start + numel)] - start).to(hp.device)
+        return cls(None, None, pos, hp.reshape(-1).index_select(0, pos).clone())
+
+    @torch.no_grad()
+    def restore(self, p: nn.Parameter) -> None:
+        if self.lp is not None:  # ZeRO-3
+            from deepspeed.utils import safe_get_local_fp32_param, safe_set_local_fp32_param
+
+            p.ds_tensor.data.view(-1).index_copy_(0, self.lp, self.lp_values)
+            if self.hp.numel():
+                hp = safe_get_local_fp32_param(p)
+                hp.view(-1).index_copy_(0, self.hp, self.hp_values)
+                safe_set_local_fp32_param(p, hp)  # a no-op copy unless the optimizer state is offloaded
+            return
+        if self.hp.numel():
+            p._hp_mapping.get_hp_fragment().view(-1).index_copy_(0, self.hp, self.hp_values)
+
+    @torch.no_grad()
+    def drifted(self, p: nn.Parameter) -> bool:
+        if self.lp is not None:
+            from deepspeed.utils import safe_get_local_fp32_param
+
+            if not torch.equal(p.ds_tensor.data.view(-1).index_select(0, self.lp), self.lp_values):
+                return True
+            hp = safe_get_local_fp32_param(p)
+        else:
+            hp = p._hp_mapping.get_hp_fragment()
+        return not torch.equal(hp.reshape(-1).index_select(0, self.hp), self.hp_values)
 
 
 def _is_lora(module: nn.Module) -> bool:
@@ -142,6 +233,9 @@ class NeuronFreezer:
         new = sorted(set(idx) - (set(old.index.tolist()) if old else set()))
         if not new:
             return
+        if _zero_stage(p) == 3:
+            self._freeze_zero3(key, name, p, dim, new, old)
+            return
         local = _local(p)
         new = _to_local_indices(p, dim, new)
         if not new:
@@ -164,6 +258,39 @@ class NeuronFreezer:
             old.index = torch.cat([old.index, new_index])
             old.snapshot = torch.cat([old.snapshot, snap_new], dim=dim)
             entry = old
+        if _zero_stage(p):  # ZeRO-1/2: also this rank's fragment of the fp32 master weights
+            entry.zero = _ZeroSlots.build(p, dim, entry.index)
+            if "lora_A" in name:  # the master copy of A's frozen columns must be zero too
+                entry.zero.hp_values.zero_()
+                entry.zero.restore(p)
+        self._hook(key, p, entry)
+
+    def _freeze_zero3(self, key: int, name: str, p: nn.Parameter, dim: int, new: list[int],
+                      old: FrozenEntries | None) -> None:
+        """ZeRO-3: the parameter is partitioned; freeze the entries of this rank's partition.
+
+        Already frozen entries hold their original values (restored after every step), so the slots
+        are rebuilt over the whole index set."""
+        if "lora_" in name:
+            raise UnsupportedSetupError(
+                f"{name}: LoRA adapters under DeepSpeed ZeRO-3 are not supported by safeneuron_freeze. "
+                "Use ZeRO-1/2, DDP or FSDP2 for LoRA training.")
+        new_index = torch.tensor(new, dtype=torch.long)
+        entry = old or FrozenEntries(name, p, dim, torch.empty(0, dtype=torch.long), None)
+        entry.index = torch.cat([entry.index, new_index])
+        entry.zero = _ZeroSlots.build(p, dim, entry.index)
+        # persistent parameters (below stage3_param_persistence_threshold) stay gathered on every rank once
+        # fetched, and the forward pass reads that full copy: it is restored too (whenever it is gathered)
+        entry.snapshot = None
+        if getattr(p, "ds_persist", False) or _gathered_now(p):
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([p]):
+                entry.snapshot = p.data.index_select(dim, entry.index.to(p.device)).clone()
+        self.entries[key] = entry
+        self._hook(key, p, entry)
+
+    def _hook(self, key: int, p: nn.Parameter, entry: FrozenEntries) -> None:
         if key not in self._hooked:
             self._hooked.add(key)
             self._handles.append(_grad_hook(p, entry))
@@ -173,8 +300,11 @@ class NeuronFreezer:
     def restore(self) -> None:
         """Write the frozen entries back (call after every optimizer step)."""
         for e in self.entries.values():
-            local = _local(e.param)
-            local.index_copy_(e.dim, e.index, e.snapshot.to(local.dtype))
+            if e.snapshot is not None and _gathered_now(e.param):
+                local = _local(e.param)
+                local.index_copy_(e.dim, e.index, e.snapshot.to(local.dtype))
+            if e.zero is not None:
+                e.zero.restore(e.param)
 
     def zero_optimizer_state(self, optimizer) -> None:
         """Zero the optimizer state of frozen entries (needed when freezing starts mid-training)."""
@@ -183,6 +313,8 @@ class NeuronFreezer:
         opt = getattr(optimizer, "optimizer", optimizer)
         with torch.no_grad():
             for e in self.entries.values():
+                if e.zero is not None:
+                    continue  # DeepSpeed keeps flat states; the restore keeps the entries exact anyway
                 state = opt.state.get(e.param, {})
                 for value in state.values():
                     if torch.is_tensor(value) and value.shape == e.param.shape:
@@ -214,8 +346,12 @@ class NeuronFreezer:
         bad = []
         with torch.no_grad():
             for e in self.entries.values():
-                now = _local(e.param).index_select(e.dim, e.index)
-                if not torch.equal(now, e.snapshot.to(now.dtype)):
+                if e.snapshot is not None and _gathered_now(e.param):
+                    now = _local(e.param).index_select(e.dim, e.index)
+                    if not torch.equal(now, e.snapshot.to(now.dtype)):
+                        bad.append(e.name)
+                        continue
+                if e.zero is not None and e.zero.drifted(e.param):
                     bad.append(e.name)
         return bad
 
@@ -247,6 +383,7 @@ def _grad_hook(p: nn.Parameter, entry: FrozenEntries):
         return p.register_post_accumulate_grad_hook(post)
 
     def hook(grad: torch.Tensor) -> torch.Tensor:
+        # global indices: the gradient is full-size also under DeepSpeed ZeRO-3 (gathered parameter)
         return grad.index_fill(entry.dim, entry.index.to(grad.device), 0)
 
     return p.register_hook(hook)

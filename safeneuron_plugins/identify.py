@@ -11,7 +11,7 @@ from torch import nn
 
 from . import __version__
 from .activations import input_device, length_batches, pad_batch, pad_id_of, pooled_activations, tokenize
-from .architectures import MLPLayer, find_mlp_layers, fingerprint
+from .architectures import MLPLayer, find_mlp_layers, fingerprint, is_sharded
 from .errors import OptionsError, PromptSourceError
 from .mask import NeuronMask
 from .options import SafeNeuronOptions
@@ -64,14 +64,17 @@ def collect_statistics(model: nn.Module, tokenizer, layers: list[MLPLayer], text
         for layer, values in pooled.items():
             stats[layer].update(values.to("cpu"))
 
-    shard = _dist()
+    # replicated parameters (DDP): each rank takes a share of the prompts, then the statistics merge;
+    # sharded ones (FSDP2, ZeRO-3): every rank must run the same forward passes, so all take all
+    shard = (0, 1) if is_sharded(model) else _dist()
     bar = _progress(len(range(shard[0], len(texts), shard[1])), desc, None if progress else True)
     with bar:
         pooled_activations(model, layers, _batches(tokenizer, texts, batch_size, max_length, templated,
                                                     input_device(model), shard),
                            signal, pooling, consume, progress=bar)
-    for s in stats.values():
-        s.all_reduce_()
+    if shard[1] > 1:
+        for s in stats.values():
+            s.all_reduce_()
     return stats
 
 

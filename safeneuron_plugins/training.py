@@ -28,6 +28,18 @@ def _tokenizer_of(processing_class):
     return getattr(processing_class, "tokenizer", None) or processing_class
 
 
+def _reset_zero3_trace(model: nn.Module) -> None:
+    """DeepSpeed ZeRO-3 records the module order of the first passes to prefetch and release parameters;
+    identification's forward-only passes must not stand as the training trace."""
+    p = next((p for p in model.parameters() if hasattr(p, "ds_id") and hasattr(p, "_z3_optimizer")), None)
+    if p is None:
+        return
+    coordinator = p._z3_optimizer.parameter_offload.get_param_coordinator()
+    if not coordinator.is_invalid_trace():
+        coordinator._invalidate_trace()
+    coordinator.reset_step()
+
+
 class SafeNeuronTraining:
     """The SafeNeuron state of one training run of one policy model."""
 
@@ -83,7 +95,9 @@ class SafeNeuronTraining:
                 "safeneuron_freeze needs the safety neurons: give safeneuron_mask (a file from "
                 "`safeneuron identify`), or pass the tokenizer to the trainer (processing_class) so the "
                 "callback can identify them on the initial policy.")
-        return identify(self.model, self.tokenizer, options=self.options)
+        mask = identify(self.model, self.tokenizer, options=self.options)
+        _reset_zero3_trace(self.model)
+        return mask
 
     def _resumed_mask(self, resume_dir: str) -> NeuronMask:
         path = Path(resume_dir) / self.options.safeneuron_output_name

@@ -254,7 +254,7 @@ def test_unknown_and_bad_options_are_refused():
         SafeNeuronCallback(safeneuron_freeze=True, safeneuron_neuron_ratio=2)
 
 
-def test_deepspeed_and_fsdp1_are_refused(tmp_path, monkeypatch):
+def test_fsdp1_and_deepspeed_nvme_are_refused(tmp_path, monkeypatch):
     from safeneuron_plugins.integrations.hf import _check_setup
 
     class Args:
@@ -266,8 +266,15 @@ def test_deepspeed_and_fsdp1_are_refused(tmp_path, monkeypatch):
         _check_setup(Args())
     Args.fsdp_config = {"version": 2}
     _check_setup(Args())  # FSDP2 is supported
-    Args.deepspeed = "ds_config.json"
-    with pytest.raises(UnsupportedSetupError, match="DeepSpeed"):
+    Args.fsdp, Args.deepspeed = None, "ds_config.json"
+
+    class HfDeepSpeedConfig:
+        config = {"zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}}}
+
+    Args.hf_deepspeed_config = HfDeepSpeedConfig()
+    _check_setup(Args())  # ZeRO-3 with CPU offload is supported (tests/core/test_deepspeed.py runs ZeRO-2/3)
+    HfDeepSpeedConfig.config["zero_optimization"]["offload_optimizer"] = {"device": "nvme"}
+    with pytest.raises(UnsupportedSetupError, match="offload_optimizer.device=nvme"):
         _check_setup(Args())
 
 
