@@ -292,3 +292,38 @@ def test_sft_trainer_freezes_too(tmp_path):
                          use_cpu=True, bf16=False)
     trl.SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=[cb]).train()
     assert_frozen_exactly(frozen_rows(initial, cb.mask), frozen_rows(model, cb.mask))
+
+
+def _kto_data():
+    rows = []
+    for i in range(8):
+        prompt = [{"role": "user", "content": f"How do I bake bread, try {i}?"}]
+        rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": "Mix flour and water, then bake."}],
+                     "label": True})
+        rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": "I cannot help with that."}],
+                     "label": False})
+    return datasets.Dataset.from_list(rows)
+
+
+@pytest.mark.parametrize("kind", ["kto", "orpo"])
+def test_kto_and_orpo_trainers_freeze_too(tmp_path, kind):
+    """trl's KTOTrainer (unpaired labels, reference model) and ORPOTrainer (trl.experimental, no reference)
+    with the same callback: frozen rows exact, the rest trained."""
+    path = save_tiny_model(tmp_path / "m", "llama")
+    model, tok = load(path)
+    initial, _ = load(path)
+    cb = SafeNeuronCallback(safeneuron_freeze=True, **IDENT)
+    common = dict(output_dir=str(tmp_path / "o"), max_steps=3, per_device_train_batch_size=4, learning_rate=5e-3,
+                  weight_decay=0.1, report_to="none", save_strategy="no", use_cpu=True, bf16=False)
+    if kind == "kto":
+        trainer = trl.KTOTrainer(model=model, ref_model=transformers.AutoModelForCausalLM.from_pretrained(path),
+                                 args=trl.KTOConfig(**common), train_dataset=_kto_data(), processing_class=tok,
+                                 callbacks=[cb])
+    else:
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        trainer = ORPOTrainer(model=model, args=ORPOConfig(**common), train_dataset=preference_data(),
+                              processing_class=tok, callbacks=[cb])
+    trainer.train()
+    assert cb.mask.num_neurons > 0
+    assert_frozen_exactly(frozen_rows(initial, cb.mask), frozen_rows(model, cb.mask))
