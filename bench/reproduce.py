@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--sweep", action="store_true", help="also attack with 25/50/75/100%% of the safety neurons")
     parser.add_argument("--keep-models", action="store_true")
+    parser.add_argument("--merge-into", metavar="NAME",
+                        help="also add this run's trained models to docs/results/NAME.json (a run with the same "
+                             "data, hyper-parameters and seed; its original model's figures must match)")
     args = parser.parse_args()
     shared = (SHARED / "harmful_harmbench.jsonl").exists()
     cfg = ExperimentConfig(
@@ -57,15 +60,41 @@ def main() -> None:
     dest = ROOT / "docs" / "results"
     (dest / args.name).mkdir(parents=True, exist_ok=True)
     data = json.loads((out / "results.json").read_text())
-    data["command"] = "python bench/reproduce.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "keep_models")
+    data["command"] = _command(args)
     (dest / f"{args.name}.json").write_text(json.dumps(data, indent=2))
+    if args.merge_into:
+        _merge(dest / f"{args.merge_into}.json", data)
     for f in ("report.md", "asr.png", "layers.png"):
         if (out / f).exists():
             shutil.copy(out / f, dest / args.name / f)
     if not args.keep_models:
         shutil.rmtree(out / "models", ignore_errors=True)
     print(f"wrote {dest / (args.name + '.json')} and {dest / args.name}/report.md")
+
+
+def _command(args: argparse.Namespace) -> str:
+    parts = ["python bench/reproduce.py"]
+    for k, v in vars(args).items():
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            parts += [flag] if v else []
+        elif v is not None:
+            parts += [flag, str(v)]
+    return " ".join(parts)
+
+
+def _merge(target: Path, data: dict) -> None:
+    """Add the trained models of ``data`` to an earlier run's results (same start, data and seed)."""
+    base = json.loads(target.read_text())
+    a, b = base["models"]["original"]["asr"], data["models"]["original"]["asr"]
+    if a != b:
+        raise SystemExit(f"{target}: the original model's ASR differs ({a} vs {b}); not the same set-up")
+    for name, model in data["models"].items():
+        if name != "original":
+            base["models"][name] = model
+    base.setdefault("merged_commands", []).append(data["command"])
+    target.write_text(json.dumps(base, indent=2))
+    print(f"merged {[n for n in data['models'] if n != 'original']} into {target}")
 
 
 if __name__ == "__main__":
