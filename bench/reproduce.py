@@ -29,6 +29,10 @@ def main() -> None:
     parser.add_argument("--name", default="smollm2")
     parser.add_argument("--model", default="default")
     parser.add_argument("--variants", default="dpo,safeneuron,safeneuron_prune,safeneuron_down")
+    parser.add_argument("--pairs-model", default=None,
+                        help="make the pairs from this model's replies (e.g. the original model, when --model is an "
+                             "already aligned start that would refuse every harmful prompt)")
+    parser.add_argument("--train-offset", type=int, default=0, help="skip this many prompts of each training source")
     parser.add_argument("--n-train", type=int, default=128)
     parser.add_argument("--n-eval", type=int, default=100)
     parser.add_argument("--epochs", type=float, default=2.0)
@@ -50,6 +54,7 @@ def main() -> None:
         train_harmless=str(SHARED / "harmless_prompts.jsonl") if shared else "builtin:harmless",
         eval_harmful=str(SHARED / "harmful_harmbench.jsonl") if shared else "builtin:harmful",
         eval_harmless=str(SHARED / "harmless_prompts.jsonl") if shared else "builtin:harmless",
+        pairs_model=args.pairs_model, train_offset=args.train_offset,
         n_train_harmful=args.n_train, n_train_harmless=args.n_train, n_eval_harmful=args.n_eval,
         n_eval_harmless=args.n_eval, variants=args.variants.split(","), epochs=args.epochs,
         learning_rate=args.learning_rate, sft_weight=args.sft_weight, max_new_tokens=args.max_new_tokens,

@@ -49,6 +49,8 @@ class ExperimentConfig:
     train_harmless: str = "builtin:harmless"
     eval_harmful: str = "builtin:harmful"
     eval_harmless: str = "builtin:harmless"
+    pairs_model: str | None = None   # the model whose replies make the pairs (default: ``model``)
+    train_offset: int = 0            # skip this many prompts of each training source
     n_train_harmful: int = 40
     n_train_harmless: int = 40
     n_eval_harmful: int = 24
@@ -78,12 +80,13 @@ class ExperimentConfig:
             return texts[start:start + n]
         same_u = self.train_harmful == self.eval_harmful
         same_s = self.train_harmless == self.eval_harmless
+        o = self.train_offset
         return {
-            "train_harmful": take(self.train_harmful, "harmful", 0, self.n_train_harmful),
-            "train_harmless": take(self.train_harmless, "harmless", 0, self.n_train_harmless),
-            "eval_harmful": take(self.eval_harmful, "harmful", self.n_train_harmful if same_u else 0,
+            "train_harmful": take(self.train_harmful, "harmful", o, self.n_train_harmful),
+            "train_harmless": take(self.train_harmless, "harmless", o, self.n_train_harmless),
+            "eval_harmful": take(self.eval_harmful, "harmful", o + self.n_train_harmful if same_u else 0,
                                  self.n_eval_harmful),
-            "eval_harmless": take(self.eval_harmless, "harmless", self.n_train_harmless if same_s else 0,
+            "eval_harmless": take(self.eval_harmless, "harmless", o + self.n_train_harmless if same_s else 0,
                                   self.n_eval_harmless),
         }
 
@@ -156,10 +159,16 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     stage("identifying the safety neurons of the original model (the mask SafeNeuron DPO freezes)")
     mask = identify(original, tok, options=options, progress=cfg.progress)
     mask_path = mask.save(out / "original_mask.safetensors")
-    stage(f"{mask.num_neurons} safety neurons; building safety preference pairs from the model's own replies")
-    rows, counts = make_pairs(original, tok, sets["train_harmful"], sets["train_harmless"], judge=judge,
+    if cfg.pairs_model:
+        stage(f"{mask.num_neurons} safety neurons; building safety preference pairs from {cfg.pairs_model}'s replies")
+        pairs_from, pairs_tok = load_model(cfg.pairs_model)
+    else:
+        stage(f"{mask.num_neurons} safety neurons; building safety preference pairs from the model's own replies")
+        pairs_from, pairs_tok = original, tok
+    rows, counts = make_pairs(pairs_from, pairs_tok, sets["train_harmful"], sets["train_harmless"], judge=judge,
                               max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size,
                               include_evasive=True, seed=cfg.seed, progress=cfg.progress)
+    del pairs_from
     pairs_path = out / "pairs.jsonl"
     pairs_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     stage(f"{len(rows)} pairs ({counts})")
