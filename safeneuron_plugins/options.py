@@ -42,12 +42,15 @@ class SafeNeuronOptions:
     safeneuron_freeze_down_proj: bool = _opt(
         False,
         "Also freeze the safety neurons' columns of the MLP output projection (down_proj). "
-        "Off by default: the paper freezes the input side; the reproduction measurement (issue 7) settles it.")
+        "Off by default: the paper freezes the input side, and no measurement here showed a gain "
+        "(docs/results/reproduction.md).")
     safeneuron_forward_prune: bool = _opt(
         False,
         "Algorithm 1's forward pruning: zero the safety neurons' activations in the training forward "
         "pass of the policy (never in the reference model, never after training), forcing the model "
-        "to build safety pathways elsewhere.")
+        "to build safety pathways elsewhere. Off by default: on SmolLM2 it left the model refusing only "
+        "without those neurons, so it complied with 66% of held-out harmful prompts once they were "
+        "active again (docs/results/reproduction.md).")
     safeneuron_reidentify_steps: int | None = _opt(
         None,
         "Iterative mode: every N optimizer steps, re-identify on the current model and freeze the "
