@@ -6,7 +6,7 @@ model's replies to held-out harmful prompts change; plus a control that prunes t
 neurons per layer. A setting whose neurons, once pruned, remove more refusals has found the neurons that
 matter more, for the attacker and therefore for the defender who freezes them.
 
-    .venv/bin/python bench/ablate_identification.py MODEL_DIR --name NAME [--n-eval 64] [--max-new-tokens 40]
+    .venv/bin/python bench/ablate_identification.py MODEL_DIR --name NAME [--ratio 0.05] [--n-eval 64]
 
 Writes docs/results/<NAME>.json and prints a table. Run it alone on the machine.
 """
@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--signals", default="gate,up,product")
     parser.add_argument("--poolings", default="max,mean,last")
+    parser.add_argument("--ratio", type=float, default=None,
+                        help="select the top fraction by effect size (global) instead of the thresholds, so every "
+                             "setting prunes the same number of neurons")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     model, tok = load_model(args.model)
@@ -52,7 +55,8 @@ def main() -> None:
     first_mask = None
     for signal in args.signals.split(","):
         for pooling in args.poolings.split(","):
-            mask = identify(model, tok, signal=signal, pooling=pooling, max_prompts=128, progress=False)
+            select = {"neuron_ratio": args.ratio, "ratio_scope": "global"} if args.ratio else {}
+            mask = identify(model, tok, signal=signal, pooling=pooling, max_prompts=128, progress=False, **select)
             first_mask = first_mask or mask
             _, verdicts = judged_replies(model, tok, prompts, mask, judge, desc=f"{signal}/{pooling}", **gen)
             rows.append({"setting": f"{signal}/{pooling}", "neurons": mask.num_neurons,
