@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--eval-harmful", default=str(SHARED / "harmful_harmbench.jsonl"))
     parser.add_argument("--n-eval", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--signal", default="gate", help="the attacker's identification signal (safeneuron_signal)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     ratios = [float(r) for r in args.ratios.split(",")]
@@ -60,7 +61,7 @@ def main() -> None:
         rows["0"] = {"neurons": 0, **rates(verdicts)}
         mask = None
         for r in ratios:
-            mask = identify(model, tok, neuron_ratio=r, ratio_scope="global", ratio_mode="instead",
+            mask = identify(model, tok, neuron_ratio=r, ratio_scope="global", ratio_mode="instead", signal=args.signal,
                             max_prompts=128, progress=False)
             _, verdicts = judged_replies(model, tok, prompts, mask, judge, desc=f"top {r}", **gen)
             rows[str(r)] = {"neurons": mask.num_neurons, **rates(verdicts)}
@@ -80,7 +81,8 @@ def main() -> None:
     dest = ROOT / "docs" / "results"
     (dest / f"{args.name}.json").write_text(json.dumps({
         "command": "python bench/attack_strength.py " + " ".join(args.models) + f" --name {args.name} --ratios "
-                   f"{args.ratios} --n-eval {args.n_eval} --max-new-tokens {args.max_new_tokens} --seed {args.seed}",
+                   f"{args.ratios} --signal {args.signal} --n-eval {args.n_eval} --max-new-tokens {args.max_new_tokens} "
+                   f"--seed {args.seed}",
         "judge": judge.name, "n_prompts": len(prompts), "models": results,
         "seconds": round(time.perf_counter() - t0, 1)}, indent=2))
     plt = pyplot()

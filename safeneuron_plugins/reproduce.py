@@ -36,6 +36,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "safeneuron_down": {"safeneuron_freeze": True, "safeneuron_freeze_down_proj": True},
     "safeneuron_ratio": {"safeneuron_freeze": True, "safeneuron_neuron_ratio": 0.02},
     "safeneuron_iter": {"safeneuron_freeze": True, "safeneuron_reidentify_on_epoch_end": True},
+    "safeneuron_product": {"safeneuron_freeze": True, "safeneuron_signal": "product", "safeneuron_neuron_ratio": 0.05},
 }
 
 
@@ -108,7 +109,7 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
     data = datasets.load_dataset("json", data_files=str(pairs_path), split="train").remove_columns("kind")
     options = dict(VARIANTS[name])
     if options.get("safeneuron_freeze"):
-        if "safeneuron_neuron_ratio" not in options and "safeneuron_reidentify_on_epoch_end" not in options:
+        if not {"safeneuron_neuron_ratio", "safeneuron_signal", "safeneuron_reidentify_on_epoch_end"} & set(options):
             options["safeneuron_mask"] = str(mask_path)  # the mask identified once on the original
         options.update({f"safeneuron_{k}": v for k, v in cfg.identify.items()})
     callback = SafeNeuronCallback(**options)
