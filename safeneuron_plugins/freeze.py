@@ -91,48 +91,49 @@ class _ZeroSlots:
     def build(cls, p: nn.Parameter, dim: int, index: torch.Tensor) -> _ZeroSlots:
         shape = _full_shape(p)
         flat = torch.arange(shape.numel(), dtype=torch.long).view(shape).index_select(dim, index.cpu()).flatten()
-        if _zero_stage(p) == 3:
+        if _zero_stage(p) == 3:  # this rank's partition of the flattened parameter
             import torch.distributed as dist
-            from deepspeed.utils import safe_get_local_fp32_param
 
             size = p.ds_tensor.ds_numel
             lo = size * dist.get_rank(group=p.ds_process_group)
-            pos = (flat[(flat >= lo) & (flat < lo + size)] - lo).to(p.ds_tensor.device)
-            lp_values = p.ds_tensor.data.view(-1).index_select(0, pos).clone()
-            hp = safe_get_local_fp32_param(p)
-            hp_pos = pos.to(hp.device)
-            return cls(pos, lp_values, hp_pos, hp.view(-1).index_select(0, hp_pos).clone())
-        mapping = p._hp_mapping
-        start, numel = mapping.lp_fragment_address.start, mapping.lp_fragment_address.numel
-        hp = mapping.get_hp_fragment()
-        pos = (flat[(flat >= start) & (flat < start + numel)] - start).to(hp.device)
-        return cls(None, None, pos, hp.reshape(-1).index_select(0, pos).clone())
+        else:  # this rank's fragment of it in the fp32 master partition
+            lo, size = p._hp_mapping.lp_fragment_address.start, p._hp_mapping.lp_fragment_address.numel
+        pos = flat[(flat >= lo) & (flat < lo + size)] - lo
+        hp = _hp_fragment(p)
+        hp_pos = pos.to(hp.device)
+        hp_values = hp.reshape(-1).index_select(0, hp_pos).clone()
+        if _zero_stage(p) != 3:
+            return cls(None, None, hp_pos, hp_values)
+        lp = pos.to(p.ds_tensor.device)
+        return cls(lp, p.ds_tensor.data.view(-1).index_select(0, lp).clone(), hp_pos, hp_values)
 
     @torch.no_grad()
     def restore(self, p: nn.Parameter) -> None:
         if self.lp is not None:  # ZeRO-3
-            from deepspeed.utils import safe_get_local_fp32_param, safe_set_local_fp32_param
-
             p.ds_tensor.data.view(-1).index_copy_(0, self.lp, self.lp_values)
-            if self.hp.numel():
-                hp = safe_get_local_fp32_param(p)
-                hp.view(-1).index_copy_(0, self.hp, self.hp_values)
-                safe_set_local_fp32_param(p, hp)  # a no-op copy unless the optimizer state is offloaded
-            return
         if self.hp.numel():
-            p._hp_mapping.get_hp_fragment().view(-1).index_copy_(0, self.hp, self.hp_values)
+            hp = _hp_fragment(p)
+            hp.view(-1).index_copy_(0, self.hp, self.hp_values)
+            if self.lp is not None:
+                from deepspeed.utils import safe_set_local_fp32_param
+
+                safe_set_local_fp32_param(p, hp)  # a no-op copy unless the optimizer state is offloaded
 
     @torch.no_grad()
     def drifted(self, p: nn.Parameter) -> bool:
-        if self.lp is not None:
-            from deepspeed.utils import safe_get_local_fp32_param
+        if self.lp is not None and not torch.equal(p.ds_tensor.data.view(-1).index_select(0, self.lp),
+                                                   self.lp_values):
+            return True
+        return not torch.equal(_hp_fragment(p).reshape(-1).index_select(0, self.hp), self.hp_values)
 
-            if not torch.equal(p.ds_tensor.data.view(-1).index_select(0, self.lp), self.lp_values):
-                return True
-            hp = safe_get_local_fp32_param(p)
-        else:
-            hp = p._hp_mapping.get_hp_fragment()
-        return not torch.equal(hp.reshape(-1).index_select(0, self.hp), self.hp_values)
+
+def _hp_fragment(p: nn.Parameter) -> torch.Tensor:
+    """This rank's fp32 master values of ``p``, flat (a view, except for ZeRO-3 with offloaded optimizer state)."""
+    if hasattr(p, "ds_id"):
+        from deepspeed.utils import safe_get_local_fp32_param
+
+        return safe_get_local_fp32_param(p)
+    return p._hp_mapping.get_hp_fragment()
 
 
 def _is_lora(module: nn.Module) -> bool:
