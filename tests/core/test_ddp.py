@@ -1,14 +1,8 @@
 """Two CPU processes under `accelerate launch`: identical masks and bit-identical frozen rows on every rank."""
 
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
-import pytest
 import torch
 import transformers
+from multiproc import launch_two
 from test_freeze_trl import frozen_rows
 from tiny import save_tiny_model
 
@@ -16,18 +10,10 @@ from safeneuron_plugins import NeuronMask
 
 
 def test_two_process_ddp(tmp_path):
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
-    if accelerate is None:
-        pytest.skip("accelerate CLI not installed")
     path = save_tiny_model(tmp_path / "m", "llama")
     out = tmp_path / "out"
     out.mkdir()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    proc = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no",
-                           str(Path(__file__).with_name("ddp_worker.py")), str(path), str(out)],
-                          capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch_two("accelerate", "ddp_worker.py", path, out)
     r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     assert r0["world"] == r1["world"] == 2, "the run must really be distributed"
     assert r0["neurons"] == r1["neurons"] and sum(map(len, r0["neurons"].values())) > 0

@@ -3,15 +3,10 @@ i.e. kept gathered) on 2 CPU ranks (gloo): identification on the policy gives on
 rank, and the frozen rows are bit-identical after training in the model, in the fp32 master weights and
 (zero) in Adam's first moment, while the other rows moved."""
 
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import transformers
+from multiproc import launch_two
 from test_freeze_trl import assert_frozen_exactly, frozen_rows
 from tiny import save_tiny_model
 
@@ -28,17 +23,10 @@ def _with(model, state):
 @pytest.mark.parametrize("stage,persistence", [(2, 0), (3, 0), (3, 10**5)],
                          ids=["zero2", "zero3-partitioned", "zero3-persistent"])
 def test_deepspeed_zero_frozen_rows_exact(tmp_path, stage, persistence):
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    if torchrun is None:
-        pytest.skip("torchrun not installed")
     path = save_tiny_model(tmp_path / "m", "llama")
     out = tmp_path / "out"
     out.mkdir()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", str(Path(__file__).with_name("deepspeed_worker.py")),
-                           str(path), str(out), str(stage), str(persistence)],
-                          capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    launch_two("torchrun", "deepspeed_worker.py", path, out, stage, persistence, timeout=900, DS_ACCELERATOR="cpu")
     r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     assert r0["world"] == r1["world"] == 2, "the run must really be distributed"
     assert r0["partitioned"] == (stage == 3)

@@ -1,24 +1,12 @@
 """FSDP2 (torch fully_shard, 2 CPU ranks with gloo): each rank freezes the rows of its own shard;
 the gathered frozen rows are bit-identical after AdamW with weight decay and clipping."""
 
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
-import pytest
 import torch
+from multiproc import launch_two
 
 
 def test_fsdp2_frozen_rows_exact(tmp_path):
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    if torchrun is None:
-        pytest.skip("torchrun not installed")
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", str(Path(__file__).with_name("fsdp2_worker.py")),
-                           str(tmp_path)], capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch_two("torchrun", "fsdp2_worker.py", tmp_path)
     r = torch.load(tmp_path / "fsdp2.pt")
     assert r["world"] == 2 and sum(map(len, r["neurons"].values())) > 0
     checked = 0
