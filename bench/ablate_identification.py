@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
+
+from attack_strength import random_like  # bench/ is on sys.path when run as a script
 
 from safeneuron_plugins.attack import judged_replies, rates
 from safeneuron_plugins.identify import identify
@@ -62,10 +63,8 @@ def main() -> None:
             rows.append({"setting": f"{signal}/{pooling}", "neurons": mask.num_neurons,
                          "es": sum(map(len, mask.es.values())), **rates(verdicts)})
             print(f"[{time.perf_counter() - t0:5.0f}s] {rows[-1]}", flush=True)
-    rng = random.Random(args.seed)
-    sizes = {layer: len(v) for layer, v in first_mask.neurons.items()}
-    total = first_mask.total_neurons_in_model() // max(len(sizes), 1)
-    control = NeuronMask({layer: sorted(rng.sample(range(total), n)) for layer, n in sizes.items()})
+    per_layer = first_mask.total_neurons_in_model() // len(first_mask.neurons)
+    control = random_like(first_mask, per_layer, args.seed)
     _, verdicts = judged_replies(model, tok, prompts, control, judge, desc="random", **gen)
     rows.append({"setting": f"random (same per-layer counts as {args.signals.split(',')[0]}/"
                             f"{args.poolings.split(',')[0]})", "neurons": control.num_neurons, **rates(verdicts)})
