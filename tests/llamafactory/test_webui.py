@@ -70,10 +70,33 @@ def page(webui):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1800})
         page.set_default_timeout(30_000)
+        # Requests the page has sent and not yet seen answered (see _settle); Gradio's heartbeat
+        # stays open for the page's life and is not an answer to anything.
+        page.in_flight = in_flight = set()
+        page.on("request", lambda request: "/heartbeat/" in request.url or in_flight.add(request))
+        page.on("requestfinished", lambda request: in_flight.discard(request))
+        page.on("requestfailed", lambda request: in_flight.discard(request))
         page.goto(webui[0], wait_until="domcontentloaded")
         page.get_by_label("Stage").first.wait_for()
         yield page
         browser.close()
+
+
+def _settle(page, quiet_ms: int = 300, timeout_s: float = 30) -> None:
+    """Wait until the page has had no request in flight for `quiet_ms`.
+
+    LLaMA Board answers a change with server events that rewrite other fields (choosing a model
+    name resets the model path and template, choosing a stage clears the dataset). Filling the next
+    field before those answers arrive loses the value on a slow machine, so every step waits here.
+    """
+    deadline = time.monotonic() + timeout_s
+    quiet = 0
+    while quiet < quiet_ms:
+        page.wait_for_timeout(50)  # also lets Playwright deliver the request events
+        quiet = 0 if page.in_flight else quiet + 50
+        if time.monotonic() > deadline:
+            pending = ", ".join(sorted(r.url for r in page.in_flight))
+            raise AssertionError(f"the web UI kept requests open for {timeout_s} s: {pending}")
 
 
 def _field(page, label: str):
@@ -87,6 +110,7 @@ def _fill(page, label: str, text: str) -> None:
     box = _field(page, label)
     box.fill(text)
     box.blur()
+    _settle(page)
 
 
 def _choose(page, label: str, option: str) -> None:
@@ -94,6 +118,7 @@ def _choose(page, label: str, option: str) -> None:
     box.click()
     box.fill(option)
     page.get_by_role("option", name=option, exact=True).first.click()
+    _settle(page)
 
 
 def test_preview_shows_the_safeneuron_stage_and_options(page, tiny_model_dir, dataset_dir):
@@ -116,6 +141,11 @@ def test_preview_shows_the_safeneuron_stage_and_options(page, tiny_model_dir, da
          "preprocessing_num_workers": 1, "save_steps": 1000, "report_to": "none", "cutoff_len": 64}))
     # Stage "DPO + SafeNeuron" ticks safeneuron_freeze.
     assert page.locator("#safeneuron_freeze input[type=checkbox]").is_checked()
+    # Nothing typed above was overwritten by a late answer from the server.
+    for label, value in (("Model path", str(tiny_model_dir)), ("Chat template", "chatml"),
+                         ("Data dir", str(dataset_dir))):
+        assert _field(page, label).input_value() == value, f"{label} lost its value"
+    page.get_by_text("safeneuron_pref", exact=True).first.wait_for()  # still the chosen dataset
 
     page.get_by_role("button", name="Preview command").click()
     command = page.get_by_text("safeneuron-llamafactory train")
