@@ -15,6 +15,8 @@ VENV="${SAFENEURON_AXOLOTL_VENV:-$ROOT/.venv-axolotl}"
 PYTHON="${PYTHON:-python3.11}"
 AXOLOTL_VERSION="0.19.0"
 TORCH_VERSION="2.13.0"
+# shellcheck source=scripts/_lib.sh
+source "$ROOT/scripts/_lib.sh"
 
 deps_key="$(sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1)"
 deps_stamp="$VENV/.safeneuron-deps-stamp"
@@ -29,29 +31,12 @@ if [[ ! -f "$deps_stamp" || "$(cat "$deps_stamp")" != "$deps_key" ]]; then
         "axolotl==$AXOLOTL_VERSION" "torch==$TORCH_VERSION" "pytest>=8" \
         2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
     # nvidia-ml-py (pure-Python NVML bindings, an axolotl dependency) is the only nvidia package allowed.
-    cuda_pkgs="$("$VENV/bin/python" -m pip list 2>/dev/null | grep -i nvidia | grep -vi '^nvidia-ml-py ' || true)"
-    if [[ -n "$cuda_pkgs" ]]; then
-        echo "[env_axolotl] error: CUDA packages were installed; torch must be the local CPU wheel:" >&2
-        echo "$cuda_pkgs" >&2
-        exit 1
-    fi
-    "$VENV/bin/python" - <<'PY'
-import torch
-assert not torch.version.cuda, f"expected a CPU build of torch, got CUDA {torch.version.cuda}"
-PY
+    assert_cpu_torch "$VENV" "$TORCH_VERSION" '^nvidia-ml-py '
     echo "$deps_key" > "$deps_stamp"
     rm -f "$VENV/.safeneuron-repo-stamp"
 fi
 
 # This repository, editable and without dependencies (they are the ones above).
-if [[ -f "$ROOT/pyproject.toml" ]]; then
-    repo_key="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
-    repo_stamp="$VENV/.safeneuron-repo-stamp"
-    if [[ ! -f "$repo_stamp" || "$(cat "$repo_stamp")" != "$repo_key" ]]; then
-        "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$ROOT" \
-            2> >(grep -v -E "is ignored: it is neither|BuildBackendWarning|^\s" >&2)
-        echo "$repo_key" > "$repo_stamp"
-    fi
-fi
+editable_install "$VENV" "$ROOT"
 
 echo "$VENV/bin/python"

@@ -33,6 +33,8 @@ VENV="${SAFENEURON_LLAMAFACTORY_VENV:-$ROOT/.venv-llamafactory}"
 PYTHON="${PYTHON:-python3.11}"
 LLAMAFACTORY_VERSION="0.9.5"
 TORCH_VERSION="2.13.0"
+# shellcheck source=scripts/_lib.sh
+source "$ROOT/scripts/_lib.sh"
 
 log() { echo "[env_llamafactory] $*" >&2; }
 
@@ -74,31 +76,12 @@ PY
     "${PIP[@]}" "torch==$TORCH_VERSION" "${reqs[@]}" "pytest>=8" "playwright"
     # Never keep a CUDA build of anything, nor torchvision/torchaudio wheels that cannot load.
     "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio 2>/dev/null || true
-    if "$VENV/bin/python" -m pip list 2>/dev/null | grep -qi nvidia; then
-        log "error: CUDA packages were installed; torch must be the local CPU wheel"
-        "$VENV/bin/python" -m pip list | grep -i nvidia >&2
-        exit 1
-    fi
-    "$VENV/bin/python" - <<PY
-import torch
-assert torch.__version__.split("+")[0] == "$TORCH_VERSION", torch.__version__
-assert not torch.version.cuda, f"expected a CPU build of torch, got CUDA {torch.version.cuda}"
-PY
+    assert_cpu_torch "$VENV" "$TORCH_VERSION"
     echo "$deps_key" > "$deps_stamp"
     rm -f "$VENV/.safeneuron-repo-stamp"
 fi
 
 # This repository, editable and without dependencies (they are the ones above).
-if [[ -f "$ROOT/pyproject.toml" ]]; then
-    repo_key="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
-    repo_stamp="$VENV/.safeneuron-repo-stamp"
-    if [[ ! -f "$repo_stamp" || "$(cat "$repo_stamp")" != "$repo_key" ]]; then
-        log_file="$VENV/.safeneuron-repo-install.log"
-        { "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$ROOT" \
-            || "$VENV/bin/python" -m pip install --quiet --no-deps -e "$ROOT"; } >"$log_file" 2>&1 \
-            || { cat "$log_file" >&2; exit 1; }
-        echo "$repo_key" > "$repo_stamp"
-    fi
-fi
+editable_install "$VENV" "$ROOT"
 
 echo "$VENV/bin/python"
