@@ -34,7 +34,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "safeneuron": {"safeneuron_freeze": True},
     "safeneuron_prune": {"safeneuron_freeze": True, "safeneuron_forward_prune": True},
     "safeneuron_down": {"safeneuron_freeze": True, "safeneuron_freeze_down_proj": True},
-    "safeneuron_ratio": {"safeneuron_freeze": True, "safeneuron_neuron_ratio": 0.02},
+    "safeneuron_ratio": {"safeneuron_freeze": True, "safeneuron_neuron_ratio": 0.10},
     "safeneuron_iter": {"safeneuron_freeze": True, "safeneuron_reidentify_on_epoch_end": True},
     "safeneuron_product": {"safeneuron_freeze": True, "safeneuron_signal": "product", "safeneuron_neuron_ratio": 0.05},
 }
