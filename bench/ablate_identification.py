@@ -63,8 +63,7 @@ def main() -> None:
             rows.append({"setting": f"{signal}/{pooling}", "neurons": mask.num_neurons,
                          "es": sum(map(len, mask.es.values())), **rates(verdicts)})
             print(f"[{time.perf_counter() - t0:5.0f}s] {rows[-1]}", flush=True)
-    per_layer = first_mask.total_neurons_in_model() // len(first_mask.neurons)
-    control = random_like(first_mask, per_layer, args.seed)
+    control = random_like(first_mask, args.seed)
     _, verdicts = judged_replies(model, tok, prompts, control, judge, desc="random", **gen)
     rows.append({"setting": f"random (same per-layer counts as {args.signals.split(',')[0]}/"
                             f"{args.poolings.split(',')[0]})", "neurons": control.num_neurons, **rates(verdicts)})

@@ -31,8 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def random_like(mask: NeuronMask, per_layer: int, seed: int) -> NeuronMask:
+def random_like(mask: NeuronMask, seed: int) -> NeuronMask:
+    """As many random neurons in each layer as ``mask`` selects there (every layer has the same width)."""
     rng = random.Random(seed)
+    per_layer = mask.total_neurons_in_model() // len(mask.neurons)
     return NeuronMask({layer: sorted(rng.sample(range(per_layer), len(v))) for layer, v in mask.neurons.items()})
 
 
@@ -66,8 +68,7 @@ def main() -> None:
             _, verdicts = judged_replies(model, tok, prompts, mask, judge, desc=f"top {r}", **gen)
             rows[str(r)] = {"neurons": mask.num_neurons, **rates(verdicts)}
             print(f"[{time.perf_counter() - t0:5.0f}s] {name} top {r:.0%}: {rows[str(r)]}", flush=True)
-        per_layer = mask.total_neurons_in_model() // len(mask.neurons)
-        control = random_like(mask, per_layer, args.seed)
+        control = random_like(mask, args.seed)
         _, verdicts = judged_replies(model, tok, prompts, control, judge, desc="random", **gen)
         rows[f"random {ratios[-1]}"] = {"neurons": control.num_neurons, **rates(verdicts)}
         results[name] = {"path": path, "by_ratio": rows}
