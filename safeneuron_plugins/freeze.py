@@ -91,7 +91,8 @@ class _ZeroSlots:
     def build(cls, p: nn.Parameter, dim: int, index: torch.Tensor) -> _ZeroSlots:
         shape = _full_shape(p)
         flat = torch.arange(shape.numel(), dtype=torch.long).view(shape).index_select(dim, index.cpu()).flatten()
-        if _zero_stage(p) == 3:  # this rank's partition of the flattened parameter
+        zero3 = _zero_stage(p) == 3
+        if zero3:  # this rank's partition of the flattened parameter
             import torch.distributed as dist
 
             size = p.ds_tensor.ds_numel
@@ -102,7 +103,7 @@ class _ZeroSlots:
         hp = _hp_fragment(p)
         hp_pos = pos.to(hp.device)
         hp_values = hp.reshape(-1).index_select(0, hp_pos).clone()
-        if _zero_stage(p) != 3:
+        if not zero3:
             return cls(None, None, hp_pos, hp_values)
         lp = pos.to(p.ds_tensor.device)
         return cls(lp, p.ds_tensor.data.view(-1).index_select(0, lp).clone(), hp_pos, hp_values)
