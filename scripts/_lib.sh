@@ -1,4 +1,4 @@
-# Shared by scripts/env_axolotl.sh and scripts/env_llamafactory.sh (sourced, not run).
+# Shared by scripts/setup.sh, scripts/env_axolotl.sh and scripts/env_llamafactory.sh (sourced, not run).
 
 # editable_install VENV ROOT: install this repository into VENV, editable and without dependencies
 # (the environment's own pins provide them). A stamp keyed on pyproject.toml makes re-runs free;

