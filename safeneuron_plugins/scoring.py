@@ -83,25 +83,39 @@ def _top_k_flags(scores: dict[int, torch.Tensor], k_of: dict[int, int] | int,
 def select(d: dict[int, torch.Tensor], delta: dict[int, torch.Tensor], *, tau_es: float = 3.0,
            tau_sas: float = 2.0, selection: str = "union", neuron_ratio: float | None = None,
            ratio_scope: str = "global", ratio_mode: str = "instead") -> Selection:
-    """Select safety neurons from effect sizes ``d`` and mean shifts ``delta`` (per layer)."""
+    """Select safety neurons from effect sizes ``d`` and mean shifts ``delta`` (per layer).
+
+    With ``neuron_ratio`` and ``ratio_mode="instead"`` the top fraction is ranked by the criterion
+    ``selection`` names: ``es`` by effect size d, ``sas`` by the layer z-score of delta (neurons with
+    a positive shift only, so fewer than k when fewer shift up), ``union`` by effect size (the two
+    scores are on different scales; effect size is the paper's ranking). ``ratio_mode="cap"`` keeps
+    the threshold selection and at most k of it, highest effect size first. Either way the recorded
+    ES and SAS sets are subsets of the selected neurons: the ranking criterion's set is the whole
+    selection, the other one its threshold set within the selection."""
+    z = {l: zscore(delta[l]) for l in d}
     es_flags = {l: d[l] > tau_es for l in d}
-    sas_flags = {l: (zscore(delta[l]) > tau_sas) & (delta[l] > 0) for l in d}
+    sas_flags = {l: (z[l] > tau_sas) & (delta[l] > 0) for l in d}
     chosen = {l: {"union": es_flags[l] | sas_flags[l], "es": es_flags[l],
                   "sas": sas_flags[l]}[selection] for l in d}
     if neuron_ratio is not None:
-        # ranks by effect size; -inf-free copy keeps NaN-free ordering
-        scores = {l: d[l].nan_to_num(nan=-math.inf) for l in d}
         if ratio_scope == "layer":
             k_of: dict[int, int] | int = {l: math.ceil(neuron_ratio * d[l].numel()) for l in d}
         else:
             k_of = math.ceil(neuron_ratio * sum(v.numel() for v in d.values()))
+        # NaN-free scores: NaN ranks last (as -inf)
+        by_es = {l: d[l].nan_to_num(nan=-math.inf) for l in d}
         if ratio_mode == "instead":
-            chosen = _top_k_flags(scores, k_of)
-            es_flags = chosen
+            if selection == "sas":
+                by_sas = {l: torch.where(delta[l] > 0, z[l].nan_to_num(nan=-math.inf), -math.inf) for l in d}
+                chosen = _top_k_flags(by_sas, k_of)
+                sas_flags = chosen
+            else:
+                chosen = _top_k_flags(by_es, k_of)
+                es_flags = chosen
         else:  # cap: threshold selection, then at most k by effect size
-            chosen = _top_k_flags(scores, k_of, among=chosen)
-            es_flags = {l: es_flags[l] & chosen[l] for l in d}
-            sas_flags = {l: sas_flags[l] & chosen[l] for l in d}
+            chosen = _top_k_flags(by_es, k_of, among=chosen)
+        es_flags = {l: es_flags[l] & chosen[l] for l in d}
+        sas_flags = {l: sas_flags[l] & chosen[l] for l in d}
     return Selection({l: _indices(chosen[l]) for l in sorted(d)},
                      {l: _indices(es_flags[l]) for l in sorted(d)},
                      {l: _indices(sas_flags[l]) for l in sorted(d)})

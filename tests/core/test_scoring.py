@@ -118,3 +118,35 @@ def test_zero_variance_neurons():
     s = RunningStats.of(torch.tensor([[0.0, 0.0], [0.0, 0.0]]))
     d = effect_size(u, s)
     assert d[0] == math.inf and d[1] == 0
+
+
+def test_ratio_instead_ranks_by_the_selection_criterion_and_subsets_stay_inside(data):
+    """`selection` decides what a ratio ranks by; the ES/SAS sets (the ES(SN-)/SAS(SN-) attack conditions)
+    never reach outside the selected neurons."""
+    d, delta = {}, {}
+    for layer, (u, s) in data.items():
+        su, ss = RunningStats.of(torch.tensor(u)), RunningStats.of(torch.tensor(s))
+        d[layer], delta[layer] = effect_size(su, ss), activation_shift(su, ss)
+    k = math.ceil(0.02 * 600)
+    z = {l: torch.where(delta[l] > 0, zscore(delta[l]), -math.inf) for l in d}
+    flat_z = np.concatenate([z[l].numpy() for l in sorted(z)])
+    top_sas = set(np.argsort(-flat_z, kind="stable")[:k].tolist())
+    flat_d = np.concatenate([d[l].numpy() for l in sorted(d)])
+    top_es = set(np.argsort(-flat_d, kind="stable")[:k].tolist())
+    assert top_sas != top_es, "the data must tell the two rankings apart"
+    flat = lambda sets: {l * 200 + i for l, idx in sets.items() for i in idx}  # noqa: E731
+
+    by_sas = select(d, delta, neuron_ratio=0.02, selection="sas")
+    assert flat(by_sas.neurons) == top_sas
+    assert flat(by_sas.sas) == top_sas
+    by_es = select(d, delta, neuron_ratio=0.02, selection="es")
+    union = select(d, delta, neuron_ratio=0.02, selection="union")
+    assert flat(by_es.neurons) == flat(union.neurons) == top_es  # union ranks by effect size
+    thr = select(d, delta)
+    for sel in (by_sas, by_es, union):
+        for layer in d:
+            chosen = set(sel.neurons[layer])
+            assert set(sel.es[layer]) <= chosen and set(sel.sas[layer]) <= chosen
+    for layer in d:  # the other criterion's set: its threshold set within the chosen neurons
+        assert by_es.sas[layer] == sorted(set(thr.sas[layer]) & set(by_es.neurons[layer]))
+        assert by_sas.es[layer] == sorted(set(thr.es[layer]) & set(by_sas.neurons[layer]))
