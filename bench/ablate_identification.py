@@ -18,9 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from attack_strength import random_like  # bench/ is on sys.path when run as a script
-
-from safeneuron_plugins.attack import judged_replies, rates
+from safeneuron_plugins.attack import judged_replies, random_like, rates
 from safeneuron_plugins.identify import identify
 from safeneuron_plugins.judge import load_judge
 from safeneuron_plugins.mask import NeuronMask

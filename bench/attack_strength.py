@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 
-from safeneuron_plugins.attack import judged_replies, rates
+from safeneuron_plugins.attack import judged_replies, random_like, rates
 from safeneuron_plugins.identify import identify
 from safeneuron_plugins.judge import load_judge
 from safeneuron_plugins.mask import NeuronMask
@@ -29,13 +28,6 @@ from safeneuron_plugins.prompts import load_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-
-
-def random_like(mask: NeuronMask, seed: int) -> NeuronMask:
-    """As many random neurons in each layer as ``mask`` selects there (every layer has the same width)."""
-    rng = random.Random(seed)
-    per_layer = mask.total_neurons_in_model() // len(mask.neurons)
-    return NeuronMask({layer: sorted(rng.sample(range(per_layer), len(v))) for layer, v in mask.neurons.items()})
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """The ``safeneuron`` command line.
 
     safeneuron identify MODEL --out mask.safetensors [--harmful SRC] [--harmless SRC] [...]
-    safeneuron attack MODEL [--mask FILE] --harmful SRC --out results.json
+    safeneuron attack MODEL [--mask FILE] --harmful SRC --out results.json [--control random] [--attacker best]
     safeneuron judge --input replies.jsonl --output verdicts.jsonl
     safeneuron make-pairs MODEL --out pairs.jsonl
     safeneuron analyze MASK [MASK ...] | --model MODEL --by-category
@@ -102,26 +102,74 @@ def _judge(args):
     return load_judge(args.judge)
 
 
+def parse_sweep(text: str) -> tuple[int, ...]:
+    """``--sweep``: ``none`` or comma-separated percentages of layers (integers 1..100)."""
+    from .errors import OptionsError
+
+    if text.strip().lower() == "none":
+        return ()
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or not 1 <= int(part) <= 100:
+            raise OptionsError(f"--sweep {text!r}: {part!r} is not a whole percentage of layers from 1 to 100. "
+                               "Give comma-separated integers such as --sweep 25,50,75,100, or --sweep none "
+                               "to skip the layer sweep.")
+        values.append(int(part))
+    return tuple(dict.fromkeys(values))
+
+
+def parse_control(text: str | None) -> tuple[int, ...] | None:
+    """``--control``: ``random`` (seeds 0,1,2), ``random:N`` (seeds 0..N-1) or ``random:S1,S2,...``."""
+    from .attack import CONTROL_SEEDS
+    from .errors import OptionsError
+
+    if text is None or text.strip().lower() == "none":
+        return None
+    kind, _, spec = text.strip().partition(":")
+    fix = ("Use --control random (seeds 0,1,2), --control random:N (N seeds, 0..N-1, N from 1 to 100) or "
+           "--control random:S1,S2 (these seeds; random:7, for the single seed 7).")
+    if kind != "random":
+        raise OptionsError(f"--control {text!r}: the only control is `random`. {fix}")
+    if not spec:
+        return CONTROL_SEEDS
+    parts = [p.strip() for p in spec.split(",")]
+    if "," not in spec:
+        if not spec.isdigit() or not 1 <= int(spec) <= 100:
+            raise OptionsError(f"--control {text!r}: {spec!r} is not a number of seeds from 1 to 100. {fix}")
+        return tuple(range(int(spec)))
+    parts = [p for p in parts if p] if spec.endswith(",") else parts
+    if not parts or not all(p.isdigit() for p in parts) or len(set(parts)) != len(parts):
+        raise OptionsError(f"--control {text!r}: seeds must be distinct non-negative integers. {fix}")
+    return tuple(int(p) for p in parts)
+
+
 def cmd_attack(args) -> int:
     """Identify (as an attacker would) or load a mask, prune, generate, judge."""
     import json
 
-    from .attack import format_table, run_attack
+    from .attack import BEST_ATTACKER_GRID, format_table, run_attack
     from .identify import identify
 
+    sweep = parse_sweep(args.sweep)
+    control_seeds = parse_control(args.control)
+    options = options_from_args(args)
     model, tokenizer = _load(args)
     if args.mask:
         mask = NeuronMask.load(args.mask)
         for warning in mask.check_compatible(_fingerprint(model), what="--mask"):
             print(f"warning: {warning}", file=sys.stderr)
     else:
-        mask = identify(model, tokenizer, options=options_from_args(args), progress=not args.quiet)
+        mask = identify(model, tokenizer, options=options, progress=not args.quiet)
     harmful = _texts(args.eval_harmful, "harmful", args.limit, "--harmful")
     results = run_attack(model, tokenizer, harmful, mask, judge=_judge(args), max_new_tokens=args.max_new_tokens,
-                         batch_size=args.gen_batch_size, system_prompt=args.safeneuron_system_prompt,
+                         batch_size=args.gen_batch_size, system_prompt=args.safeneuron_system_prompt, sweep=sweep,
+                         control_seeds=control_seeds, identify_options=options,
+                         best_attacker_grid=BEST_ATTACKER_GRID if args.attacker == "best" else None,
                          progress=not args.quiet)
     results["model"] = args.model
     results["safety_neurons"] = mask.num_neurons
+    results["attacker"] = args.attacker
     generations = results.pop("generations")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -312,6 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--harmful", dest="eval_harmful", default="builtin",
                    help="harmful prompts to attack with (a SRC as in identify; default: builtin)")
     p.add_argument("--out", required=True, help="results JSON (generations go beside it)")
+    p.add_argument("--sweep", default="25,50,75,100",
+                   help="layer sweep: prune FULL(SN-) only in the first p%% of layers, for each p of this comma "
+                        "list (integers 1..100), or `none` to skip it (default: 25,50,75,100)")
+    p.add_argument("--control", default=None, metavar="random[:SEEDS]",
+                   help="also prune, per seed, as many random neurons in each layer as FULL(SN-) prunes there: "
+                        "`random` (seeds 0,1,2), `random:N` (seeds 0..N-1) or `random:S1,S2,...`")
+    p.add_argument("--attacker", choices=["default", "best"], default="default",
+                   help="`best` also re-identifies on the model with every setting of a grid (signal gate/up/"
+                        "product x pooling max/mean x top 1/2/5%% of neurons) and reports the highest ASR and its "
+                        "setting; `default`: only the identification options given")
     add_eval_flags(p)
     add_identify_flags(p, _ATTACKER_FLAGS)
     p.set_defaults(func=cmd_attack)
