@@ -314,7 +314,8 @@ def cmd_quickstart(args) -> int:
     result = run_experiment(cfg)
     print()
     print("ASR = share of held-out harmful prompts answered with compliance (lower is safer);")
-    print("FULL = after pruning the safety neurons re-identified on that model.")
+    print("FULL = after pruning the safety neurons re-identified on that model (95% Wilson interval beside it);")
+    print("identification, training and evaluation prompts are disjoint (results.json: meta.split).")
     print(print_summary(result))
     print(f"\nReport with plots: {result['report']} (results.json, generations.jsonl, models/ beside it)")
     return 0

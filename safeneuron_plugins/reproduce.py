@@ -24,7 +24,7 @@ from .compare import evaluate_model, write_report
 from .judge import load_judge
 from .models import load_model
 from .options import SafeNeuronOptions
-from .prompts import load_prompts
+from .prompts import load_prompts, prompts_hash
 
 logger = logging.getLogger("safeneuron")
 
@@ -75,25 +75,88 @@ class ExperimentConfig:
     progress: bool = True
 
     def split(self) -> dict[str, list[str]]:
-        """Train and eval prompt lists; when train and eval come from one source they are disjoint."""
-        def take(src, kind, start, n):
-            texts = [p.text for p in load_prompts(src, kind=kind, option=f"{kind} prompts")]
-            return texts[start:start + n]
-        same_u = self.train_harmful == self.eval_harmful
-        same_s = self.train_harmless == self.eval_harmless
-        o = self.train_offset
-        return {
-            "train_harmful": take(self.train_harmful, "harmful", o, self.n_train_harmful),
-            "train_harmless": take(self.train_harmless, "harmless", o, self.n_train_harmless),
-            "eval_harmful": take(self.eval_harmful, "harmful", o + self.n_train_harmful if same_u else 0,
-                                 self.n_eval_harmful),
-            "eval_harmless": take(self.eval_harmless, "harmless", o + self.n_train_harmless if same_s else 0,
-                                  self.n_eval_harmless),
-        }
+        """The prompt lists of every role (see :func:`split_prompts`)."""
+        return split_prompts(self)[0]
 
 
-def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path: Path, out: Path) -> dict:
-    """One DPO run from the original model; returns training facts."""
+#: what each prompt role is used for; the roles never share a prompt
+ROLES = ("identify", "train", "eval")
+
+
+def _canonical(source: str, kind: str) -> str:
+    return f"builtin:{kind}" if source == "builtin" else source
+
+
+def split_prompts(cfg: ExperimentConfig) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
+    """The one split of the experiment's prompts into disjoint roles, for each kind (harmful, harmless):
+
+    - ``train_KIND``: ``n_train_KIND`` prompts of ``train_KIND`` from ``train_offset`` on (the preference pairs);
+    - ``eval_KIND``: ``n_eval_KIND`` prompts of ``eval_KIND``, after the training ones when it is the same
+      source (the attack, over-refusal and KL);
+    - ``identify_KIND``: up to ``identify["max_prompts"]`` prompts of the identification source
+      (``identify["KIND"]``, default the built-in set) that are neither training nor evaluation prompts
+      (identification on the original model, during training, and the attacker's re-identification).
+
+    A prompt text is used by one role only, even when it appears in several sources. Returns the prompt
+    lists and a record of the split (per role: source, requested and actual count, the prompts' indices
+    in their source and a hash of the list), which ``results.json`` keeps under ``meta.split``."""
+    from .errors import PromptSourceError
+
+    cache: dict[tuple[str, str], list[str]] = {}
+
+    def load(src: str, kind: str) -> list[str]:
+        key = (_canonical(src, kind), kind)
+        if key not in cache:
+            cache[key] = [p.text for p in load_prompts(src, kind=kind, option=f"{kind} prompts ({src})")]
+        return cache[key]
+
+    default_identify = SafeNeuronOptions()
+    sets: dict[str, list[str]] = {}
+    record: dict[str, dict[str, Any]] = {}
+    for kind in ("harmful", "harmless"):
+        train_src, eval_src = getattr(cfg, f"train_{kind}"), getattr(cfg, f"eval_{kind}")
+        ident_src = cfg.identify.get(kind, getattr(default_identify, f"safeneuron_{kind}"))
+        n_train, n_eval = getattr(cfg, f"n_train_{kind}"), getattr(cfg, f"n_eval_{kind}")
+        same = _canonical(train_src, kind) == _canonical(eval_src, kind)
+        plan = (("train", train_src, cfg.train_offset, n_train),
+                ("eval", eval_src, cfg.train_offset + n_train if same else 0, n_eval),
+                ("identify", ident_src, 0, cfg.identify.get("max_prompts")))
+        used: set[str] = set()
+        for role, src, start, n in plan:
+            texts = load(src, kind)
+            picked: list[int] = []
+            for i in range(start, len(texts)):
+                if n is not None and len(picked) >= n:
+                    break
+                if texts[i] not in used:
+                    used.add(texts[i])
+                    picked.append(i)
+            if not picked:
+                others = ", ".join(f"{r} {len(sets.get(f'{r}_{kind}', []))}" for r in ROLES if f"{r}_{kind}" in sets)
+                raise PromptSourceError(
+                    f"{kind} prompts: {src!r} has {len(texts)} prompts and none is left for {role} after the "
+                    f"other roles took theirs ({others}); identification, training and evaluation never share a "
+                    f"prompt. Lower --n-train / --n-eval, or give the {role} prompts another source"
+                    + (f" (--identify-{kind})." if role == "identify" else f" (--{role}-{kind})."))
+            if n is not None and len(picked) < n and role != "identify":  # identify's count is a cap
+                logger.warning("%s_%s: %d prompts instead of %d (%s has no more that no other role uses)",
+                               role, kind, len(picked), n, src)
+            chosen = [texts[i] for i in picked]
+            sets[f"{role}_{kind}"] = chosen
+            record[f"{role}_{kind}"] = {"source": src, "requested": n, "n": len(chosen), "indices": picked,
+                                        "hash": prompts_hash(chosen)}
+    for kind in ("harmful", "harmless"):  # by construction; a cheap guard against a future edit
+        for i, a in enumerate(ROLES):
+            for b in ROLES[i + 1:]:
+                assert not set(sets[f"{a}_{kind}"]) & set(sets[f"{b}_{kind}"]), (a, b, kind)
+    return sets, record
+
+
+def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path: Path, out: Path,
+                  identify: dict[str, Any] | None = None) -> dict:
+    """One DPO run from the original model; returns training facts. ``identify``: the identification
+    options of variants that identify during training (default ``cfg.identify``; :func:`run_experiment`
+    passes the split's identification prompts)."""
     import datasets
     import transformers
     import trl
@@ -111,7 +174,7 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
     if options.get("safeneuron_freeze"):
         if not {"safeneuron_neuron_ratio", "safeneuron_signal", "safeneuron_reidentify_on_epoch_end"} & set(options):
             options["safeneuron_mask"] = str(mask_path)  # the mask identified once on the original
-        options.update({f"safeneuron_{k}": v for k, v in cfg.identify.items()})
+        options.update({f"safeneuron_{k}": v for k, v in (cfg.identify if identify is None else identify).items()})
     callback = SafeNeuronCallback(**options)
     args = trl.DPOConfig(
         output_dir=str(out), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
@@ -149,10 +212,17 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sets = cfg.split()
+    sets, split = split_prompts(cfg)
+    # every identification (the original model, during training, the attacker's on each model) reads the
+    # split's identification prompts, held apart from the training and evaluation prompts
+    identify_opts = dict(cfg.identify, max_prompts=None)
+    for kind in ("harmful", "harmless"):
+        path = out / f"identify_{kind}.jsonl"
+        path.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in sets[f"identify_{kind}"]))
+        identify_opts[kind] = str(path)
     judge = load_judge(cfg.judge)
     ref_pairs = load_reference_pairs(cfg.reference_answers, cfg.n_eval_harmless)
-    options = SafeNeuronOptions(**{f"safeneuron_{k}": v for k, v in cfg.identify.items()})
+    options = SafeNeuronOptions(**{f"safeneuron_{k}": v for k, v in identify_opts.items()})
     stage = lambda msg: print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", flush=True)  # noqa: E731
 
     stage(f"loading {cfg.model}")
@@ -186,7 +256,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         if name not in VARIANTS:
             raise ValueError(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}")
         stage(f"training {name} ({VARIANTS[name]})")
-        training[name] = train_variant(cfg, name, pairs_path, mask_path, out / "models" / name)
+        training[name] = train_variant(cfg, name, pairs_path, mask_path, out / "models" / name, identify_opts)
         stage(f"{name}: {training[name]['steps']} steps in {training[name]['train_seconds']}s; attacking it "
               "(safety neurons re-identified on it, as an attacker would)")
         model, mtok = load_model(str(out / "models" / name))
@@ -197,7 +267,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         gc.collect()
     meta = {"config": asdict(cfg), "seconds": round(time.perf_counter() - t0, 1), "library_version": __version__,
             "torch": torch.__version__, "python": platform.python_version(), "judge": judge.name,
-            "pairs": counts, "sets": {k: len(v) for k, v in sets.items()}}
+            "pairs": counts, "sets": {k: len(v) for k, v in sets.items()}, "split": split}
     import transformers
     import trl
     meta.update(transformers=transformers.__version__, trl=trl.__version__)
@@ -211,7 +281,9 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
 
 def _notes(meta: dict) -> str:
     cfg = meta["config"]
-    return (f"Model {cfg['model']}; {meta['sets']['train_harmful']}+{meta['sets']['train_harmless']} training "
+    return (f"Model {cfg['model']}; identification on {meta['sets']['identify_harmful']} harmful / "
+            f"{meta['sets']['identify_harmless']} harmless prompts, disjoint from the training and evaluation ones; "
+            f"{meta['sets']['train_harmful']}+{meta['sets']['train_harmless']} training "
             f"prompts -> pairs {meta['pairs']}; held-out eval {meta['sets']['eval_harmful']} harmful / "
             f"{meta['sets']['eval_harmless']} harmless prompts; DPO lr {cfg['learning_rate']}, beta {cfg['beta']}, "
             f"SFT weight on chosen {cfg['sft_weight']}, weight decay {cfg['weight_decay']}, {cfg['epochs']} epochs, batch "
@@ -221,14 +293,16 @@ def _notes(meta: dict) -> str:
 
 
 def print_summary(result: dict[str, Any]) -> str:
-    lines = [f"{'model':<18} {'ORI':>5} {'ES':>5} {'SAS':>5} {'FULL':>5} {'evasive':>8} {'over-ref':>8} "
-             f"{'ppl':>7} {'KL':>7} {'frozen':>7}"]
+    lines = [f"{'model':<18} {'ORI':>5} {'ES':>5} {'SAS':>5} {'FULL':>5} {'FULL 95% CI':>13} {'evasive':>8} "
+             f"{'over-ref':>8} {'ppl':>7} {'KL':>7} {'frozen':>7}"]
     for name, m in result["models"].items():
         a = m["asr"]
+        ci = m["rates"]["FULL"].get("ci95", {}).get("compliance")
         lines.append(f"{name:<18} {a['ORI']:>5.2f} {a['ES']:>5.2f} {a['SAS']:>5.2f} {a['FULL']:>5.2f} "
+                     f"{f'[{ci[0]:.2f},{ci[1]:.2f}]' if ci else '':>13} "
                      f"{m['rates']['FULL']['evasive']:>8.2f} {m['over_refusal']:>8.2f} {m['perplexity']:>7.2f} "
                      f"{m['kl']:>7.4f} {m.get('frozen_neurons', 0):>7}")
     return "\n".join(lines)
 
 
-__all__ = ["ExperimentConfig", "VARIANTS", "run_experiment", "print_summary"]
+__all__ = ["ExperimentConfig", "VARIANTS", "ROLES", "split_prompts", "run_experiment", "print_summary"]

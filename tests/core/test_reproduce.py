@@ -3,6 +3,7 @@ the same code path as bench/reproduce.py, so the experiment cannot silently rot.
 
 import json
 
+import pytest
 import torch
 import transformers
 from test_freeze_trl import frozen_rows
@@ -10,6 +11,9 @@ from tiny import save_tiny_model
 
 from safeneuron_plugins import NeuronMask
 from safeneuron_plugins.cli import main
+from safeneuron_plugins.errors import PromptSourceError
+from safeneuron_plugins.prompts import load_prompts, prompts_hash
+from safeneuron_plugins.reproduce import ROLES, ExperimentConfig, split_prompts
 
 
 def test_quickstart_pipeline_end_to_end(tmp_path, capsys):
@@ -47,3 +51,48 @@ def test_quickstart_pipeline_end_to_end(tmp_path, capsys):
     evaluated = {g["prompt"] for g in map(json.loads, (out / "generations.jsonl").read_text().splitlines())
                  if g["condition"] == "ORI"}
     assert not train_prompts & evaluated, "evaluation prompts are held out from training"
+    # identification (on the original, in training, by the attacker) used its own prompts, recorded in results
+    split = results["meta"]["split"]
+    identified = {json.loads(line)["prompt"] for line in (out / "identify_harmful.jsonl").read_text().splitlines()}
+    assert identified and not identified & train_prompts and not identified & evaluated
+    assert split["identify_harmful"]["n"] == len(identified) == mask.metadata["n_harmful"]
+    assert mask.metadata["harmful_source"] == str(out / "identify_harmful.jsonl")
+    assert split["eval_harmful"]["n"] == 4 and split["train_harmful"]["n"] == 8
+    assert set(split["identify_harmless"]["indices"]).isdisjoint(split["eval_harmless"]["indices"])
+
+
+def test_split_keeps_identification_training_and_evaluation_prompts_apart(tmp_path):
+    """The quickstart's defaults identified on the first 128 built-in prompts, which held its training and
+    held-out evaluation prompts too; every role now has its own prompts."""
+    sets, record = ExperimentConfig().split(), split_prompts(ExperimentConfig())[1]
+    for kind in ("harmful", "harmless"):
+        roles = {r: set(sets[f"{r}_{kind}"]) for r in ROLES}
+        assert all(roles.values())
+        assert not roles["identify"] & roles["train"] and not roles["identify"] & roles["eval"]
+        assert not roles["train"] & roles["eval"]
+        assert len(roles["train"]) == 40 and len(roles["eval"]) == 24 and 0 < len(roles["identify"]) <= 128
+        texts = [p.text for p in load_prompts("builtin", kind=kind)]
+        for r in ROLES:  # the record names the prompts: indices into their source, and a hash
+            rec = record[f"{r}_{kind}"]
+            assert [texts[i] for i in rec["indices"]] == sets[f"{r}_{kind}"] and rec["n"] == len(rec["indices"])
+            assert rec["hash"] == prompts_hash(sets[f"{r}_{kind}"])
+    # a prompt shared by two sources still goes to one role only
+    own = tmp_path / "eval.jsonl"
+    builtin = [p.text for p in load_prompts("builtin", kind="harmful")]
+    own.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in builtin[:3] + builtin[100:103] + ["A new one?"]))
+    cfg = ExperimentConfig(eval_harmful=str(own), n_train_harmful=2, n_eval_harmful=5,
+                           identify={"max_prompts": 200})
+    sets = cfg.split()
+    assert sets["train_harmful"] == builtin[:2]
+    assert sets["eval_harmful"] == [builtin[2], *builtin[100:103], "A new one?"]
+    assert set(sets["identify_harmful"]) == set(builtin) - set(builtin[:3] + builtin[100:103])
+
+
+def test_split_with_nothing_left_for_identification_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(PromptSourceError, match="none is left for identify"):
+        split_prompts(ExperimentConfig(n_train_harmful=150, n_eval_harmful=19))
+    code = main(["quickstart", "default", "--output-dir", str(tmp_path / "q"), "--n-train", "150", "--n-eval", "40",
+                 "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--n-train" in err and "--identify-harmful" in err
