@@ -77,6 +77,15 @@ def test_cli_neurostrike_and_ratio(model_dir, tmp_path):
                  "--ratio-scope", "layer", "--max-prompts", "20", "--quiet"]) == 0
     mask = NeuronMask.load(out)
     assert all(len(v) == 7 for v in mask.neurons.values())  # ceil(0.1 * 64) per layer
+    out = tmp_path / "ratio_sas.safetensors"
+    assert main(["identify", str(model_dir), "--out", str(out), "--neuron-ratio", "0.05", "--selection", "sas",
+                 "--max-prompts", "20", "--quiet"]) == 0
+    sas = NeuronMask.load(out)
+    nonempty = lambda sets: {l: v for l, v in sets.items() if v}  # noqa: E731
+    assert 0 < sas.num_neurons <= 10 and nonempty(sas.sas) == nonempty(sas.neurons)  # ranked by SAS
+    for m in (mask, sas):  # the ES(SN-)/SAS(SN-) sets never reach outside the mask
+        for layer, chosen in m.neurons.items():
+            assert set(m.es.get(layer, [])) <= set(chosen) and set(m.sas.get(layer, [])) <= set(chosen)
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -11,7 +11,7 @@ from tiny import save_tiny_model
 
 from safeneuron_plugins import NeuronMask
 from safeneuron_plugins.analysis import category_overlap
-from safeneuron_plugins.attack import CONDITIONS, best_attacker, random_like, run_attack, sweep_mask
+from safeneuron_plugins.attack import BEST_ATTACKER_GRID, CONDITIONS, best_attacker, random_like, run_attack, sweep_mask
 from safeneuron_plugins.capability import kl_to_reference, perplexity
 from safeneuron_plugins.cli import main
 from safeneuron_plugins.generation import generate
@@ -122,6 +122,19 @@ def test_attack_bad_sweep_or_control_is_a_clear_error(tiny_dir, harmful_src, tmp
     err = capsys.readouterr().err
     assert message in err and "error:" in err
     assert not out.exists()
+
+
+def test_attack_cli_best_attacker(tiny_dir, harmful_src, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    assert main(["attack", str(tiny_dir), "--harmful", str(harmful_src), "--out", str(out), "--max-new-tokens", "4",
+                 "--max-prompts", "8", "--limit", "3", "--sweep", "none", "--attacker", "best", "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    best = res["best_attacker"]
+    assert res["attacker"] == "best" and [r["setting"] for r in best["grid"]] == list(BEST_ATTACKER_GRID)
+    assert len(BEST_ATTACKER_GRID) == 18 and best["asr"] == max(r["asr"] for r in best["grid"])
+    gens = [json.loads(line) for line in out.with_name("results.generations.jsonl").read_text().splitlines()]
+    assert sum(g["condition"].startswith("best:") for g in gens) == 18 * 3
+    assert "best attacker (18 settings)" in capsys.readouterr().out
 
 
 def test_best_attacker_reports_the_worst_case_of_its_grid(tiny):
