@@ -144,6 +144,20 @@ def parse_control(text: str | None) -> tuple[int, ...] | None:
     return tuple(int(p) for p in parts)
 
 
+def _overlap_warning(options: SafeNeuronOptions, harmful: list[str]) -> int:
+    """How many evaluation prompts the attacker also identifies on; warns when any (not held out)."""
+    from .prompts import load_prompts
+
+    ident = {p.text for p in load_prompts(options.safeneuron_harmful, kind="harmful",
+                                          max_prompts=options.safeneuron_max_prompts, option="--identify-harmful")}
+    shared = sum(t in ident for t in harmful)
+    if shared:
+        print(f"warning: {shared} of the {len(harmful)} evaluation prompts (--harmful) are also identification "
+              "prompts (--identify-harmful), so the attack is not measured on held-out prompts; give one of the two "
+              "another source.", file=sys.stderr)
+    return shared
+
+
 def cmd_attack(args) -> int:
     """Identify (as an attacker would) or load a mask, prune, generate, judge."""
     import json
@@ -162,6 +176,7 @@ def cmd_attack(args) -> int:
     else:
         mask = identify(model, tokenizer, options=options, progress=not args.quiet)
     harmful = _texts(args.eval_harmful, "harmful", args.limit, "--harmful")
+    overlap = None if args.mask and args.attacker == "default" else _overlap_warning(options, harmful)
     results = run_attack(model, tokenizer, harmful, mask, judge=_judge(args), max_new_tokens=args.max_new_tokens,
                          batch_size=args.gen_batch_size, system_prompt=args.safeneuron_system_prompt, sweep=sweep,
                          control_seeds=control_seeds, identify_options=options,
@@ -170,6 +185,8 @@ def cmd_attack(args) -> int:
     results["model"] = args.model
     results["safety_neurons"] = mask.num_neurons
     results["attacker"] = args.attacker
+    if overlap is not None:
+        results["identification_overlap"] = overlap  # evaluation prompts the attacker also identified on
     generations = results.pop("generations")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -278,6 +295,7 @@ def cmd_compare(args) -> int:
     harmless = _texts(args.eval_harmless, "harmless", args.limit, "--harmless")
     pairs = load_reference_pairs(args.reference_answers, args.limit)
     opts = options_from_args(args)
+    _overlap_warning(opts, harmful)
     judge = _judge(args)
     reference = None
     results = {}

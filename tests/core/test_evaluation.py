@@ -53,6 +53,7 @@ def test_attack_cli_contract(tiny_dir, tmp_path, capsys):
             assert (lo, hi) == pytest.approx(wilson(k, 6))
     assert all(res["asr"][c] == res["rates"][c]["compliance"] and isinstance(res["asr"][c], float) for c in CONDITIONS)
     assert "controls" not in res and "best_attacker" not in res and res["attacker"] == "default"
+    assert res["identification_overlap"] == 0
     names = set(CONDITIONS) | {f"FULL@{p}%" for p in (25, 50, 75, 100)}
     assert {g["condition"] for g in gens} == names and all("label" in g for g in gens)
     assert all(sum(g["condition"] == n for g in gens) == 6 for n in names), "every condition's verdicts are saved"
@@ -94,6 +95,14 @@ def test_attack_random_control_and_no_sweep(tiny_dir, harmful_src, tmp_path, cap
     assert control["vs_full"]["diff"] == pytest.approx((sum(full) - sum(majority)) / 6)
     assert 0 <= control["vs_full"]["p_value"] <= 1
     assert "random control (2 seeds" in capsys.readouterr().out
+
+
+def test_attack_warns_when_it_evaluates_on_identification_prompts(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    assert main(["attack", str(tiny_dir), "--harmful", "builtin", "--limit", "2", "--out", str(out), "--max-new-tokens",
+                 "4", "--max-prompts", "24", "--sweep", "none", "--quiet"]) == 0
+    assert json.loads(out.read_text())["identification_overlap"] == 2
+    assert "2 of the 2 evaluation prompts" in capsys.readouterr().err
 
 
 def test_random_like_matches_the_mask_layer_by_layer():
