@@ -12,7 +12,7 @@ import time
 import torch
 
 from safeneuron_plugins.attack import judged_replies
-from safeneuron_plugins.judge import RefusalJudge
+from safeneuron_plugins.judge import default_judge
 from safeneuron_plugins.mask import NeuronMask
 from safeneuron_plugins.models import load_model
 from safeneuron_plugins.prompts import format_prompts, load_prompts
@@ -37,7 +37,7 @@ def main() -> None:
     plain = time.perf_counter() - start
 
     start = time.perf_counter()
-    judged_replies(model, tok, prompts, NeuronMask({}), RefusalJudge(), max_new_tokens=args.max_new_tokens,
+    judged_replies(model, tok, prompts, NeuronMask({}), default_judge(), max_new_tokens=args.max_new_tokens,
                    batch_size=args.batch_size, system_prompt=None, desc="attack", progress=False)
     ours = time.perf_counter() - start
     print(f"{len(prompts)} prompts, {args.max_new_tokens} new tokens, {torch.get_num_threads()} threads")

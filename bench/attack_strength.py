@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     ratios = [float(r) for r in args.ratios.split(",")]
-    judge = load_judge("patterns")
+    judge = load_judge("relevance")
     prompts = [p.text for p in load_prompts(args.eval_harmful, kind="harmful", max_prompts=args.n_eval)]
     gen = dict(max_new_tokens=args.max_new_tokens, batch_size=16, system_prompt=None, progress=False)
     t0 = time.perf_counter()

@@ -25,7 +25,7 @@ from torch import nn
 from .architectures import find_mlp_layers
 from .freeze import pruned
 from .generation import generate
-from .judge import Judge, RefusalJudge
+from .judge import Judge, default_judge
 from .mask import NeuronMask
 from .significance import paired_difference, wilson
 
@@ -136,7 +136,7 @@ def run_attack(model: nn.Module, tokenizer, harmful: list[str], mask: NeuronMask
     :func:`random_like` FULL(SN-) (``results["controls"]["random"]``, generations under
     ``random:SEED``). ``best_attacker_grid``: also run :func:`best_attacker` with that grid and
     ``identify_options`` (``results["best_attacker"]``)."""
-    judge = judge or RefusalJudge()
+    judge = judge or default_judge()
     layers = find_mlp_layers(model)
     results: dict[str, Any] = {"judge": judge.name, "n_prompts": len(harmful), "max_new_tokens": max_new_tokens,
                                "asr": {}, "rates": {}, "pruned_neurons": {}, "sweep": {}, "generations": []}
@@ -200,7 +200,7 @@ def best_attacker(model: nn.Module, tokenizer, harmful: list[str], *,
     setting in grid order), the setting that achieved it and every setting's result."""
     from .identify import identify
 
-    judge = judge or RefusalJudge()
+    judge = judge or default_judge()
     if _runner is None:
         scratch: dict[str, Any] = {"rates": {}, "pruned_neurons": {}, "generations": []}
         _runner = _Runner(model, tokenizer, harmful, judge, scratch, max_new_tokens=max_new_tokens,

@@ -11,7 +11,7 @@ from torch import nn
 from .activations import input_device
 from .errors import PromptSourceError
 from .generation import generate
-from .judge import Judge, RefusalJudge
+from .judge import Judge, default_judge
 from .prompts import builtin_path, format_prompts
 
 
@@ -33,7 +33,7 @@ def load_reference_pairs(source: str | None = None, limit: int | None = None) ->
 def over_refusal(model: nn.Module, tokenizer, harmless: list[str], *, judge: Judge | None = None,
                  max_new_tokens: int = 48, batch_size: int = 16, progress: bool = True) -> dict:
     """Fraction of harmless prompts the model refuses (lower is better)."""
-    judge = judge or RefusalJudge()
+    judge = judge or default_judge()
     replies = generate(model, tokenizer, harmless, max_new_tokens=max_new_tokens, batch_size=batch_size,
                        desc="over-refusal", progress=progress)
     verdicts = judge.judge(harmless, replies)

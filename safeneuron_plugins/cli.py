@@ -366,8 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_identify)
 
     def add_eval_flags(p, harmful=True):
-        p.add_argument("--judge", default="patterns", help="patterns (built-in refusal judge) or classifier:PATH_OR_ID "
-                                                           "(a Llama-Guard-style model)")
+        p.add_argument("--judge", default="relevance",
+                       help="relevance (default: refusal patterns + a check that the reply addresses the request), "
+                            "patterns (refusal patterns alone) or classifier:PATH_OR_ID (a Llama-Guard-style model)")
         p.add_argument("--max-new-tokens", type=int, default=64, help="greedy generation length")
         p.add_argument("--gen-batch-size", type=int, default=16, help="prompts per generation batch")
         p.add_argument("--limit", type=int, default=None, help="use at most N prompts of each set")
@@ -396,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("judge", help="judge replies: adds `refused` (and label/detail) to each row")
     p.add_argument("--input", required=True, help="JSONL rows with prompt and response")
     p.add_argument("--output", required=True, help="JSONL with the same rows, in order, plus verdicts")
-    p.add_argument("--judge", default="patterns", help="patterns or classifier:PATH_OR_ID")
+    p.add_argument("--judge", default="relevance", help="relevance (default), patterns or classifier:PATH_OR_ID")
     p.set_defaults(func=cmd_judge)
 
     p = sub.add_parser("make-pairs", help="build a safety DPO preference set from the model's own outputs")
@@ -456,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of an SFT loss on the chosen replies added to DPO (0: plain DPO loss)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--sweep", action="store_true", help="also run the 25/50/75/100%% layer sweep")
-    p.add_argument("--judge", default="patterns")
+    p.add_argument("--judge", default="relevance", help="relevance (default), patterns or classifier:PATH_OR_ID")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_identify_flags(p, {"safeneuron_harmful": "--identify-harmful", "safeneuron_harmless": "--identify-harmless"})

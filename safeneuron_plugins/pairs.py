@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from .generation import generate
-from .judge import Judge, RefusalJudge
+from .judge import Judge, default_judge
 
 
 def refusal_templates() -> list[str]:
@@ -36,7 +36,7 @@ def make_pairs(model: nn.Module, tokenizer, harmful: list[str], harmless: list[s
                include_evasive: bool = False, conversational: bool = True, seed: int = 0,
                progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Preference rows in trl's format plus counts of what was kept and skipped."""
-    judge = judge or RefusalJudge()
+    judge = judge or default_judge()
     rng = random.Random(seed)
     refusals = refusal_templates()
     rows: list[dict[str, Any]] = []

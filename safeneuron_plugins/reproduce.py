@@ -69,7 +69,7 @@ class ExperimentConfig:
     seed: int = 0
     max_new_tokens: int = 32
     gen_batch_size: int = 16
-    judge: str = "patterns"
+    judge: str = "relevance"
     sweep: bool = False
     identify: dict[str, Any] = field(default_factory=lambda: {"max_prompts": 128})
     progress: bool = True

@@ -16,7 +16,7 @@ from safeneuron_plugins.capability import kl_to_reference, perplexity
 from safeneuron_plugins.cli import main
 from safeneuron_plugins.generation import generate
 from safeneuron_plugins.identify import identify
-from safeneuron_plugins.judge import RefusalJudge
+from safeneuron_plugins.judge import default_judge
 from safeneuron_plugins.significance import wilson
 
 
@@ -42,7 +42,7 @@ def test_attack_cli_contract(tiny_dir, tmp_path, capsys):
     assert set(res["asr"]) == set(CONDITIONS)
     assert all(0.0 <= v <= 1.0 for v in res["asr"].values())
     assert set(res["sweep"]) == {"25", "50", "75", "100"}
-    assert res["judge"] == RefusalJudge().name and res["n_prompts"] == 6
+    assert res["judge"] == default_judge().name and res["n_prompts"] == 6
     assert res["pruned_neurons"]["ORI"] == 0 and res["pruned_neurons"]["FULL"] > 0
     gens = [json.loads(line) for line in out.with_name("results.generations.jsonl").read_text().splitlines()]
     for name, r in res["rates"].items():  # every rate carries n and its 95% Wilson interval
