@@ -47,8 +47,8 @@ def _down_inputs(model: nn.Module, layers: list[MLPLayer], box: dict[int, torch.
 
 def attribution_scores(model: nn.Module, tokenizer, layers: list[MLPLayer], texts: list[str], *,
                        refusal: str = DEFAULT_REFUSAL, batch_size: int = 8, max_length: int = 256,
-                       templated: bool = True, progress=None) -> dict[int, torch.Tensor]:
-    """Per layer, the mean over ``texts`` (chat-formatted harmful prompts) of sum_t a_j(t) g_j(t).
+                       templated: bool = True, progress=None, average: bool = True) -> dict[int, torch.Tensor]:
+    """Per layer, the mean (``average``; else the sum) over ``texts`` (chat-formatted harmful prompts) of sum_t a_j(t) g_j(t).
 
     ``g`` is the gradient of the summed log-probability of the ``refusal`` tokens that follow each
     prompt. Prompts are right-padded; padding positions carry no loss and their activations are
@@ -98,4 +98,4 @@ def attribution_scores(model: nn.Module, tokenizer, layers: list[MLPLayer], text
         for h in handles:
             h.remove()
         model.train(was_training)
-    return {l: t / max(len(texts), 1) for l, t in totals.items()}
+    return {l: t / max(len(texts), 1) for l, t in totals.items()} if average else totals

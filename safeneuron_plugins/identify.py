@@ -12,14 +12,18 @@ from torch import nn
 from . import __version__
 from .activations import input_device, length_batches, pad_batch, pad_id_of, pooled_activations, tokenize
 from .architectures import MLPLayer, find_mlp_layers, fingerprint, is_sharded
+from .attribution import attribution_scores
 from .errors import OptionsError, PromptSourceError
 from .mask import NeuronMask
 from .options import SafeNeuronOptions
 from .prompts import Prompt, format_prompts, load_prompts, prompts_hash
-from .scoring import activation_shift, effect_size, neurostrike_probe, select
+from .scoring import activation_shift, effect_size, neurostrike_probe, select, top_fraction
 from .stats import RunningStats
 
 logger = logging.getLogger("safeneuron")
+
+#: safeneuron_method `attribution` keeps this share of all MLP neurons when safeneuron_neuron_ratio is unset.
+ATTRIBUTION_RATIO = 0.01
 
 
 def _dist() -> tuple[int, int]:
@@ -156,6 +160,30 @@ def identify(model: nn.Module, tokenizer, harmful: str | list[str] | None = None
                                        progress=bar)
         mask = NeuronMask(chosen)
         meta.update(probe_epochs=o["probe_epochs"], probe_z=o["probe_z"])
+    elif o["method"] == "attribution":
+        if is_sharded(model):
+            raise OptionsError("safeneuron_method `attribution` needs a backward pass through the whole model and "
+                               "does not run on a sharded (FSDP2 / ZeRO-3) model; identify before sharding and pass "
+                               "safeneuron_mask, or use safeneuron_method `safeneuron`.")
+        rank, world = _dist()
+        mine = texts_u[rank::world]
+        bar = _progress(len(mine), "harmful prompts (attribution)", not progress)
+        with bar:
+            scores = attribution_scores(model, tokenizer, layers, mine, refusal=o["refusal_text"],
+                                        batch_size=o["batch_size"], max_length=o["max_length"],
+                                        templated=templated, progress=bar, average=False)
+        if world > 1:  # each rank summed its share of the prompts; the sum over ranks is the same on all
+            import torch.distributed as dist
+
+            for layer in sorted(scores):
+                dist.all_reduce(scores[layer])
+        scores = {l: v / len(texts_u) for l, v in scores.items()}
+        ratio = o["neuron_ratio"] if o["neuron_ratio"] is not None else ATTRIBUTION_RATIO
+        # only neurons whose activation supports the refusal (positive score) can be selected
+        chosen = top_fraction(scores, ratio, o["ratio_scope"], among={l: v > 0 for l, v in scores.items()})
+        mask = NeuronMask(chosen)
+        meta.update(neuron_ratio=ratio, ratio_scope=o["ratio_scope"], refusal_text=o["refusal_text"],
+                    signal="product", pooling="sum")
     else:
         s_u = collect_statistics(model, tokenizer, layers, texts_u, desc="harmful prompts", **common)
         s_s = collect_statistics(model, tokenizer, layers, texts_s, desc="harmless prompts", **common)

@@ -75,10 +75,17 @@ class SafeNeuronOptions:
         identify=True)
 
     # --- scoring and selection -----------------------------------------------------------
-    safeneuron_method: Literal["safeneuron", "neurostrike"] = _opt(
+    safeneuron_method: Literal["safeneuron", "neurostrike", "attribution"] = _opt(
         "safeneuron",
-        "Scorer: `safeneuron` (effect size + activation shift, one pass of streamed statistics) or "
-        "`neurostrike` (a logistic-regression probe per layer, z-score of its weights).", identify=True)
+        "Scorer: `safeneuron` (effect size + activation shift, one pass of streamed statistics), "
+        "`neurostrike` (a logistic-regression probe per layer, z-score of its weights) or "
+        "`attribution` (causal: activation x gradient of the log-probability of "
+        "safeneuron_refusal_text after each harmful prompt, one forward and backward pass; keeps the top "
+        "safeneuron_neuron_ratio of neurons, default 0.01).", identify=True)
+    safeneuron_refusal_text: str = _opt(
+        "I'm sorry, but I can't help with that.",
+        "safeneuron_method `attribution`: the refusal whose log-probability each neuron's attribution is "
+        "taken against (use the model's own refusal opening for the sharpest score).", identify=True)
     safeneuron_tau_es: float = _opt(
         3.0, "Activation Effect Size threshold: neuron j is selected when Cohen's d > tau_es.",
         low=0.0, high=100.0, identify=True)
@@ -90,8 +97,10 @@ class SafeNeuronOptions:
         "union", "Which criterion selects: the union of ES and SAS (the paper), ES only, or SAS only.",
         identify=True)
     safeneuron_neuron_ratio: float | None = _opt(
-        None, "Select the top fraction (0 < r <= 1) of neurons by effect size, instead of the "
-        "thresholds or as a cap on them (see safeneuron_ratio_mode).",
+        None, "Select the top fraction (0 < r <= 1) of neurons instead of the thresholds or as a cap "
+        "on them (see safeneuron_ratio_mode). Ranked by the criterion safeneuron_selection names "
+        "(effect size for `union` and `es`, the activation shift's z-score for `sas`); with "
+        "safeneuron_method `attribution`, by the attribution score.",
         low=0.0, high=1.0, low_open=True, identify=True)
     safeneuron_ratio_scope: Literal["global", "layer"] = _opt(
         "global", "Rank neurons for safeneuron_neuron_ratio over the whole model or within each layer.",
@@ -139,7 +148,10 @@ class SafeNeuronOptions:
         if self.safeneuron_method == "neurostrike" and self.safeneuron_neuron_ratio is not None:
             raise OptionsError(
                 "safeneuron_neuron_ratio ranks neurons by effect size and applies to "
-                "safeneuron_method='safeneuron' only; unset it or use the safeneuron method.")
+                "safeneuron_method='safeneuron' or 'attribution' only; unset it or use one of those methods.")
+        if self.safeneuron_method == "attribution" and not self.safeneuron_refusal_text.strip():
+            raise OptionsError("safeneuron_refusal_text is empty; safeneuron_method `attribution` needs the refusal "
+                               "text whose log-probability it attributes (e.g. \"I'm sorry, but I can't help with that.\").")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], *, source: str = "config") -> SafeNeuronOptions:

@@ -80,6 +80,17 @@ def _top_k_flags(scores: dict[int, torch.Tensor], k_of: dict[int, int] | int,
     return flags
 
 
+def top_fraction(scores: dict[int, torch.Tensor], ratio: float, scope: str = "global",
+                 among: dict[int, torch.Tensor] | None = None) -> dict[int, list[int]]:
+    """The highest-scoring ``ratio`` of neurons, over the whole model or per layer (sorted indices)."""
+    if scope == "layer":
+        k_of: dict[int, int] | int = {l: math.ceil(ratio * v.numel()) for l, v in scores.items()}
+    else:
+        k_of = math.ceil(ratio * sum(v.numel() for v in scores.values()))
+    flags = _top_k_flags({l: v.double().nan_to_num(nan=-math.inf) for l, v in scores.items()}, k_of, among=among)
+    return {l: _indices(flags[l]) for l in sorted(scores)}
+
+
 def select(d: dict[int, torch.Tensor], delta: dict[int, torch.Tensor], *, tau_es: float = 3.0,
            tau_sas: float = 2.0, selection: str = "union", neuron_ratio: float | None = None,
            ratio_scope: str = "global", ratio_mode: str = "instead") -> Selection:

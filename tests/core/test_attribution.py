@@ -58,3 +58,45 @@ def test_attribution_equals_gradient_of_neuron_scale(family, frozen):
         assert got[l.index].abs().max() > 0
         torch.testing.assert_close(got[l.index], want[l.index], rtol=1e-3, atol=1e-6)
     assert all(p.grad is None for p in model.parameters())  # no parameter gradients are left behind
+
+
+def test_identify_method_attribution_keeps_the_top_positive_scores(tmp_path):
+    """identify(method="attribution") selects exactly the top ratio of neurons by the score above,
+    only positive ones, and records how; the CLI writes the same mask."""
+    from safeneuron_plugins import NeuronMask, identify
+    from safeneuron_plugins.cli import main
+    from tests.tiny import save_tiny_model
+
+    torch.manual_seed(0)
+    model = tiny_model("llama").float().eval()
+    tok = make_tokenizer()
+    layers = find_mlp_layers(model)
+    mask = identify(model, tok, harmful=PROMPTS, harmless=["How do I bake bread?", "Plan a picnic."],
+                    method="attribution", refusal_text=REFUSAL, neuron_ratio=0.05, progress=False)
+    scores = attribution_scores(model, tok, layers, format_prompts(tok, PROMPTS), refusal=REFUSAL)
+    flat = torch.cat([scores[l.index] for l in layers])
+    k = int(torch.ceil(torch.tensor(0.05 * flat.numel())))
+    top = flat.topk(k).values
+    assert mask.num_neurons == int((top > 0).sum()) > 0
+    picked = torch.cat([scores[l][torch.tensor(v, dtype=torch.long)] for l, v in mask.neurons.items() if v])
+    assert picked.min() >= top[top > 0].min() - 1e-12  # no neuron outside the top k was chosen
+    assert mask.metadata["method"] == "attribution" and mask.metadata["signal"] == "product"
+    assert mask.metadata["neuron_ratio"] == 0.05 and mask.metadata["refusal_text"] == REFUSAL
+
+    model_dir = save_tiny_model(tmp_path / "m")
+    (tmp_path / "u.txt").write_text("\n".join(PROMPTS))
+    (tmp_path / "s.txt").write_text("How do I bake bread?\nPlan a picnic.\n")
+    out = tmp_path / "mask.safetensors"
+    assert main(["identify", str(model_dir), "--out", str(out), "--harmful", str(tmp_path / "u.txt"),
+                 "--harmless", str(tmp_path / "s.txt"), "--method", "attribution", "--neuron-ratio", "0.02",
+                 "--quiet"]) == 0
+    saved = NeuronMask.load(out)
+    assert saved.metadata["method"] == "attribution" and 0 < saved.num_neurons <= 0.02 * 3 * 64 + 1
+
+
+def test_attribution_refuses_an_empty_refusal_text():
+    from safeneuron_plugins.errors import OptionsError
+    from safeneuron_plugins.options import SafeNeuronOptions
+
+    with pytest.raises(OptionsError, match="safeneuron_refusal_text"):
+        SafeNeuronOptions(safeneuron_method="attribution", safeneuron_refusal_text="  ")
