@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .architectures import MLPLayer, is_sharded
+from .quantization import unpacked_bnb_weights
 
 
 class _StopForward(Exception):
@@ -131,7 +132,8 @@ def pooled_activations(model: nn.Module, layers: list[MLPLayer], batches: Iterat
     sharded = is_sharded(model)
     grad_off = torch.no_grad() if sharded else torch.inference_mode()
     try:
-        with grad_off, recording(model, layers, signal, sink, stop_after_last=not sharded):
+        with grad_off, unpacked_bnb_weights(model), recording(model, layers, signal, sink,
+                                                              stop_after_last=not sharded):
             for indices, ids, mask in batches:
                 current.clear()
                 mask_box[:] = [mask]

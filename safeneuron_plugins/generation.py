@@ -7,6 +7,7 @@ from torch import nn
 
 from .activations import input_device, length_batches
 from .prompts import format_prompts
+from .quantization import unpacked_bnb_weights
 
 
 def generate(model: nn.Module, tokenizer, prompts: list[str], *, max_new_tokens: int = 64,
@@ -33,7 +34,7 @@ def generate(model: nn.Module, tokenizer, prompts: list[str], *, max_new_tokens:
                 for row, i in enumerate(group):  # left padding: the reply starts at the same column
                     ids[row, width - len(seqs[i]):] = torch.tensor(seqs[i])
                     mask[row, width - len(seqs[i]):] = 1
-                with torch.inference_mode():
+                with torch.inference_mode(), unpacked_bnb_weights(model):
                     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                          max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                                          pad_token_id=pad, temperature=None, top_p=None, top_k=None)

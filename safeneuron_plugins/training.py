@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from torch import nn
@@ -13,9 +14,34 @@ from .architectures import find_mlp_layers, fingerprint
 from .errors import UnsupportedSetupError
 from .freeze import NeuronFreezer, pruned
 from .mask import NeuronMask
-from .options import SafeNeuronOptions
+from .options import SafeNeuronOptions, option_names
+from .quantization import check_no_packed_bnb_weights
 
 logger = logging.getLogger("safeneuron")
+
+
+def warn_if_freezing_off(options: SafeNeuronOptions, given: Iterable[str] | None = None, *,
+                         where: str = "the configuration") -> str | None:
+    """Log (WARNING, logger ``safeneuron``) and return a warning when SafeNeuron options are set but
+    ``safeneuron_freeze`` is not true: then nothing is frozen and a mask is never even checked against
+    the model. ``given``: the option names the user set (default: those that differ from the default).
+    Every host adapter (Trainer callback, Axolotl, LLaMA-Factory) calls this; None when all is well."""
+    if options.safeneuron_freeze:
+        return None
+    defaults = SafeNeuronOptions()
+    if given is None:
+        names = [n for n in option_names() if getattr(options, n) != getattr(defaults, n)]
+    else:
+        names = [n for n in option_names() if n in set(given)]
+    names = [n for n in names if n != "safeneuron_freeze"]
+    if not names:
+        return None
+    state = "false" if given is not None and "safeneuron_freeze" in set(given) else "not set"
+    message = (f"SafeNeuron: {', '.join(names)} {'is' if len(names) == 1 else 'are'} set in {where}, but "
+               f"safeneuron_freeze is {state}: NOTHING will be frozen and no mask is checked against the model. "
+               "Set safeneuron_freeze: true to freeze the safety neurons, or remove the safeneuron_* options.")
+    logger.warning(message)
+    return message
 
 
 def _is_main_process() -> bool:
@@ -65,6 +91,7 @@ class SafeNeuronTraining:
         self.model = model
         self.tokenizer = _tokenizer_of(processing_class)
         layers = find_mlp_layers(model, o.safeneuron_mlp_modules)
+        check_no_packed_bnb_weights(model)
         fp = fingerprint(model, layers)
         mask = self._resumed_mask(resume_dir) if resume_dir else None
         if mask is None and o.safeneuron_mask:

@@ -58,11 +58,18 @@ def _text(**kw):
     return base
 
 
-def tiny_config(family: str) -> transformers.PretrainedConfig:
-    """A config of the family with 3 layers, hidden 32, intermediate 64."""
+def tiny_config(family: str, **overrides) -> transformers.PretrainedConfig:
+    """A config of the family with 3 layers, hidden 32, intermediate 64 (``overrides`` change the
+    text model's sizes of the Llama-like families)."""
     t = transformers
+    if overrides and family not in ("llama", "opt"):
+        raise ValueError(f"size overrides are implemented for llama and opt, not {family!r}")
     if family == "llama":
-        return t.LlamaConfig(**_text())
+        return t.LlamaConfig(**_text(**overrides))
+    if family == "opt":  # not recognised automatically: fc1/fc2 directly in each decoder layer
+        return t.OPTConfig(**{**dict(vocab_size=384, hidden_size=32, ffn_dim=64, num_hidden_layers=3,
+                                     num_attention_heads=4, max_position_embeddings=256,
+                                     word_embed_proj_dim=32, **_IDS), **overrides})
     if family == "mistral":
         return t.MistralConfig(**_text())
     if family == "qwen2":
@@ -109,10 +116,16 @@ FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "
             "gpt2", "gpt_neox", "qwen2_vl", "qwen2_5_vl", "llava"]
 
 
-def tiny_model(family: str = "llama", seed: int = 0) -> torch.nn.Module:
+#: Sizes that every bitsandbytes 4-bit CPU path takes: its AVX512-BF16 path (used on CPUs with that
+#: feature, in eval mode) needs each quantised Linear's in_features to be a multiple of the 64-element
+#: quantisation block and its out_features a multiple of 32; hidden 32 / key-value width 16 are not.
+BNB_SIZES = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
+
+
+def tiny_model(family: str = "llama", seed: int = 0, **overrides) -> torch.nn.Module:
     """A randomly initialised model of the family (a causal LM, or the VLM class for VLM families)."""
     torch.manual_seed(seed)
-    config = tiny_config(family)
+    config = tiny_config(family, **overrides)
     if family in ("qwen2_vl", "qwen2_5_vl", "llava"):
         cls = {"qwen2_vl": "Qwen2VLForConditionalGeneration",
                "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
@@ -129,11 +142,11 @@ def tiny_model(family: str = "llama", seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def save_tiny_model(path: str | Path, family: str = "llama", seed: int = 0) -> Path:
+def save_tiny_model(path: str | Path, family: str = "llama", seed: int = 0, **overrides) -> Path:
     """Save a tiny model and its tokenizer to ``path``; returns the path."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model = tiny_model(family, seed)
+    model = tiny_model(family, seed, **overrides)
     tok = make_tokenizer()
     model.config.pad_token_id = tok.pad_token_id
     model.config.eos_token_id = tok.eos_token_id

@@ -4,9 +4,10 @@ import pytest
 import torch
 from safeneuron_plugins.integrations.hf import SafeNeuronCallback
 from test_freeze_trl import IDENT, frozen_rows, load, preference_data
-from tiny import save_tiny_model
+from tiny import BNB_SIZES, save_tiny_model
 
 from safeneuron_plugins.errors import UnsupportedSetupError
+from safeneuron_plugins.quantization import packed_bnb_layers
 
 peft = pytest.importorskip("peft")
 trl = pytest.importorskip("trl")
@@ -53,17 +54,37 @@ def test_non_zero_b_initialisation_is_refused(tmp_path):
                    init_lora_weights="olora")
 
 
-def test_qlora_4bit_base_keeps_frozen_delta_zero(tmp_path):
-    """bitsandbytes 4-bit base (its CPU backend) + LoRA: the same rule; the adapter's delta B·A is exactly
-    zero on frozen rows (gate/up) and columns (down), the quantised base is untouched, the rest trains."""
+def load_4bit(path, path_choice="cpu-default"):
+    """A 4-bit NF4 model on bitsandbytes' CPU backend. ``unpacked`` forces the path CPUs without
+    AVX512-BF16 take (no conversion to the packed inference layout); ``cpu-default`` leaves the choice to
+    bitsandbytes (on a CPU with AVX512-BF16: packed, in eval-mode passes without gradients)."""
     bnb = pytest.importorskip("bitsandbytes")
     import transformers
 
-    path = save_tiny_model(tmp_path / "m", "llama")
     quant = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32)
     model = transformers.AutoModelForCausalLM.from_pretrained(path, quantization_config=quant)
-    tok = transformers.AutoTokenizer.from_pretrained(path)
     assert isinstance(model.model.layers[0].mlp.gate_proj, bnb.nn.Linear4bit)
+    if path_choice == "unpacked":
+        for module in model.modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                module.support_avx512bf16_for_cpu = False
+    return model, transformers.AutoTokenizer.from_pretrained(path)
+
+
+def cpu_packs_4bit_weights() -> bool:
+    import bitsandbytes as bnb
+
+    return bool(bnb.functional.has_avx512bf16())
+
+
+@pytest.mark.parametrize("path_choice", ["cpu-default", "unpacked"])
+def test_qlora_4bit_base_keeps_frozen_delta_zero(tmp_path, path_choice):
+    """bitsandbytes 4-bit base (its CPU backend) + LoRA: the same rule; the adapter's delta B·A is exactly
+    zero on frozen rows (gate/up) and columns (down), the quantised base is untouched, the rest trains.
+    The tiny model has sizes every bitsandbytes CPU path takes (BNB_SIZES); ``unpacked`` forces the path of
+    CPUs without AVX512-BF16, ``cpu-default`` takes this CPU's own (see the README's test matrix)."""
+    path = save_tiny_model(tmp_path / "m", "llama", **BNB_SIZES)
+    model, tok = load_4bit(path, path_choice)
     base_q = {n: p.detach().clone() for n, p in model.named_parameters() if ".mlp." in n}
     cb = SafeNeuronCallback(safeneuron_freeze=True, safeneuron_freeze_down_proj=True, **IDENT)
     config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, task_type="CAUSAL_LM")
@@ -91,3 +112,51 @@ def test_qlora_4bit_base_keeps_frozen_delta_zero(tmp_path):
             assert torch.equal(p.detach(), base_q[key]), f"quantised base {key} changed"
             compared += 1
     assert compared == len(base_q)
+    # evaluation after training takes the chosen path: packed on a CPU with AVX512-BF16 unless forced off
+    peft_model.eval()
+    with torch.inference_mode():
+        logits = peft_model(input_ids=torch.tensor([[5, 6, 7, 8, 9]])).logits
+    assert torch.isfinite(logits).all()
+    assert bool(packed_bnb_layers(peft_model)) == (path_choice == "cpu-default" and cpu_packs_4bit_weights())
+
+
+@pytest.mark.parametrize("sizes", ["tiny", "bnb"])
+def test_identification_leaves_4bit_weights_trainable(tmp_path, sizes):
+    """Identification's eval-mode passes must not convert 4-bit weights to bitsandbytes' packed CPU layout:
+    with the tiny model's own sizes (hidden 32) that conversion raises ("shape '[32, 0]' is invalid"), and
+    a converted layer passes no gradient to its input in training. Same result on every CPU."""
+    from safeneuron_plugins.identify import identify
+
+    path = save_tiny_model(tmp_path / "m", "llama", **(BNB_SIZES if sizes == "bnb" else {}))
+    model, tok = load_4bit(path)
+    fresh, _ = load_4bit(path)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    mask = identify(model, tok, ["How do I hurt someone?", "Build a weapon.", "Steal a password."],
+                    ["Bake bread.", "Write a poem.", "Explain the tides."], tau_es=0.5, tau_sas=1.0, progress=False)
+    assert mask.metadata["n_harmful"] == 3
+    assert packed_bnb_layers(model) == []
+    assert all(torch.equal(p.detach(), weights[n]) for n, p in model.named_parameters())
+
+    def input_grad(m):
+        m.train()
+        emb = m.get_input_embeddings()(torch.tensor([[5, 6, 7, 8, 9]])).detach().requires_grad_(True)
+        m(inputs_embeds=emb).logits.sum().backward()
+        return emb.grad
+
+    assert torch.equal(input_grad(model), input_grad(fresh)), "training after identification must see the same gradient"
+
+
+def test_freezing_refuses_4bit_weights_already_packed(tmp_path):
+    """Where something else already converted the weights (an eval-mode pass before training on a CPU with
+    AVX512-BF16), freezing stops with a clear error instead of training on a wrong gradient."""
+    pytest.importorskip("bitsandbytes")
+    if not cpu_packs_4bit_weights():
+        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes never converts 4-bit weights to its packed layout")
+    path = save_tiny_model(tmp_path / "m", "llama", **BNB_SIZES)
+    model, tok = load_4bit(path)
+    with torch.inference_mode():
+        model.eval()(input_ids=torch.tensor([[5, 6, 7]]))
+    assert packed_bnb_layers(model)
+    cb = SafeNeuronCallback(safeneuron_freeze=True, **IDENT)
+    with pytest.raises(UnsupportedSetupError, match="inference layout"):
+        cb.run.begin(model, tok)
