@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 
 from safeneuron_plugins.errors import UnsupportedSetupError
 from safeneuron_plugins.options import SafeNeuronOptions
-from safeneuron_plugins.training import SafeNeuronTraining
+from safeneuron_plugins.training import SafeNeuronTraining, warn_if_freezing_off
 
 
 def _check_setup(args) -> None:
@@ -46,6 +46,8 @@ class SafeNeuronCallback(TrainerCallback):
         self.options = options or SafeNeuronOptions.from_dict(safeneuron_kwargs,
                                                                source="SafeNeuronCallback(...)")
         self.run = SafeNeuronTraining(self.options)
+        warn_if_freezing_off(self.options, None if options is not None else safeneuron_kwargs,
+                             where="SafeNeuronCallback(...)")
 
     @property
     def mask(self):

@@ -23,6 +23,7 @@ from axolotl.utils.logging import get_logger
 from transformers import Trainer, TrainerCallback
 
 from safeneuron_plugins.options import SafeNeuronOptions, split_options
+from safeneuron_plugins.training import warn_if_freezing_off
 
 # Axolotl shows INFO records of `axolotl.*` loggers only; the core logs under `safeneuron`.
 LOG = get_logger("axolotl.integrations.safeneuron")
@@ -62,6 +63,7 @@ class SafeNeuronPlugin(BasePlugin):
 
         options = options_from_cfg(cfg)
         if not options.safeneuron_freeze:
+            warn_if_freezing_off(options, where="the Axolotl config")
             return []
         # Axolotl builds one trainer per run; never attach a second callback to the same one.
         if any(isinstance(cb, SafeNeuronCallback) for cb in trainer.callback_handler.callbacks):

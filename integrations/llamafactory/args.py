@@ -12,6 +12,7 @@ from typing import Any
 
 from safeneuron_plugins.errors import OptionsError
 from safeneuron_plugins.options import PREFIX, SafeNeuronOptions, split_options
+from safeneuron_plugins.training import warn_if_freezing_off
 
 SAFENEURON_STAGE = "safeneuron_dpo"
 """The stage name that means DPO with the safety neurons frozen."""
@@ -21,13 +22,14 @@ FREEZING_STAGES = ("dpo",)
 
 
 def prepare_train_args(
-    args: Mapping[str, Any] | list[str], *, source: str = "the LLaMA-Factory config"
+    args: Mapping[str, Any] | list[str], *, source: str = "the LLaMA-Factory config", warn: bool = True
 ) -> tuple[dict[str, Any] | list[str], SafeNeuronOptions | None]:
     """Split off and validate the SafeNeuron options.
 
     Returns LLaMA-Factory's arguments (same form as given: dict, or ``--key value`` list) and the
     options, or None when freezing is off (then nothing of SafeNeuron takes part in the run).
-    ``stage: safeneuron_dpo`` becomes ``stage: dpo`` with ``safeneuron_freeze: true``.
+    ``stage: safeneuron_dpo`` becomes ``stage: dpo`` with ``safeneuron_freeze: true``. SafeNeuron keys
+    without freezing are logged as a warning (``warn``), since they would silently do nothing.
     """
     if isinstance(args, Mapping):
         ours, rest = split_options(args)
@@ -48,6 +50,8 @@ def prepare_train_args(
 
     options = SafeNeuronOptions.from_dict(ours, source=source) if ours else None
     if options is None or not options.safeneuron_freeze:
+        if options is not None and warn:
+            warn_if_freezing_off(options, ours, where=source)
         return rest, None
     if stage not in FREEZING_STAGES:
         raise OptionsError(

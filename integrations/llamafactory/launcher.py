@@ -32,9 +32,9 @@ def read_config(argv: list[str]) -> dict[str, Any] | list[str]:
         sys.argv = saved
 
 
-def run(args: dict[str, Any] | list[str]) -> None:
+def run(args: dict[str, Any] | list[str], *, warn: bool = True) -> None:
     """One process: strip our keys, build the callback, call LLaMA-Factory's ``run_exp``."""
-    rest, options = prepare_train_args(args)
+    rest, options = prepare_train_args(args, warn=warn)
     callbacks = []
     if options is not None:
         from safeneuron_plugins.integrations.hf import SafeNeuronCallback
@@ -85,9 +85,10 @@ def torchrun_command(argv: list[str]) -> list[str]:
 def train(argv: list[str]) -> int:
     """``safeneuron-llamafactory train ARGS``: same arguments as ``llamafactory-cli train``."""
     ensure_torchaudio_importable()
-    prepare_train_args(read_config(argv))  # fail fast on a bad safeneuron_* key, before any launch
+    # fail fast on a bad safeneuron_* key, before any launch; warns (once) when freezing is off
+    prepare_train_args(read_config(argv))
     if not needs_torchrun():
-        run(read_config(argv))
+        run(read_config(argv), warn=False)
         return 0
 
     from llamafactory.extras.misc import is_env_enabled
@@ -101,7 +102,7 @@ def train(argv: list[str]) -> int:
 
 def _worker() -> None:
     ensure_torchaudio_importable()
-    run(read_config(sys.argv[1:]))
+    run(read_config(sys.argv[1:]), warn=False)  # the launching process has warned already
 
 
 if __name__ == "__main__":
