@@ -45,14 +45,25 @@ def _down_inputs(model: nn.Module, layers: list[MLPLayer], box: dict[int, torch.
     return handles
 
 
+def _logits_to_keep_kw(model: nn.Module, n: int) -> dict:
+    """``logits_to_keep=n`` where the model's forward takes it (recent transformers causal LMs)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"logits_to_keep": n} if "logits_to_keep" in params else {}
+
+
 def attribution_scores(model: nn.Module, tokenizer, layers: list[MLPLayer], texts: list[str], *,
                        refusal: str = DEFAULT_REFUSAL, batch_size: int = 8, max_length: int = 256,
                        templated: bool = True, progress=None, average: bool = True) -> dict[int, torch.Tensor]:
     """Per layer, the mean (``average``; else the sum) over ``texts`` (chat-formatted harmful prompts) of sum_t a_j(t) g_j(t).
 
     ``g`` is the gradient of the summed log-probability of the ``refusal`` tokens that follow each
-    prompt. Prompts are right-padded; padding positions carry no loss and their activations are
-    masked out of the score."""
+    prompt. Prompts are left-padded with position ids counted from the first real token; padding
+    positions carry no loss and their activations are masked out of the score."""
     device = input_device(model)
     prompt_ids = tokenizer(texts, add_special_tokens=not templated, truncation=True,
                            max_length=max_length)["input_ids"]
@@ -66,25 +77,27 @@ def attribution_scores(model: nn.Module, tokenizer, layers: list[MLPLayer], text
     model.eval()
     box: dict[int, torch.Tensor] = {}
     handles = _down_inputs(model, layers, box)
+    n_t = len(target)
+    keep_kw = _logits_to_keep_kw(model, n_t + 1)
     try:
         for group in length_batches([len(s) for s in seqs], batch_size):
+            # left padding: every refusal ends in the last column, so only its n_t + 1 logit rows are
+            # computed (the LM head over a large vocabulary is a big share of a small model's cost)
             width = max(len(seqs[i]) for i in group)
             ids = torch.full((len(group), width), pad, dtype=torch.long)
             attn = torch.zeros((len(group), width), dtype=torch.long)
-            labels = torch.full((len(group), width), -100, dtype=torch.long)
             for row, i in enumerate(group):
-                n, p = len(seqs[i]), len(prompt_ids[i])
-                ids[row, :n] = torch.tensor(seqs[i])
-                attn[row, :n] = 1
-                labels[row, p:n] = torch.tensor(target)
-            ids, attn, labels = ids.to(device), attn.to(device), labels.to(device)
+                ids[row, width - len(seqs[i]):] = torch.tensor(seqs[i])
+                attn[row, width - len(seqs[i]):] = 1
+            positions = (attn.cumsum(1) - 1).clamp_min(0)
+            ids, attn, positions = ids.to(device), attn.to(device), positions.to(device)
             box.clear()
             with torch.enable_grad():
-                logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
-                logp = torch.log_softmax(logits[:, :-1].float(), -1)
-                tgt = labels[:, 1:]
-                picked = logp.gather(-1, tgt.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-                loss = (picked * (tgt != -100)).sum()
+                logits = model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=False,
+                               **keep_kw).logits[:, -(n_t + 1):-1]
+                logp = torch.log_softmax(logits.float(), -1)
+                tgt = torch.tensor(target, device=device).expand(len(group), -1)
+                loss = logp.gather(-1, tgt.unsqueeze(-1)).sum()
                 acts = [box[l.index] for l in layers]
                 grads = torch.autograd.grad(loss, acts)
             keep = attn.unsqueeze(-1).to(acts[0].dtype)
