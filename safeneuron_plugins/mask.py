@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,26 +115,24 @@ class NeuronMask:
 
     # --- file ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically (temporary file + rename): a crash never leaves half a mask."""
-        from safetensors.torch import save_file
+        """Write atomically: a crash never leaves half a mask, nor a temporary file beside it.
+
+        Refuses to replace a file that is not a SafeNeuron mask (e.g. a model's weights) or a directory.
+        The file gets the usual permissions of a new file (0666 less the umask)."""
+        from safetensors.torch import save as serialise
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        check_mask_destination(path)
+        _check_fingerprint(self.metadata.get("fingerprint"), f"NeuronMask.save({str(path)!r})")
         tensors = {}
         for name, sets in (("neurons", self.neurons), ("es", self.es), ("sas", self.sas)):
             for layer, idx in sets.items():
                 tensors[f"{name}.{layer}"] = torch.tensor(idx, dtype=torch.int64)
         meta = dict(self.metadata)
         meta["format_version"] = FORMAT_VERSION
-        header = {"safeneuron": json.dumps(meta, sort_keys=True)}
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=header)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        data = serialise(tensors, metadata={"safeneuron": json.dumps(meta, sort_keys=True)})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, data)
         return path
 
     @classmethod
@@ -141,6 +140,7 @@ class NeuronMask:
         from safetensors import safe_open
 
         path = Path(path)
+        where = f"safeneuron_mask: {str(path)!r}"
         if not path.is_file():
             raise MaskFormatError(f"safeneuron_mask: no mask file at {str(path)!r}; create one with "
                                   "`safeneuron identify MODEL --out PATH`.")
@@ -149,21 +149,131 @@ class NeuronMask:
                 header = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:
-            raise MaskFormatError(f"safeneuron_mask: {str(path)!r} is not a safetensors mask file "
-                                  f"({exc}).") from exc
+            raise MaskFormatError(f"{where} is not a safetensors mask file ({exc}).") from exc
         if "safeneuron" not in header:
-            raise MaskFormatError(f"safeneuron_mask: {str(path)!r} has no SafeNeuron metadata; "
-                                  "it was not written by `safeneuron identify`.")
-        meta = json.loads(header["safeneuron"])
+            raise MaskFormatError(f"{where} has no SafeNeuron metadata; it was not written by "
+                                  "`safeneuron identify`.")
+        try:
+            meta = json.loads(header["safeneuron"])
+        except json.JSONDecodeError as exc:
+            raise MaskFormatError(f"{where}: its SafeNeuron metadata is not JSON ({exc}); re-create the mask.") from exc
+        if not isinstance(meta, dict):
+            raise MaskFormatError(f"{where}: its SafeNeuron metadata is {type(meta).__name__}, not a JSON object; "
+                                  "re-create the mask.")
         version = meta.get("format_version")
         if version != FORMAT_VERSION:
-            raise MaskFormatError(f"safeneuron_mask: {str(path)!r} has format version {version}; "
-                                  f"this library reads version {FORMAT_VERSION}. Re-create the mask.")
+            raise MaskFormatError(f"{where} has format version {version}; this library reads version "
+                                  f"{FORMAT_VERSION}. Re-create the mask.")
+        fp = _check_fingerprint(meta.get("fingerprint"), where)
         sets: dict[str, dict[int, list[int]]] = {"neurons": {}, "es": {}, "sas": {}}
         for key, tensor in tensors.items():
-            name, layer = key.rsplit(".", 1)
-            sets[name][int(layer)] = tensor.tolist()
+            name, _, layer = key.rpartition(".")
+            if name not in sets or not layer.isdigit():
+                raise MaskFormatError(f"{where}: tensor {key!r} is not one of neurons.LAYER, es.LAYER, sas.LAYER.")
+            if tensor.dim() != 1 or tensor.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+                raise MaskFormatError(f"{where}: tensor {key!r} must be a 1-D integer list of neuron indices, "
+                                      f"got {tensor.dtype} of shape {list(tensor.shape)}.")
+            idx = tensor.tolist()
+            if int(layer) >= fp["num_layers"]:
+                raise MaskFormatError(f"{where}: tensor {key!r} names layer {layer}, but its model has "
+                                      f"{fp['num_layers']} layers.")
+            size = fp["intermediate_size"]
+            size = size[int(layer)] if isinstance(size, list) else size
+            bad = [i for i in idx if not 0 <= i < size]
+            if bad:
+                raise MaskFormatError(f"{where}: tensor {key!r} holds neuron {bad[0]}, outside 0..{size - 1} "
+                                      "(its model's intermediate size).")
+            sets[name][int(layer)] = idx
         return cls(sets["neurons"], sets["es"], sets["sas"], meta)
+
+
+def _check_fingerprint(fp: Any, where: str) -> dict[str, Any]:
+    """A mask's fingerprint must say how many layers and neurons its model has; without one it could
+    never be checked against a model."""
+    def whole(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    size = fp.get("intermediate_size") if isinstance(fp, dict) else None
+    if not (isinstance(fp, dict) and whole(fp.get("num_layers"))
+            and (whole(size) or isinstance(size, list) and len(size) == fp["num_layers"] and all(map(whole, size)))):
+        raise MaskFormatError(
+            f"{where}: the mask has no valid model fingerprint (metadata.fingerprint with num_layers and "
+            "intermediate_size), so it cannot be checked against a model. Create masks with `safeneuron "
+            "identify`, or give NeuronMask metadata={'fingerprint': architectures.fingerprint(model, layers)}.")
+    return fp
+
+
+def check_mask_destination(path: str | os.PathLike, flag: str = "mask") -> Path:
+    """Raise :class:`MaskFormatError` when ``path`` cannot take a mask: a directory, or an existing file
+    that is not a SafeNeuron mask (never overwrite a model's weights or anything else with a mask)."""
+    path = Path(path)
+    if path.is_dir():
+        raise MaskFormatError(f"{flag} {str(path)!r} is a directory; give a file path such as "
+                              f"{str(path / 'mask.safetensors')!r}.")
+    if path.exists() and not _is_mask_file(path):
+        raise MaskFormatError(f"{flag} {str(path)!r} exists and is not a SafeNeuron mask; refusing to overwrite "
+                              "it (is it a model's weights?). Give another path, or remove the file first.")
+    return path
+
+
+def _is_mask_file(path: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return "safeneuron" in (f.metadata() or {})
+    except Exception:
+        return False
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a file that has no name until it is complete (Linux O_TMPFILE),
+    linked under a temporary name only for the instant before the rename; elsewhere through a named
+    temporary file removed on any error."""
+    mode = 0o666 & ~_umask()
+    fd = None
+    if hasattr(os, "O_TMPFILE"):
+        try:
+            fd = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, mode)
+        except OSError:  # the file system has no unnamed temporary files
+            fd = None
+    if fd is not None:
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+                proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY)
+                try:  # linkat(AT_SYMLINK_FOLLOW) of the unnamed file: it gets a name only now
+                    os.link(str(f.fileno()), tmp, src_dir_fd=proc, follow_symlinks=True)
+                finally:
+                    os.close(proc)
+            try:
+                os.replace(tmp, path)
+            finally:
+                if os.path.lexists(tmp):
+                    os.unlink(tmp)
+            return
+        except FileNotFoundError:  # no /proc: fall through to a named temporary file
+            pass
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _normalise(sets: dict) -> dict[int, list[int]]:

@@ -35,8 +35,11 @@ def test_round_trip_keeps_neurons_criteria_and_metadata(tmp_path, llama_mask):
     assert back.check_compatible(fingerprint(model, find_mlp_layers(model))) == []
 
 
+FP = {"fingerprint": {"model_type": "llama", "num_layers": 3, "intermediate_size": 64}}
+
+
 def test_empty_layers_survive(tmp_path):
-    mask = NeuronMask({0: [], 1: [3, 1]}, metadata={"fingerprint": {}})
+    mask = NeuronMask({0: [], 1: [3, 1]}, metadata=FP)
     back = NeuronMask.load(mask.save(tmp_path / "e.safetensors"))
     assert back.neurons == {0: [], 1: [1, 3]}
 
@@ -92,18 +95,114 @@ def test_write_is_atomic(tmp_path, monkeypatch, llama_mask):
     _, mask = llama_mask
     path = mask.save(tmp_path / "m.safetensors")
     before = path.read_bytes()
-    import safetensors.torch
 
-    def crash(*args, **kwargs):
-        with open(args[1], "wb") as f:
-            f.write(b"half")
+    def crash(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", crash)
-    with pytest.raises(OSError):
-        NeuronMask({0: [1]}, metadata={}).save(path)
+    monkeypatch.setattr(os, "fsync", crash)  # the write fails after the data went out, before the rename
+    with pytest.raises(OSError, match="disk full"):
+        NeuronMask({0: [1]}, metadata=FP).save(path)
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["m.safetensors"]
+
+
+def test_mask_file_mode_follows_the_umask(tmp_path, llama_mask):
+    """Issue 13 item 8: not 0600 whatever the umask (a mask in a shared output_dir must stay readable)."""
+    _, mask = llama_mask
+    old = os.umask(0o022)
+    try:
+        assert os.stat(mask.save(tmp_path / "a.safetensors")).st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        assert os.stat(mask.save(tmp_path / "b.safetensors")).st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_sigkill_while_saving_leaves_no_temporary_file(tmp_path):
+    """Issue 13 item 8: a process killed (SIGKILL: no cleanup runs) while it writes masks leaves the
+    destination either the old or the new mask, and nothing else in the directory."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import sys, torch\n"
+        "from safeneuron_plugins import NeuronMask\n"
+        f"fp = {FP!r}\n"
+        "m = NeuronMask({l: list(range(0, 64, 2)) for l in range(3)}, metadata=dict(fp, pad='x' * 200000))\n"
+        "m.save(sys.argv[1]); print('ready', flush=True)\n"
+        "while True:\n    m.save(sys.argv[1])\n")
+    for attempt in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "m.safetensors")],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.2 + 0.13 * attempt)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert sorted(os.listdir(tmp_path)) == ["m.safetensors"], f"attempt {attempt}: {os.listdir(tmp_path)}"
+        assert NeuronMask.load(tmp_path / "m.safetensors").num_neurons == 96
+
+
+def test_refuses_to_overwrite_a_file_that_is_not_a_mask(tmp_path, llama_mask):
+    """Issue 13 item 3: `identify M --out M/model.safetensors` must not replace a model's weights."""
+    _, mask = llama_mask
+    import torch
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "model.safetensors"
+    save_file({"w": torch.ones(2)}, weights)
+    before = weights.read_bytes()
+    for target in (weights, tmp_path / "notes.txt"):
+        if not target.exists():
+            target.write_text("my notes")
+        with pytest.raises(MaskFormatError, match="not a SafeNeuron mask; refusing to overwrite"):
+            mask.save(target)
+    assert weights.read_bytes() == before and (tmp_path / "notes.txt").read_text() == "my notes"
+    with pytest.raises(MaskFormatError, match="is a directory"):
+        mask.save(tmp_path)
+    mask.save(tmp_path / "m.safetensors")
+    mask.save(tmp_path / "m.safetensors")  # a mask may replace a mask
+
+
+def _hand_edited(tmp_path, tensors, meta):
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "edited.safetensors"
+    header = {"safeneuron": meta if isinstance(meta, str) else json.dumps(meta)}
+    save_file({k: torch.tensor(v) for k, v in tensors.items()}, path, metadata=header)
+    return path
+
+
+GOOD_META = {"format_version": 1, **FP}
+
+
+@pytest.mark.parametrize("tensors, meta, message", [
+    ({"neurons.0": [1]}, "{not json", "metadata is not JSON"),
+    ({"neurons.0": [1]}, "[1, 2]", "not a JSON object"),
+    ({"neurons.0": [1]}, {"format_version": 1}, "no valid model fingerprint"),
+    ({"neurons.0": [1]}, {"format_version": 1, "fingerprint": {"num_layers": "3"}}, "no valid model fingerprint"),
+    ({"neurons.0": [-1, 2]}, GOOD_META, "neuron -1"),
+    ({"neurons.0": [1.5, 2.0]}, GOOD_META, "integer list"),
+    ({"neurons.0": [[1, 2]]}, GOOD_META, "1-D integer list"),
+    ({"neurons.0": [64]}, GOOD_META, "neuron 64, outside 0..63"),
+    ({"neurons.7": [1]}, GOOD_META, "names layer 7"),
+    ({"weights": [1]}, GOOD_META, "not one of neurons.LAYER"),
+    ({"neurons.x": [1]}, GOOD_META, "not one of neurons.LAYER"),
+])
+def test_hand_edited_masks_are_refused_with_the_reason(tmp_path, tensors, meta, message):
+    """Issue 13 item 10: bad metadata or indices are a MaskFormatError naming the problem, never a
+    JSONDecodeError/KeyError, nor a mask that silently prunes the wrong neurons."""
+    with pytest.raises(MaskFormatError, match=message):
+        NeuronMask.load(_hand_edited(tmp_path, tensors, meta))
+
+
+def test_a_mask_without_fingerprint_is_not_written():
+    with pytest.raises(MaskFormatError, match="no valid model fingerprint"):
+        NeuronMask({0: [1]}).save("/nonexistent-dir/never.safetensors")
 
 
 def test_union_for_iterative_rounds():
