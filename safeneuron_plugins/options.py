@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -69,7 +70,8 @@ class SafeNeuronOptions:
     safeneuron_harmless: str = _opt(
         "builtin", "Harmless prompt source, same forms as safeneuron_harmful.", identify=True)
     safeneuron_max_prompts: int | None = _opt(
-        None, "Use at most this many prompts of each source (first N).", low=1, identify=True)
+        None, "Use at most this many prompts of each source (first N; at least 2, statistics need them).",
+        low=2, identify=True)
     safeneuron_system_prompt: str | None = _opt(
         None, "System prompt put before every prompt when the chat template is applied.",
         identify=True)
@@ -160,8 +162,8 @@ class SafeNeuronOptions:
         unknown = [k for k in values if k not in known]
         if unknown:
             key = unknown[0]
-            guess = difflib.get_close_matches(key, known, n=1)
-            hint = f" Did you mean `{guess[0]}`?" if guess else ""
+            guess = _suggest(key, known)
+            hint = f" Did you mean `{guess}`?" if guess else ""
             raise OptionsError(
                 f"Unknown option `{key}` in {source}.{hint} Known SafeNeuron options: "
                 f"{', '.join(sorted(known))}.")
@@ -174,6 +176,15 @@ class SafeNeuronOptions:
         """The identification options without their prefix, as :func:`identify` takes them."""
         return {f.name[len(PREFIX):]: getattr(self, f.name)
                 for f in dataclasses.fields(self) if f.metadata["identify"]}
+
+
+def _suggest(key: str, known: list[str]) -> str | None:
+    """The option a mistyped key most likely meant: one that ends with the key's words (a dropped
+    leading word, `safeneuron_ratio` -> `safeneuron_neuron_ratio`), else the closest spelling."""
+    stem = key[len(PREFIX):] if key.startswith(PREFIX) else key
+    ending = [k for k in known if stem and k[len(PREFIX):].endswith("_" + stem)]
+    guess = difflib.get_close_matches(key, ending or known, n=1, cutoff=0.0 if ending else 0.6)
+    return guess[0] if guess else None
 
 
 def _check_value(f: dataclasses.Field, hint: Any, value: Any) -> Any:
@@ -206,6 +217,8 @@ def _check_value(f: dataclasses.Field, hint: Any, value: Any) -> Any:
         except ValueError:
             raise OptionsError(f"`{name}` must be {'an integer' if base is int else 'a number'}, "
                                f"got {value!r}.") from None
+        if not math.isfinite(number):  # NaN passes every comparison below; inf is no setting either
+            raise OptionsError(f"`{name}` is {value!r}: it must be a finite number. {meta['help']}")
         low, high = meta.get("low"), meta.get("high")
         too_low = low is not None and (number <= low if meta.get("low_open") else number < low)
         too_high = high is not None and number > high

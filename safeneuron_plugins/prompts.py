@@ -34,8 +34,18 @@ def builtin_path(name: str) -> Path:
 
 
 def load_prompts(source: str, *, kind: str = "harmful", max_prompts: int | None = None,
-                 option: str = "safeneuron_harmful") -> list[Prompt]:
-    """Read a prompt source; ``kind`` picks the built-in set. Errors name ``option``."""
+                 option: str = "safeneuron_harmful", min_prompts: int = 2) -> list[Prompt]:
+    """Read a prompt source; ``kind`` picks the built-in set. Errors name ``option``.
+
+    ``max_prompts`` keeps the first N (N >= 1); fewer than ``min_prompts`` non-empty prompts (after
+    that cut) is an error: identification statistics need 2 of each kind, an evaluation 1."""
+    if max_prompts is not None and (isinstance(max_prompts, bool) or not isinstance(max_prompts, int)
+                                    or max_prompts < 1):
+        raise PromptSourceError(f"{option}: at most {max_prompts!r} prompts is no limit; give a whole number "
+                                ">= 1 (or no limit).")
+    if not isinstance(source, str) or not source:
+        raise PromptSourceError(f"{option}={source!r}: give 'builtin', a .jsonl/.json/.csv/.txt file or "
+                                "hf:DATASET_ID[:split[:field]].")
     if source in ("builtin", f"builtin:{kind}") or source.startswith("builtin:"):
         name = source.split(":", 1)[1] if ":" in source else kind
         if name not in ("harmful", "harmless"):
@@ -54,8 +64,12 @@ def load_prompts(source: str, *, kind: str = "harmful", max_prompts: int | None 
     prompts = [p for p in prompts if p.text.strip()]
     if not prompts:
         raise PromptSourceError(f"{option}={source!r} holds no prompts (empty file or empty field); "
-                                "give a source with at least 2 non-empty prompts.")
-    return prompts[:max_prompts] if max_prompts else prompts
+                                f"give a source with at least {max(min_prompts, 1)} non-empty prompts.")
+    prompts = prompts[:max_prompts] if max_prompts else prompts
+    if len(prompts) < min_prompts:
+        raise PromptSourceError(f"{option}={source!r} gives {len(prompts)} prompt(s); at least {min_prompts} "
+                                "are needed (statistics over fewer are meaningless; use >= 64).")
+    return prompts
 
 
 def _split_field(source: str) -> tuple[Path, str | None]:
@@ -73,12 +87,23 @@ def _pick(row: dict, field: str | None, where: str, option: str) -> str:
         if field not in row:
             raise PromptSourceError(f"{option}: {where} has no field {field!r}; fields: {sorted(row)}. "
                                     f"Pick one with SOURCE:field.")
-        return str(row[field] or "")
+        return _text_of(row[field], field, where, option)
     for name in _DEFAULT_FIELDS:
         if name in row:
-            return str(row[name] or "")
+            return _text_of(row[name], name, where, option)
     raise PromptSourceError(f"{option}: {where} has none of the fields {list(_DEFAULT_FIELDS)}; "
                             f"fields: {sorted(row)}. Pick one with SOURCE:field (e.g. data.jsonl:text).")
+
+
+def _text_of(value, field: str, where: str, option: str) -> str:
+    """A prompt field's text: a string, or null (an empty prompt, skipped); anything else is an error,
+    never the str() of a number or a list."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise PromptSourceError(f"{option}: {where} field {field!r} is {type(value).__name__} {value!r:.60}, "
+                                "not a string. Pick a text field with SOURCE:field.")
+    return value
 
 
 def _rows_to_prompts(rows, field: str | None, where: str, option: str) -> list[Prompt]:
@@ -100,7 +125,7 @@ def _read_file(path: Path, field: str | None, option: str) -> list[Prompt]:
     suffix = path.suffix.lower()
     where = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first field
     except (OSError, UnicodeDecodeError) as exc:
         raise PromptSourceError(f"{option}: cannot read {where}: {exc}") from exc
     if suffix == ".jsonl":
