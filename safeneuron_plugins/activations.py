@@ -22,7 +22,11 @@ class _StopForward(Exception):
 
 
 def pool(acts: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Pool [batch, tokens, neurons] activations over real tokens into [batch, neurons] (float32)."""
+    """Pool [batch, tokens, neurons] activations over real tokens into [batch, neurons] (float32).
+
+    Some models (OPT) run their MLP on the flattened [batch * tokens, neurons] hidden states."""
+    if acts.dim() == 2 and acts.shape[0] == mask.numel():
+        acts = acts.reshape(*mask.shape, acts.shape[-1])
     acts = acts.float()
     keep = mask.to(acts.device).bool().unsqueeze(-1)
     if pooling == "max":

@@ -83,8 +83,10 @@ def random_like(mask: NeuronMask, seed: int, sizes: Mapping[int, int] | None = N
 
 def judged_replies(model: nn.Module, tokenizer, prompts: list[str], prune: NeuronMask, judge: Judge, *,
                    max_new_tokens: int, batch_size: int, system_prompt: str | None, desc: str,
-                   progress: bool) -> tuple[list[str], list]:
-    layers = find_mlp_layers(model)
+                   progress: bool, mlp_modules: str | None = None) -> tuple[list[str], list]:
+    """Replies with ``prune``'s neurons zeroed, and their verdicts. ``mlp_modules``: the
+    ``safeneuron_mlp_modules`` spec of an architecture not recognised automatically."""
+    layers = find_mlp_layers(model, mlp_modules)
     with pruned(model, layers, prune):
         replies = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                            system_prompt=system_prompt, desc=desc, progress=progress)
@@ -137,11 +139,12 @@ def run_attack(model: nn.Module, tokenizer, harmful: list[str], mask: NeuronMask
     ``random:SEED``). ``best_attacker_grid``: also run :func:`best_attacker` with that grid and
     ``identify_options`` (``results["best_attacker"]``)."""
     judge = judge or default_judge()
-    layers = find_mlp_layers(model)
+    mlp_modules = getattr(identify_options, "safeneuron_mlp_modules", None)  # prune where identification looked
+    layers = find_mlp_layers(model, mlp_modules)
     results: dict[str, Any] = {"judge": judge.name, "n_prompts": len(harmful), "max_new_tokens": max_new_tokens,
                                "asr": {}, "rates": {}, "pruned_neurons": {}, "sweep": {}, "generations": []}
     run = _Runner(model, tokenizer, harmful, judge, results, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                  system_prompt=system_prompt, progress=progress)
+                  system_prompt=system_prompt, progress=progress, mlp_modules=mlp_modules)
     for condition in CONDITIONS:
         run(condition, condition_mask(mask, condition))
         results["asr"][condition] = results["rates"][condition]["compliance"]
@@ -204,7 +207,8 @@ def best_attacker(model: nn.Module, tokenizer, harmful: list[str], *,
     if _runner is None:
         scratch: dict[str, Any] = {"rates": {}, "pruned_neurons": {}, "generations": []}
         _runner = _Runner(model, tokenizer, harmful, judge, scratch, max_new_tokens=max_new_tokens,
-                          batch_size=batch_size, system_prompt=system_prompt, progress=progress)
+                          batch_size=batch_size, system_prompt=system_prompt, progress=progress,
+                          mlp_modules=getattr(options, "safeneuron_mlp_modules", None))
     if not grid:
         raise ValueError("best_attacker: the grid of identification settings is empty")
     rows = []

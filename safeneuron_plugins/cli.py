@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
-from .errors import PromptSourceError, SafeNeuronError
+from .errors import OptionsError, PromptSourceError, SafeNeuronError
 from .mask import NeuronMask
 from .options import PREFIX, SafeNeuronOptions, option_choices, option_fields, option_type, options_markdown
 
@@ -73,11 +76,100 @@ def _load(args):
     return load_model(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map)
 
 
+# --- checks made before any model is loaded: bad input fails in seconds, not after the work ----------
+
+def _number(kind: type, low: float, *, open_low: bool = False, what: str = ""):
+    """An argparse type: a finite ``kind`` (int or float) >= ``low`` (> ``low`` with ``open_low``)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+        if not math.isfinite(value) or (value <= low if open_low else value < low):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {'>' if open_low else '>='} {low:g}{what}")
+        return value
+    return parse
+
+
+_POSITIVE = _number(int, 1)
+
+
+def check_output(path: str | os.PathLike | None, flag: str, *, directory: bool = False) -> Path | None:
+    """Raise :class:`OptionsError` naming ``flag`` unless ``path`` can be written (creating missing parent
+    directories); creates nothing. ``directory``: ``path`` is a directory to write into."""
+    if path is None:
+        return None
+    path = Path(path)
+    if not str(path).strip():
+        raise OptionsError(f"{flag} is empty; give a path.")
+    if directory:
+        if path.exists() and not path.is_dir():
+            raise OptionsError(f"{flag} {str(path)!r} is a file, not a directory.")
+    elif path.is_dir():
+        raise OptionsError(f"{flag} {str(path)!r} is a directory; give a file path inside it.")
+    existing = path if directory else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OptionsError(f"{flag} {str(path)!r}: {str(existing)!r} is a file, so no directory can be made there.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OptionsError(f"{flag} {str(path)!r}: the directory {str(existing)!r} is not writable.")
+    if not directory and path.exists() and not os.access(path, os.W_OK):
+        raise OptionsError(f"{flag} {str(path)!r} exists and is not writable.")
+    return path
+
+
+def check_plot(path: str | None, flag: str = "--plot") -> None:
+    if path is None:
+        return
+    check_output(path, flag)
+    if Path(path).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
+        raise OptionsError(f"{flag} {path!r}: give a .png, .pdf, .svg or .jpg file name.")
+
+
+def check_model_args(args) -> None:
+    """--dtype, --device and an evidently mistyped local MODEL path."""
+    from .models import check_model_spec, parse_dtype
+
+    parse_dtype(getattr(args, "dtype", None))
+    device = getattr(args, "device", None)
+    if device is not None:
+        import torch
+
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise OptionsError(f"--device {device!r} is not a device; use cpu, cuda, cuda:1, ...") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise OptionsError(f"--device {device!r}: no CUDA device is available here; use --device cpu.")
+    specs = [args.model] if isinstance(getattr(args, "model", None), str) else []
+    for spec in specs + list(getattr(args, "models", None) or []):
+        check_model_spec(spec)
+
+
+def check_identification(options: SafeNeuronOptions, harmful_flag: str = "--harmful",
+                         harmless_flag: str = "--harmless") -> None:
+    """Read the identification prompt sources and check --mlp-modules' form, before any model is loaded."""
+    from .architectures import parse_mlp_modules
+    from .prompts import load_prompts
+
+    if options.safeneuron_mlp_modules:
+        parse_mlp_modules(options.safeneuron_mlp_modules)
+    for kind, flag in (("harmful", harmful_flag), ("harmless", harmless_flag)):
+        load_prompts(getattr(options, f"safeneuron_{kind}"), kind=kind, max_prompts=options.safeneuron_max_prompts,
+                     option=flag)
+
+
 def cmd_identify(args) -> int:
     from .identify import identify
+    from .mask import check_mask_destination
     from .report import layer_table, plot_layers
 
     opts = options_from_args(args)
+    check_mask_destination(check_output(args.out, "--out"), "--out")
+    check_plot(args.plot)
+    check_model_args(args)
+    check_identification(opts)
     model, tokenizer = _load(args)
     start = time.perf_counter()
     mask = identify(model, tokenizer, options=opts, progress=not args.quiet)
@@ -93,13 +185,20 @@ def cmd_identify(args) -> int:
 def _texts(source: str, kind: str, limit: int | None, option: str) -> list[str]:
     from .prompts import load_prompts
 
-    return [p.text for p in load_prompts(source, kind=kind, max_prompts=limit, option=option)]
+    return [p.text for p in load_prompts(source, kind=kind, max_prompts=limit, option=option, min_prompts=1)]
 
 
 def _judge(args):
+    """The --judge, loaded before any other work; a bad name or an unloadable classifier is a clear error."""
     from .judge import load_judge
 
-    return load_judge(args.judge)
+    try:
+        return load_judge(args.judge)
+    except SafeNeuronError:
+        raise
+    except (ValueError, OSError, ImportError) as exc:
+        raise OptionsError(f"--judge {args.judge!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                           ) from exc
 
 
 def parse_sweep(text: str) -> tuple[int, ...]:
@@ -168,16 +267,25 @@ def cmd_attack(args) -> int:
     sweep = parse_sweep(args.sweep)
     control_seeds = parse_control(args.control)
     options = options_from_args(args)
+    out = check_output(args.out, "--out")
+    gen_path = check_output(out.with_name(out.stem + ".generations.jsonl"), "--out (its generations file)")
+    check_model_args(args)
+    given_mask = NeuronMask.load(args.mask) if args.mask else None
+    if given_mask is None or args.attacker == "best":
+        check_identification(options, "--identify-harmful", "--identify-harmless")
+    elif options.safeneuron_mlp_modules:
+        check_identification(options, "--identify-harmful", "--identify-harmless")
+    harmful = _texts(args.eval_harmful, "harmful", args.limit, "--harmful")
+    judge = _judge(args)
     model, tokenizer = _load(args)
-    if args.mask:
-        mask = NeuronMask.load(args.mask)
-        for warning in mask.check_compatible(_fingerprint(model), what="--mask"):
+    if given_mask is not None:
+        mask = given_mask
+        for warning in mask.check_compatible(_fingerprint(model, options.safeneuron_mlp_modules), what="--mask"):
             print(f"warning: {warning}", file=sys.stderr)
     else:
         mask = identify(model, tokenizer, options=options, progress=not args.quiet)
-    harmful = _texts(args.eval_harmful, "harmful", args.limit, "--harmful")
     overlap = None if args.mask and args.attacker == "default" else _overlap_warning(options, harmful)
-    results = run_attack(model, tokenizer, harmful, mask, judge=_judge(args), max_new_tokens=args.max_new_tokens,
+    results = run_attack(model, tokenizer, harmful, mask, judge=judge, max_new_tokens=args.max_new_tokens,
                          batch_size=args.gen_batch_size, system_prompt=args.safeneuron_system_prompt, sweep=sweep,
                          control_seeds=control_seeds, identify_options=options,
                          best_attacker_grid=BEST_ATTACKER_GRID if args.attacker == "best" else None,
@@ -188,37 +296,66 @@ def cmd_attack(args) -> int:
     if overlap is not None:
         results["identification_overlap"] = overlap  # evaluation prompts the attacker also identified on
     generations = results.pop("generations")
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    gen_path.write_text("".join(json.dumps(g) + "\n" for g in generations))  # the costly part first
     out.write_text(json.dumps(results, indent=2))
-    gen_path = out.with_name(out.stem + ".generations.jsonl")
-    gen_path.write_text("".join(json.dumps(g) + "\n" for g in generations))
     print(format_table(results))
     print(f"wrote {out} and {gen_path}")
     return 0
 
 
-def _fingerprint(model):
+def _fingerprint(model, mlp_modules: str | None = None):
     from .architectures import find_mlp_layers, fingerprint
 
-    return fingerprint(model, find_mlp_layers(model))
+    return fingerprint(model, find_mlp_layers(model, mlp_modules))
+
+
+def read_replies(path: str, flag: str = "--input") -> list[dict]:
+    """JSONL rows, each an object with string ``prompt`` and ``response``; errors name the line."""
+    import json
+
+    source = Path(path)
+    if not source.is_file():
+        raise PromptSourceError(f"{flag} {path!r}: no such file." if not source.exists()
+                                else f"{flag} {path!r} is not a file.")
+    try:
+        text = source.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PromptSourceError(f"{flag} {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
+    except OSError as exc:
+        raise PromptSourceError(f"{flag} {path!r} cannot be read ({exc.strerror}).") from None
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PromptSourceError(f"{flag} {path!r} line {n} is not JSON ({exc.msg}).") from None
+        if not isinstance(row, dict):
+            raise PromptSourceError(f"{flag} {path!r} line {n} is a JSON {type(row).__name__}; each line must be "
+                                    "an object with `prompt` and `response` fields.")
+        if "prompt" not in row or "response" not in row:
+            raise PromptSourceError(f"{flag} {path!r} line {n} needs `prompt` and `response` fields.")
+        for key in ("prompt", "response"):
+            if not isinstance(row[key], str):
+                raise PromptSourceError(f"{flag} {path!r} line {n}: `{key}` is {type(row[key]).__name__} "
+                                        f"{row[key]!r:.40}, not a string.")
+        rows.append(row)
+    if not rows:
+        raise PromptSourceError(f"{flag} {path!r} holds no rows.")
+    return rows
 
 
 def cmd_judge(args) -> int:
     import json
 
-    rows = []
-    for n, line in enumerate(Path(args.input).read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            row = json.loads(line)
-            if "prompt" not in row or "response" not in row:
-                raise PromptSourceError(f"--input {args.input}: line {n} needs `prompt` and `response` fields.")
-            rows.append(row)
-    if not rows:
-        raise PromptSourceError(f"--input {args.input} holds no rows.")
+    output = check_output(args.output, "--output")
+    rows = read_replies(args.input)
     judge = _judge(args)
     verdicts = judge.judge([r["prompt"] for r in rows], [r["response"] for r in rows])
-    with open(args.output, "w", encoding="utf-8") as f:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "w", encoding="utf-8") as f:
         for row, v in zip(rows, verdicts):
             f.write(json.dumps({**row, "refused": v.refused, "label": v.label, "success": v.success,
                                 "detail": v.detail, "judge": judge.name}) + "\n")
@@ -233,14 +370,16 @@ def cmd_make_pairs(args) -> int:
 
     from .pairs import make_pairs
 
-    model, tokenizer = _load(args)
+    out = check_output(args.out, "--out")
+    check_model_args(args)
     harmful = _texts(args.harmful, "harmful", args.limit, "--harmful")
     harmless = _texts(args.harmless, "harmless", args.limit, "--harmless")
-    rows, counts = make_pairs(model, tokenizer, harmful, harmless, judge=_judge(args),
+    judge = _judge(args)
+    model, tokenizer = _load(args)
+    rows, counts = make_pairs(model, tokenizer, harmful, harmless, judge=judge,
                               max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size,
                               include_evasive=args.include_evasive, conversational=args.format == "conversational",
                               seed=args.seed, progress=not args.quiet)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"wrote {len(rows)} preference pairs to {out}: {counts}")
@@ -252,35 +391,38 @@ def cmd_analyze(args) -> int:
 
     from .analysis import category_overlap, plot_depth_heatmap, plot_overlap
 
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    report: dict = {}
-    if args.masks:
-        masks = {Path(p).stem: NeuronMask.load(p) for p in args.masks}
-        print(f"heatmap: {plot_depth_heatmap(masks, out / 'depth_heatmap.png')}")
-        report["masks"] = {n: m.num_neurons for n, m in masks.items()}
+    out = check_output(args.out_dir, "--out-dir", directory=True)
+    if not args.masks and not args.model:
+        raise SafeNeuronError("give mask files to compare layer profiles, and/or --model for the category overlap.")
+    masks = {Path(p).stem: NeuronMask.load(p) for p in args.masks}
+    by_cat: dict[str, list[str]] = {}
     if args.model:
-        from .identify import identify
         from .prompts import load_prompts
 
-        model, tokenizer = _load(args)
-        prompts = load_prompts(args.safeneuron_harmful or "builtin", kind="harmful", option="--harmful")
-        by_cat: dict[str, list[str]] = {}
-        for p in prompts:
+        check_model_args(args)
+        opts = options_from_args(args)
+        check_identification(opts)
+        for p in load_prompts(opts.safeneuron_harmful, kind="harmful", option="--harmful"):
             by_cat.setdefault(p.category or "uncategorised", []).append(p.text)
         by_cat = {c: t for c, t in by_cat.items() if len(t) >= args.min_per_category}
         if len(by_cat) < 2:
             raise PromptSourceError("--by-category needs harmful prompts with a `category` field and at least 2 "
                                     f"categories of >= {args.min_per_category} prompts.")
-        opts = options_from_args(args)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {}
+    if masks:
+        print(f"heatmap: {plot_depth_heatmap(masks, out / 'depth_heatmap.png')}")
+        report["masks"] = {n: m.num_neurons for n, m in masks.items()}
+    if args.model:
+        from .identify import identify
+
+        model, tokenizer = _load(args)
         masks = {c: identify(model, tokenizer, texts, options=opts, progress=not args.quiet)
                  for c, texts in sorted(by_cat.items())}
         overlap = category_overlap(masks)
         report["overlap"] = overlap
         print(json.dumps(overlap, indent=2))
         print(f"plot: {plot_overlap(overlap, out / 'category_overlap.png')}")
-    if not report:
-        raise SafeNeuronError("give mask files to compare layer profiles, and/or --model for the category overlap.")
     (out / "analysis.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {out / 'analysis.json'}")
     return 0
@@ -291,10 +433,13 @@ def cmd_compare(args) -> int:
     from .compare import evaluate_model, write_report
     from .models import load_model
 
+    check_output(args.out_dir, "--out-dir", directory=True)
+    check_model_args(args)
     harmful = _texts(args.eval_harmful, "harmful", args.limit, "--harmful")
     harmless = _texts(args.eval_harmless, "harmless", args.limit, "--harmless")
     pairs = load_reference_pairs(args.reference_answers, args.limit)
     opts = options_from_args(args)
+    check_identification(opts, "--identify-harmful", "--identify-harmless")
     _overlap_warning(opts, harmful)
     judge = _judge(args)
     reference = None
@@ -317,6 +462,9 @@ def cmd_quickstart(args) -> int:
     from .reproduce import ExperimentConfig, print_summary, run_experiment
 
     opts = options_from_args(args)
+    check_output(args.output_dir, "--output-dir", directory=True)
+    check_model_args(args)
+    _judge(args)
     identify_kwargs = {"max_prompts": 128, **{k: v for k, v in opts.identify_kwargs().items()
                                               if v != getattr(SafeNeuronOptions(), PREFIX + k)}}
     cfg = ExperimentConfig(model=args.model, out_dir=args.output_dir, variants=args.variants.split(","),
@@ -369,9 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--judge", default="relevance",
                        help="relevance (default: refusal patterns + a check that the reply addresses the request), "
                             "patterns (refusal patterns alone) or classifier:PATH_OR_ID (a Llama-Guard-style model)")
-        p.add_argument("--max-new-tokens", type=int, default=64, help="greedy generation length")
-        p.add_argument("--gen-batch-size", type=int, default=16, help="prompts per generation batch")
-        p.add_argument("--limit", type=int, default=None, help="use at most N prompts of each set")
+        p.add_argument("--max-new-tokens", type=_POSITIVE, default=64, help="greedy generation length")
+        p.add_argument("--gen-batch-size", type=_POSITIVE, default=16, help="prompts per generation batch")
+        p.add_argument("--limit", type=_POSITIVE, default=None, help="use at most N (>= 1) prompts of each set")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("attack", help="neuron pruning attack: ASR under ORI, ES, SAS, FULL and the layer sweep")
@@ -406,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["conversational", "standard"], default="conversational",
                    help="trl's conversational (message lists) or standard (plain strings) format")
     p.add_argument("--include-evasive", action="store_true", help="also use evasive replies as rejected")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_number(int, 0), default=0)
     p.add_argument("--harmful", default="builtin", help="harmful prompts (a SRC)")
     p.add_argument("--harmless", default="builtin", help="harmless prompts (a SRC)")
     add_eval_flags(p)
@@ -418,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default=None)
     p.add_argument("--device-map", default=None)
-    p.add_argument("--min-per-category", type=int, default=8)
+    p.add_argument("--min-per-category", type=_number(int, 2), default=8)
     p.add_argument("--out-dir", default="runs/analysis")
     p.add_argument("--quiet", action="store_true")
     add_identify_flags(p)
@@ -448,17 +596,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-harmful", default="builtin:harmful", help="held out from training when it is the "
                                                                       "same source")
     p.add_argument("--eval-harmless", default="builtin:harmless")
-    p.add_argument("--n-train", type=int, default=40, help="training prompts of each kind")
-    p.add_argument("--n-eval", type=int, default=24, help="held-out evaluation prompts of each kind")
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--max-steps", type=int, default=-1)
-    p.add_argument("--learning-rate", type=float, default=5e-5)
-    p.add_argument("--sft-weight", type=float, default=1.0,
+    p.add_argument("--n-train", type=_POSITIVE, default=40, help="training prompts of each kind")
+    p.add_argument("--n-eval", type=_POSITIVE, default=24, help="held-out evaluation prompts of each kind")
+    p.add_argument("--epochs", type=_number(float, 0, open_low=True), default=1.0)
+    p.add_argument("--max-steps", type=_number(int, -1), default=-1, help="-1: as many as --epochs give")
+    p.add_argument("--learning-rate", type=_number(float, 0, open_low=True), default=5e-5)
+    p.add_argument("--sft-weight", type=_number(float, 0), default=1.0,
                    help="weight of an SFT loss on the chosen replies added to DPO (0: plain DPO loss)")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=_POSITIVE, default=32)
     p.add_argument("--sweep", action="store_true", help="also run the 25/50/75/100%% layer sweep")
     p.add_argument("--judge", default="relevance", help="relevance (default), patterns or classifier:PATH_OR_ID")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_number(int, 0), default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_identify_flags(p, {"safeneuron_harmful": "--identify-harmful", "safeneuron_harmless": "--identify-harmless"})
     p.set_defaults(func=cmd_quickstart)
@@ -476,7 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("safeneuron").setLevel(logging.INFO)
     try:
         return args.func(args)
-    except SafeNeuronError as exc:
+    except SafeNeuronError as exc:  # every user error: one line, exit 2; -v adds the traceback
+        if args.verbose:
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

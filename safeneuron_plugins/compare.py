@@ -38,7 +38,7 @@ def evaluate_model(model: nn.Module, tokenizer, *, harmful: list[str], harmless:
     judge = judge or default_judge()
     mask = mask or identify(model, tokenizer, identify_harmful, identify_harmless, options=options, progress=progress)
     attack = run_attack(model, tokenizer, harmful, mask, judge=judge, max_new_tokens=max_new_tokens,
-                        batch_size=batch_size, sweep=sweep, progress=progress)
+                        batch_size=batch_size, sweep=sweep, identify_options=options, progress=progress)
     over = over_refusal(model, tokenizer, harmless, judge=judge, max_new_tokens=max_new_tokens,
                         batch_size=batch_size, progress=progress)
     return {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -67,6 +68,18 @@ def _load_gguf(path: Path, dtype):
     return model, tokenizer
 
 
+def _check_loading_info(spec: str, info: dict) -> None:
+    """Weights missing from (or of another shape than in) the checkpoint would be random-initialised:
+    every result on such a model is meaningless, so refuse it."""
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = [k if isinstance(k, str) else k[0] for k in info.get("mismatched_keys") or []]
+    if missing or mismatched:
+        what = (f"{len(missing)} weights are missing from its checkpoint (e.g. {missing[0]})" if missing
+                else f"{len(mismatched)} weights have another shape in its checkpoint (e.g. {mismatched[0]})")
+        raise SafeNeuronError(f"MODEL {spec!r}: {what}, so they would be randomly initialised. Is the weights "
+                              "file complete and the model's own (not, e.g., a mask written over model.safetensors)?")
+
+
 def parse_dtype(name: str | None):
     if name in (None, "auto"):
         return "auto" if name == "auto" else torch.float32
@@ -76,13 +89,59 @@ def parse_dtype(name: str | None):
         raise SafeNeuronError(f"--dtype {name!r}: choose one of {sorted(_DTYPES)} or auto.") from None
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def _fix() -> str:
+    return "Give a local model directory, a .gguf file, 'default', or a Hugging Face model id like org/name."
+
+
+def check_model_spec(spec: str) -> None:
+    """Check MODEL before anything is loaded: a local directory must hold a config, a tokenizer and weights;
+    a path that is evidently local (it starts with ./ / ~, has several parts, or its first part is a local
+    directory, like models/nope) must exist, instead of being tried on the hub for a minute."""
+    if spec == DEFAULT_MODEL:
+        return
+    if not isinstance(spec, str) or not spec.strip():
+        raise SafeNeuronError(f"MODEL {spec!r} is empty. {_fix()}")
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise SafeNeuronError(f"MODEL {spec!r}: no such GGUF file.")
+        return
+    if path.exists():
+        if not path.is_dir():
+            raise SafeNeuronError(f"MODEL {spec!r} is a file; give the model's directory (with config.json) or a "
+                                  ".gguf file.")
+        missing = []
+        if not (path / "config.json").is_file():
+            missing.append("config.json")
+        if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+            missing.append("tokenizer (tokenizer.json / tokenizer_config.json)")
+        if not any(f.suffix in _WEIGHT_SUFFIXES for f in path.iterdir()):
+            missing.append("weights (*.safetensors)")
+        if missing:
+            raise SafeNeuronError(f"MODEL {spec!r}: the directory has no {', '.join(missing)}. Save the model and its "
+                                  "tokenizer there with save_pretrained, or give another model.")
+        return
+    first = Path(spec.replace("\\", "/").split("/")[0])
+    local = (spec.startswith((".", "/", "~")) or "\\" in spec or spec.count("/") > 1
+             or (spec.count("/") == 1 and first.is_dir()) or not _HUB_ID.match(spec))
+    if local:
+        near = f" ({str(first)!r} exists here)" if spec.count("/") and first.is_dir() else ""
+        raise SafeNeuronError(f"MODEL {spec!r}: no such directory{near}. {_fix()}")
+
+
 def load_model(spec: str = DEFAULT_MODEL, *, dtype: str | None = "float32", device: str | None = None,
                device_map: str | None = None, for_generation: bool = False):
     """Load (model, tokenizer) from ``default``, a local directory, a ``.gguf`` file or a hub id."""
     import transformers
 
     torch_dtype = parse_dtype(dtype)
-    path = Path(spec)
+    check_model_spec(spec)
+    path = Path(spec).expanduser()
     if spec == DEFAULT_MODEL:
         path = default_model_path()
     if path.suffix == ".gguf":
@@ -90,19 +149,23 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: str | None = "float32", devi
             raise SafeNeuronError(f"MODEL {spec!r}: no such GGUF file.")
         model, tokenizer = _load_gguf(path, torch_dtype)
     else:
-        where = str(path) if path.exists() else spec
-        if not path.exists() and (spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") > 1):
-            raise SafeNeuronError(f"MODEL {spec!r}: no such directory; give a local model directory, "
-                                  "a .gguf file, or a Hugging Face model id like org/name.")
+        local = path.is_dir()
+        where = str(path) if local else spec
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(where)
-            kwargs = {"dtype": torch_dtype}
+            kwargs = {"dtype": torch_dtype, "output_loading_info": True}
             if device_map:
                 kwargs["device_map"] = device_map
-            model = transformers.AutoModelForCausalLM.from_pretrained(where, **kwargs)
-        except OSError as exc:
-            raise SafeNeuronError(f"MODEL {spec!r} cannot be loaded ({str(exc).splitlines()[0]}). Give "
-                                  "a local directory, a .gguf file, or a model id reachable from here.") from exc
+            model, info = transformers.AutoModelForCausalLM.from_pretrained(where, **kwargs)
+        except Exception as exc:  # for a local directory every failure is about its files
+            if not local and not isinstance(exc, (OSError, ValueError)):
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise SafeNeuronError(f"MODEL {spec!r} cannot be loaded ({type(exc).__name__}: {first}). "
+                                  + ("Are its files complete (a copy or download cut short)?" if local else
+                                     "Give a local directory, a .gguf file, or a model id reachable from here.")
+                                  ) from exc
+        _check_loading_info(spec, info)
     if device and not device_map:
         model.to(device)
     if for_generation:
