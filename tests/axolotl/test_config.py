@@ -58,12 +58,12 @@ def test_valid_options_are_kept_and_coerced(base_cfg):
     ({"safeneuron_nueron_ratio": 0.1},
      "Unknown option `safeneuron_nueron_ratio` in the Axolotl config. Did you mean `safeneuron_neuron_ratio`?"),
     ({"safeneuron_freez": True}, "Did you mean `safeneuron_freeze`?"),
-    ({"safeneuron_method": "probe"}, "`safeneuron_method` is 'probe'; choose one of 'safeneuron', 'neurostrike'"),
+    ({"safeneuron_method": "probe"}, "`safeneuron_method` is 'probe'; choose one of 'safeneuron', 'neurostrike', 'attribution'"),
     ({"safeneuron_freeze": "maybe"}, "`safeneuron_freeze` must be true or false"),
     ({"safeneuron_tau_es": "high"}, "`safeneuron_tau_es` must be a number"),
     ({"safeneuron_reidentify_steps": 0}, "`safeneuron_reidentify_steps` is 0, outside its range"),
     ({"safeneuron_method": "neurostrike", "safeneuron_neuron_ratio": 0.1},
-     "applies to safeneuron_method='safeneuron' only"),
+     "applies to safeneuron_method='safeneuron' or 'attribution' only"),
 ])
 def test_bad_options_fail_validation(base_cfg, options, message):
     with pytest.raises(ValueError) as info:
