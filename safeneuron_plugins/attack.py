@@ -39,8 +39,11 @@ CONTROL_SEEDS = (0, 1, 2)
 #: 1/2/5% of all MLP neurons ranked by effect size over the whole model. Pass another sequence of
 #: identification-option dicts (keys without the ``safeneuron_`` prefix) as ``grid`` to change it.
 BEST_ATTACKER_GRID: tuple[dict[str, Any], ...] = tuple(
-    {"signal": signal, "pooling": pooling, "neuron_ratio": ratio, "ratio_scope": "global", "ratio_mode": "instead"}
-    for signal in ("gate", "up", "product") for pooling in ("max", "mean") for ratio in (0.01, 0.02, 0.05))
+    {"method": "attribution", "neuron_ratio": ratio, "ratio_scope": "global"} for ratio in (0.005, 0.01, 0.02)
+) + tuple(
+    {"method": "safeneuron", "signal": signal, "pooling": pooling, "neuron_ratio": ratio, "ratio_scope": "global",
+     "ratio_mode": "instead"}
+    for signal in ("gate", "product") for pooling in ("max", "mean") for ratio in (0.01, 0.05))
 
 
 def rates(verdicts) -> dict[str, float]:
