@@ -140,10 +140,12 @@ def test_attack_cli_best_attacker(tiny_dir, harmful_src, tmp_path, capsys):
     res = json.loads(out.read_text())
     best = res["best_attacker"]
     assert res["attacker"] == "best" and [r["setting"] for r in best["grid"]] == list(BEST_ATTACKER_GRID)
-    assert len(BEST_ATTACKER_GRID) == 18 and best["asr"] == max(r["asr"] for r in best["grid"])
+    n = len(BEST_ATTACKER_GRID)
+    assert any(g.get("method") == "attribution" for g in BEST_ATTACKER_GRID)
+    assert best["asr"] == max(r["asr"] for r in best["grid"])
     gens = [json.loads(line) for line in out.with_name("results.generations.jsonl").read_text().splitlines()]
-    assert sum(g["condition"].startswith("best:") for g in gens) == 18 * 3
-    assert "best attacker (18 settings)" in capsys.readouterr().out
+    assert sum(g["condition"].startswith("best:") for g in gens) == n * 3
+    assert f"best attacker ({n} settings)" in capsys.readouterr().out
 
 
 def test_best_attacker_reports_the_worst_case_of_its_grid(tiny):
