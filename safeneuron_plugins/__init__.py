@@ -5,6 +5,8 @@ freeze them while preference training updates everything else, and check the res
 neuron pruning attack.
 """
 
+import sys
+
 __version__ = "0.1.0"
 
 from .errors import SafeNeuronError  # noqa: E402
@@ -18,5 +20,18 @@ def identify(*args, **kwargs):
 
     return _identify(*args, **kwargs)
 
+
+class _Package(type(sys)):
+    """Importing the submodule ``safeneuron_plugins.identify`` makes Python set the package's attribute
+    ``identify`` to that module, which would replace the function above: ``from safeneuron_plugins
+    import identify`` then gave a module once anything had imported the submodule (training does)."""
+
+    def __setattr__(self, name, value):
+        if name == "identify" and isinstance(value, type(sys)):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = ["NeuronMask", "SafeNeuronError", "SafeNeuronOptions", "identify", "__version__"]

@@ -49,7 +49,8 @@ def models(tmp_path_factory):
     from safeneuron_plugins.models import load_model
 
     model, tok = load_model(str(good))
-    mask = identify(model, tok, HARMFUL, ["Bake bread.", "Write a poem.", "Explain tides."], progress=False)
+    mask = identify(model, tok, HARMFUL, ["Bake bread.", "Write a poem.", "Explain tides."], method="safeneuron",
+                    progress=False)
     (masked / "model.safetensors").unlink()
     mask.save(masked / "model.safetensors")  # what `identify M --out M/model.safetensors` used to do
     opt = save_tiny_model(root / "opt", "opt")
@@ -191,13 +192,15 @@ def test_custom_architecture_route(work, models, capsys):
     own identification and pruning, and for attack --mask."""
     spec = ["--mlp-modules", "model.decoder.layers:,fc1,fc2"]
     opt = str(models["opt"])
-    code, text = run_cli(["identify", opt, "--out", "out/opt.safetensors", "--tau-es", "0.5", "--tau-sas", "1",
+    code, text = run_cli(["identify", opt, "--out", "out/opt.safetensors", "--method", "safeneuron",
+                          "--tau-es", "0.5", "--tau-sas", "1",
                           "--max-prompts", "16", "--quiet", *spec], capsys)
     assert code == 0, text
     assert NeuronMask.load(work / "out/opt.safetensors").num_neurons > 0
     for extra in ([], ["--mask", "out/opt.safetensors"]):
         code, text = run_cli(["attack", opt, "--harmful", "src/h.jsonl", "--out", "out/r.json", "--judge", "patterns",
-                              "--max-new-tokens", "3", "--sweep", "50", "--tau-es", "0.5", "--tau-sas", "1",
+                              "--max-new-tokens", "3", "--sweep", "50", "--method", "safeneuron",
+                              "--tau-es", "0.5", "--tau-sas", "1",
                               "--max-prompts", "16", "--quiet", *spec, *extra], capsys)
         assert code == 0, text
         res = json.loads((work / "out/r.json").read_text())

@@ -210,3 +210,15 @@ def test_union_for_iterative_rounds():
     b = NeuronMask({0: [2, 3], 2: [0]})
     u = a.union(b)
     assert u.neurons == {0: [1, 2, 3], 1: [5], 2: [0]} and u.metadata["rounds"] == 2
+
+
+def test_package_identify_stays_the_function_after_the_submodule_is_imported():
+    """`from safeneuron_plugins import identify` (the README's API) gave the module
+    safeneuron_plugins.identify once anything had imported it (training, test_evaluation)."""
+    import types
+
+    import safeneuron_plugins
+    import safeneuron_plugins.identify  # noqa: F401
+    from safeneuron_plugins import identify as fn
+
+    assert isinstance(fn, types.FunctionType) and safeneuron_plugins.identify is fn
