@@ -17,19 +17,19 @@ def warnings_of(caplog):
 
 def test_core_function_names_the_options_and_the_fix(caplog):
     caplog.set_level(logging.WARNING, "safeneuron")
-    msg = warn_if_freezing_off(SafeNeuronOptions(safeneuron_mask="m.safetensors", safeneuron_tau_es=1.0),
+    msg = warn_if_freezing_off(SafeNeuronOptions(safeneuron_mask="m.safetensors", safeneuron_max_prompts=16),
                                where="the test config")
-    assert msg and "safeneuron_mask" in msg and "safeneuron_tau_es" in msg and "the test config" in msg
+    assert msg and "safeneuron_mask" in msg and "safeneuron_max_prompts" in msg and "the test config" in msg
     assert "safeneuron_freeze" in msg and "NOTHING will be frozen" in msg
     assert warnings_of(caplog) == [msg]
     assert warn_if_freezing_off(SafeNeuronOptions(safeneuron_freeze=True, safeneuron_mask="m")) is None
     assert warn_if_freezing_off(SafeNeuronOptions()) is None, "no SafeNeuron option set: nothing to say"
-    msg = warn_if_freezing_off(SafeNeuronOptions(safeneuron_tau_es=3.0), ["safeneuron_tau_es", "safeneuron_freeze"])
-    assert "safeneuron_tau_es" in msg and "safeneuron_freeze is false" in msg, "an option given at its default counts"
+    msg = warn_if_freezing_off(SafeNeuronOptions(safeneuron_batch_size=16), ["safeneuron_batch_size", "safeneuron_freeze"])
+    assert "safeneuron_batch_size" in msg and "safeneuron_freeze is false" in msg, "an option given at its default counts"
 
 
 @pytest.mark.parametrize("kwargs", [{"safeneuron_mask": "mask.safetensors"}, {"safeneuron_forward_prune": True},
-                                    {"safeneuron_freeze": False, "safeneuron_tau_es": 1.0}])
+                                    {"safeneuron_freeze": False, "safeneuron_max_prompts": 16}])
 def test_trainer_callback_warns_when_freezing_is_off(caplog, kwargs):
     caplog.set_level(logging.WARNING, "safeneuron")
     SafeNeuronCallback(**kwargs)
@@ -48,7 +48,7 @@ def test_trainer_callback_with_freezing_on_does_not_warn(caplog):
 
 
 @pytest.mark.parametrize("args", [{"stage": "dpo", "safeneuron_mask": "mask.safetensors"},
-                                  {"stage": "sft", "safeneuron_tau_es": 1.0, "safeneuron_freeze": False},
+                                  {"stage": "sft", "safeneuron_max_prompts": 16, "safeneuron_freeze": False},
                                   ["--stage", "dpo", "--safeneuron_mask", "mask.safetensors"]])
 def test_llamafactory_config_warns_when_freezing_is_off(caplog, args):
     """LLaMA-Factory's adapter splits its config with `prepare_train_args` (no LLaMA-Factory import needed)."""
