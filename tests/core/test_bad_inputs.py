@@ -129,6 +129,9 @@ CASES = [
     ("compare --out-dir is a file", ["compare", M, "--out-dir", "out/file.txt", "--judge", "patterns"],
      "--out-dir", True),
     ("analyze missing mask", ["analyze", "out/none.safetensors", "--out-dir", "out/an"], "no mask file", True),
+    ("quickstart --output-dir is a file", ["quickstart", M, "--output-dir", "out/file.txt"], "--output-dir", True),
+    ("quickstart --n-train 0", ["quickstart", M, "--n-train", "0"], "--n-train", True),
+    ("quickstart --learning-rate nan", ["quickstart", M, "--learning-rate", "nan"], "--learning-rate", True),
     # item 7: `safeneuron judge` answered with raw tracebacks
     ("judge missing --input", [*JUDGE[:1], "--input", "src/none.jsonl", *JUDGE[3:]], "src/none.jsonl", True),
     ("judge bad JSON", [*JUDGE[:1], "--input", "src/badjson.jsonl", *JUDGE[3:]], "line 2 is not JSON", True),
