@@ -78,7 +78,7 @@ def parse_setting(spec: str) -> dict:
         if not ratio:
             raise SystemExit(f"setting {spec!r}: attribution needs @RATIO")
         return {"method": "attribution", "neuron_ratio": float(ratio)}
-    out = {"signal": parts[0], "pooling": parts[1] if len(parts) > 1 else "max"}
+    out = {"method": "safeneuron", "signal": parts[0], "pooling": parts[1] if len(parts) > 1 else "max"}
     if len(parts) > 2:
         out["selection"] = parts[2]
     if ratio:
@@ -186,14 +186,14 @@ def main() -> None:
         tmp.write_text(json.dumps(data, indent=1))
         tmp.replace(out_path)
 
-    def run_condition(key: str, prune: NeuronMask) -> dict:
+    def run_condition(key: str, prune: NeuronMask, over_refusal: bool = True) -> dict:
         runs = data["runs"].setdefault(args.mode, {})
         if key not in runs or runs[key].get("tokens") != tokens or runs[key]["summary"]["n"] != len(harmful):
             outcome = measure(model, tok, harmful, prune, args.mode, tokens, judge)
             runs[key] = {"tokens": tokens, "pruned_neurons": prune.num_neurons, "summary": summarise(outcome),
                          "outcomes": {k: [int(x) for x in v] for k, v in outcome.items() if k != "replies"},
                          "replies": outcome["replies"]}
-            if args.mode == "full" and args.n_harmless:
+            if args.mode == "full" and args.n_harmless and over_refusal:
                 benign = [p.text for p in load_prompts(args.eval_harmless, kind="harmless", max_prompts=args.n_harmless)]
                 _, verdicts = judged_replies(model, tok, benign, prune, judge, max_new_tokens=tokens, batch_size=16,
                                              system_prompt=None, desc="over-refusal", progress=False)
@@ -210,7 +210,8 @@ def main() -> None:
     for spec in [s for s in args.settings.split(",") if s]:
         mask = make_mask(model, tok, spec, cache, args.n_ident)
         target = run_condition(spec, mask)
-        controls = [run_condition(f"random({spec})#{seed}", random_like(mask, seed)) for seed in seeds]
+        controls = [run_condition(f"random({spec})#{seed}", random_like(mask, seed), over_refusal=False)
+                    for seed in seeds]
         metric = "refusal" if args.mode == "screen" else "compliance"
         rand_mean = [sum(c["outcomes"][metric][i] for c in controls) / len(controls) for i in range(len(harmful))]
         entry = data["runs"][args.mode][spec]

@@ -27,6 +27,7 @@ from .freeze import pruned
 from .generation import generate
 from .judge import Judge, default_judge
 from .mask import NeuronMask
+from .options import statistics_defaults
 from .significance import paired_difference, wilson
 
 CONDITIONS = ("ORI", "ES", "SAS", "FULL")
@@ -217,7 +218,9 @@ def best_attacker(model: nn.Module, tokenizer, harmful: list[str], *,
     rows = []
     for setting in grid:
         setting = dict(setting)
-        overrides = {"method": "safeneuron", **setting} if "neuron_ratio" in setting else setting
+        overrides = setting
+        if overrides.get("method", getattr(options, "safeneuron_method", "attribution")) == "attribution":
+            overrides = {**statistics_defaults(), **overrides}  # the user's thresholds are not this scorer's
         mask = identify(model, tokenizer, options=options, progress=progress, **overrides)
         verdicts = _runner(f"best:{_label(setting)}", mask.subset("full"), record=False)
         wins = sum(v.success for v in verdicts)

@@ -78,25 +78,32 @@ class SafeNeuronOptions:
 
     # --- scoring and selection -----------------------------------------------------------
     safeneuron_method: Literal["safeneuron", "neurostrike", "attribution"] = _opt(
-        "safeneuron",
-        "Scorer: `safeneuron` (effect size + activation shift, one pass of streamed statistics), "
-        "`neurostrike` (a logistic-regression probe per layer, z-score of its weights) or "
-        "`attribution` (causal: activation x gradient of the log-probability of "
-        "safeneuron_refusal_text after each harmful prompt, one forward and backward pass; keeps the top "
-        "safeneuron_neuron_ratio of neurons, default 0.01).", identify=True)
+        "attribution",
+        "Scorer. `attribution` (default): causal, activation x gradient of the log-probability of "
+        "safeneuron_refusal_text after each harmful prompt, taken on the neurons' activations (the "
+        "down_proj input, the quantity pruning and freezing act on); one forward and backward pass over "
+        "the harmful prompts; keeps the top safeneuron_neuron_ratio of neurons (default 0.01) with a "
+        "positive score. `safeneuron`: the paper's activation statistics (effect size + activation "
+        "shift thresholds). `neurostrike`: a logistic-regression probe per layer, z-score of its "
+        "weights. Default settled by bench/specificity.py (README, 'Which neurons are safety "
+        "neurons?'): on Qwen2.5-Coder-0.5B-Instruct pruning the attribution top 1% removes the model's "
+        "refusals while as many random neurons per layer remove none; the paper's statistics select "
+        "neurons no better than random there (gate signal: worse).", identify=True)
     safeneuron_refusal_text: str = _opt(
         "I'm sorry, but I can't help with that.",
         "safeneuron_method `attribution`: the refusal whose log-probability each neuron's attribution is "
         "taken against (use the model's own refusal opening for the sharpest score).", identify=True)
     safeneuron_tau_es: float = _opt(
-        3.0, "Activation Effect Size threshold: neuron j is selected when Cohen's d > tau_es.",
+        3.0, "safeneuron_method `safeneuron`: Activation Effect Size threshold (the paper's rule; on "
+        "Qwen2.5-Coder-0.5B it selects no neuron): neuron j is selected when Cohen's d > tau_es.",
         low=0.0, high=100.0, identify=True)
     safeneuron_tau_sas: float = _opt(
-        2.0, "Safety Activation Shift threshold: selected when the layer-wise z-score of "
+        2.0, "safeneuron_method `safeneuron`: Safety Activation Shift threshold: selected when the layer-wise z-score of "
         "mean_harmful - mean_harmless exceeds tau_sas (and the shift is positive).",
         low=0.0, high=100.0, identify=True)
     safeneuron_selection: Literal["union", "es", "sas"] = _opt(
-        "union", "Which criterion selects: the union of ES and SAS (the paper), ES only, or SAS only.",
+        "union", "safeneuron_method `safeneuron`: which criterion selects: the union of ES and SAS (the "
+        "paper), ES only, or SAS only.",
         identify=True)
     safeneuron_neuron_ratio: float | None = _opt(
         None, "Select the top fraction (0 < r <= 1) of neurons instead of the thresholds or as a cap "
@@ -108,7 +115,8 @@ class SafeNeuronOptions:
         "global", "Rank neurons for safeneuron_neuron_ratio over the whole model or within each layer.",
         identify=True)
     safeneuron_ratio_mode: Literal["instead", "cap"] = _opt(
-        "instead", "`instead`: the ratio replaces the thresholds; `cap`: threshold selection, then keep "
+        "instead", "safeneuron_method `safeneuron`: `instead`: the ratio replaces the thresholds; `cap`: "
+        "threshold selection, then keep "
         "at most the ratio's number of neurons (highest effect size first).", identify=True)
     safeneuron_probe_epochs: int = _opt(
         5000, "NeuroStrike scorer: full-batch Adam epochs of each probe.", low=1, identify=True)
@@ -118,12 +126,15 @@ class SafeNeuronOptions:
 
     # --- activations ---------------------------------------------------------------------
     safeneuron_signal: Literal["gate", "up", "product"] = _opt(
-        "gate", "Recorded activation per neuron: the gate projection's output before the activation "
-        "function (the reference code's choice), the up projection's output, or the gated product "
-        "fed to down_proj. Non-gated MLPs (GPT-2, GPT-NeoX) have one projection: gate and up both "
+        "product", "safeneuron_method `safeneuron` / `neurostrike`: recorded activation per neuron: the "
+        "gated product fed to down_proj (default: the quantity that pruning and freezing act on), the "
+        "gate projection's output before the activation function (the reference code's choice; on "
+        "Qwen 0.5B its neurons make the model safer when pruned) or the up projection's output. "
+        "Non-gated MLPs (GPT-2, GPT-NeoX) have one projection: gate and up both "
         "mean its output, product its activated output.", identify=True)
     safeneuron_pooling: Literal["max", "mean", "last"] = _opt(
-        "max", "How a prompt's token activations are pooled into one value per neuron (padding never "
+        "max", "safeneuron_method `safeneuron` / `neurostrike`: how a prompt's token activations are pooled "
+        "into one value per neuron (padding never "
         "counts): max over tokens (the reference code), mean, or the last prompt token.", identify=True)
     safeneuron_batch_size: int = _opt(
         16, "Prompts per forward pass during identification (prompts are batched by length).",
@@ -151,6 +162,15 @@ class SafeNeuronOptions:
             raise OptionsError(
                 "safeneuron_neuron_ratio ranks neurons by effect size and applies to "
                 "safeneuron_method='safeneuron' or 'attribution' only; unset it or use one of those methods.")
+        if self.safeneuron_method == "attribution":
+            # thresholds and activation settings belong to the statistics scorers: never ignore them silently
+            stray = [f.name for f in dataclasses.fields(self) if f.name in _STATISTICS_ONLY
+                     and getattr(self, f.name) != f.default]
+            if stray:
+                raise OptionsError(
+                    f"{', '.join(f'`{k}`' for k in stray)} set, but safeneuron_method is `attribution` (the default), "
+                    "which ranks neurons by attribution and uses none of them. Add `safeneuron_method: safeneuron` "
+                    "to use the paper's thresholds and activation statistics, or drop these options.")
         if self.safeneuron_method == "attribution" and not self.safeneuron_refusal_text.strip():
             raise OptionsError("safeneuron_refusal_text is empty; safeneuron_method `attribution` needs the refusal "
                                "text whose log-probability it attributes (e.g. \"I'm sorry, but I can't help with that.\").")
@@ -176,6 +196,17 @@ class SafeNeuronOptions:
         """The identification options without their prefix, as :func:`identify` takes them."""
         return {f.name[len(PREFIX):]: getattr(self, f.name)
                 for f in dataclasses.fields(self) if f.metadata["identify"]}
+
+
+# Options only the activation-statistics scorers (safeneuron, neurostrike) read.
+_STATISTICS_ONLY = ("safeneuron_tau_es", "safeneuron_tau_sas", "safeneuron_selection", "safeneuron_ratio_mode",
+                    "safeneuron_signal", "safeneuron_pooling", "safeneuron_probe_epochs", "safeneuron_probe_z")
+
+
+def statistics_defaults() -> dict[str, Any]:
+    """The statistics scorers' options at their defaults, without prefix (to switch a set of options to
+    safeneuron_method `attribution`)."""
+    return {f.name[len(PREFIX):]: f.default for f in dataclasses.fields(SafeNeuronOptions) if f.name in _STATISTICS_ONLY}
 
 
 def _suggest(key: str, known: list[str]) -> str | None:

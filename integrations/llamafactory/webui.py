@@ -30,7 +30,7 @@ ENTRY_POINT = [sys.executable, "-m", "safeneuron_plugins.integrations.llamafacto
 # Shown first; the other options go in a closed "More" section. Layout only: every field, its type,
 # default and help text come from the options schema.
 PRIMARY = ("safeneuron_freeze", "safeneuron_mask", "safeneuron_harmful", "safeneuron_harmless",
-           "safeneuron_tau_es", "safeneuron_tau_sas", "safeneuron_neuron_ratio", "safeneuron_selection")
+           "safeneuron_method", "safeneuron_neuron_ratio", "safeneuron_tau_es", "safeneuron_tau_sas")
 
 
 def _component(field) -> Any:

@@ -27,7 +27,7 @@ for layer in model.model.layers:
 fully_shard(model, mesh=mesh)
 tok = tiny.make_tokenizer()
 mask = identify(model, tok, ["How do I build a weapon?", "Help me steal a car.", "How to hurt people?"] * 4,
-                ["Bake bread please.", "Write a sea poem.", "Explain rain."] * 4, tau_es=0.5, tau_sas=1.0,
+                ["Bake bread please.", "Write a sea poem.", "Explain rain."] * 4, method="safeneuron", tau_es=0.5, tau_sas=1.0,
                 progress=False)
 model.train()
 freezer = NeuronFreezer(model, find_mlp_layers(model), mask).attach()

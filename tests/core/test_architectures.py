@@ -23,7 +23,8 @@ def test_family_is_located_and_identified(family):
     layers = find_mlp_layers(model)
     assert len(layers) == 3 and all(l.intermediate_size == 64 for l in layers)
     assert all("vision" not in l.up and "visual" not in l.up for l in layers)
-    mask = identify(model, make_tokenizer(), PROMPTS_U, PROMPTS_S, tau_es=0.5, tau_sas=1.0, progress=False)
+    mask = identify(model, make_tokenizer(), PROMPTS_U, PROMPTS_S, method="safeneuron", tau_es=0.5, tau_sas=1.0,
+                    progress=False)
     assert set(mask.neurons) == {0, 1, 2}
     assert mask.num_neurons > 0
     assert mask.metadata["fingerprint"]["num_layers"] == 3
@@ -127,7 +128,7 @@ def test_mlp_modules_option_names_an_unknown_architecture():
     spec = "stack:ffn_gate,ffn_in,ffn_out"
     layers = find_mlp_layers(model, spec)
     assert [l.up for l in layers] == ["stack.0.ffn_in", "stack.1.ffn_in"]
-    mask = identify(model, make_tokenizer(), PROMPTS_U, PROMPTS_S, mlp_modules=spec, tau_es=0.3,
+    mask = identify(model, make_tokenizer(), PROMPTS_U, PROMPTS_S, mlp_modules=spec, method="safeneuron", tau_es=0.3,
                     tau_sas=0.5, progress=False)
     assert set(mask.neurons) == {0, 1}
     with pytest.raises(UnsupportedArchitectureError, match="LAYERS_PATH"):

@@ -55,7 +55,7 @@ def test_every_source_kind_reads(sources):
 def test_cli_identify_writes_mask_table_and_plot(model_dir, sources, tmp_path, capsys):
     out = tmp_path / "mask.safetensors"
     code = main(["identify", str(model_dir), "--out", str(out), "--harmful", f"{sources / 'u.csv'}:text",
-                 "--harmless", str(sources / "s.txt"), "--tau-es", "0.5", "--tau-sas", "1.0",
+                 "--harmless", str(sources / "s.txt"), "--method", "safeneuron", "--tau-es", "0.5", "--tau-sas", "1.0",
                  "--signal", "product", "--pooling", "mean", "--system-prompt", "Be helpful.",
                  "--batch-size", "4", "--max-length", "64", "--plot", str(tmp_path / "p.png"), "--quiet"])
     assert code == 0
@@ -78,7 +78,8 @@ def test_cli_neurostrike_and_ratio(model_dir, tmp_path):
     mask = NeuronMask.load(out)
     assert all(len(v) == 7 for v in mask.neurons.values())  # ceil(0.1 * 64) per layer
     out = tmp_path / "ratio_sas.safetensors"
-    assert main(["identify", str(model_dir), "--out", str(out), "--neuron-ratio", "0.05", "--selection", "sas",
+    assert main(["identify", str(model_dir), "--out", str(out), "--neuron-ratio", "0.05",
+                 "--method", "safeneuron", "--selection", "sas",
                  "--max-prompts", "20", "--quiet"]) == 0
     sas = NeuronMask.load(out)
     nonempty = lambda sets: {l: v for l, v in sets.items() if v}  # noqa: E731

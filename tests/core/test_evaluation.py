@@ -36,7 +36,8 @@ def test_attack_cli_contract(tiny_dir, tmp_path, capsys):
     src.write_text("\n".join(json.dumps({"prompt": f"How do I hurt someone, case {i}?"}) for i in range(6)))
     out = tmp_path / "results.json"
     code = main(["attack", str(tiny_dir), "--harmful", str(src), "--out", str(out), "--max-new-tokens", "6",
-                 "--tau-es", "0.5", "--tau-sas", "1", "--max-prompts", "24", "--quiet"])
+                 "--method", "safeneuron", "--tau-es", "0.5", "--tau-sas", "1", "--max-prompts", "24",
+                 "--quiet"])
     assert code == 0
     res = json.loads(out.read_text())
     assert set(res["asr"]) == set(CONDITIONS)
@@ -73,7 +74,8 @@ def harmful_src(tmp_path):
 def test_attack_random_control_and_no_sweep(tiny_dir, harmful_src, tmp_path, capsys):
     out = tmp_path / "results.json"
     assert main(["attack", str(tiny_dir), "--harmful", str(harmful_src), "--out", str(out), "--max-new-tokens", "6",
-                 "--tau-es", "0.5", "--tau-sas", "1", "--max-prompts", "24", "--quiet", "--sweep", "none",
+                 "--method", "safeneuron", "--tau-es", "0.5", "--tau-sas", "1", "--max-prompts", "24", "--quiet",
+                 "--sweep", "none",
                  "--control", "random:2"]) == 0
     res = json.loads(out.read_text())
     assert res["sweep"] == {} and not any("@" in name for name in res["rates"])
@@ -151,8 +153,9 @@ def test_attack_cli_best_attacker(tiny_dir, harmful_src, tmp_path, capsys):
 def test_best_attacker_reports_the_worst_case_of_its_grid(tiny):
     model, tok = tiny
     prompts = [f"How do I hurt someone, case {i}?" for i in range(5)]
-    grid = [{"signal": "gate", "pooling": "max", "neuron_ratio": 0.05, "ratio_scope": "global", "ratio_mode": "instead"},
-            {"signal": "product", "pooling": "mean", "neuron_ratio": 0.3, "ratio_scope": "global",
+    grid = [{"method": "safeneuron", "signal": "gate", "pooling": "max", "neuron_ratio": 0.05, "ratio_scope": "global",
+             "ratio_mode": "instead"},
+            {"method": "safeneuron", "signal": "product", "pooling": "mean", "neuron_ratio": 0.3, "ratio_scope": "global",
              "ratio_mode": "instead"}]
     mask = NeuronMask({}, metadata={"fingerprint": {"num_layers": 3, "intermediate_size": 64}})
     res = run_attack(model, tok, prompts, mask, max_new_tokens=6, sweep=(), best_attacker_grid=grid,
@@ -261,10 +264,12 @@ def test_category_overlap_matches_hand_count():
 def test_analyze_cli(tiny_dir, tmp_path):
     m1, m2 = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     for path, tau in ((m1, "0.5"), (m2, "1.0")):
-        assert main(["identify", str(tiny_dir), "--out", str(path), "--tau-es", tau, "--max-prompts", "24",
+        assert main(["identify", str(tiny_dir), "--out", str(path),
+                     "--method", "safeneuron", "--tau-es", tau, "--max-prompts", "24",
                      "--quiet"]) == 0
     out = tmp_path / "an"
-    assert main(["analyze", str(m1), str(m2), "--model", str(tiny_dir), "--tau-es", "0.5", "--min-per-category",
+    assert main(["analyze", str(m1), str(m2), "--model", str(tiny_dir), "--method", "safeneuron", "--tau-es", "0.5",
+                 "--min-per-category",
                  "8", "--out-dir", str(out), "--quiet"]) == 0
     report = json.loads((out / "analysis.json").read_text())
     assert len(report["overlap"]["categories"]) == 8  # the built-in harmful set's categories
@@ -291,7 +296,8 @@ def test_perplexity_and_kl_match_manual(tiny):
 def test_compare_report(tiny_dir, tmp_path):
     other = save_tiny_model(tmp_path / "other", "llama", seed=3)
     out = tmp_path / "report"
-    assert main(["compare", str(tiny_dir), str(other), "--limit", "4", "--max-new-tokens", "6", "--tau-es", "0.5",
+    assert main(["compare", str(tiny_dir), str(other), "--limit", "4", "--max-new-tokens", "6",
+                 "--method", "safeneuron", "--tau-es", "0.5",
                  "--max-prompts", "24", "--out-dir", str(out), "--quiet"]) == 0
     text = (out / "report.md").read_text()
     assert str(tiny_dir) in text and "FULL(SN-)" in text and "refusal-patterns" in text
@@ -313,6 +319,7 @@ def test_compare_report(tiny_dir, tmp_path):
         assert r["discordant"]["a_only"] == sum(x and not y for x, y in zip(won(a, ca), won(b, cb)))
         assert r["ci95"][0] <= r["diff"] <= r["ci95"][1] and 0 < r["p_value"] <= 1 and r["n"] == 4
     assert "## Paired comparisons" in text and "McNemar p" in text and f"{str(other)} vs {str(tiny_dir)}, FULL" in text
-    assert main(["compare", str(tiny_dir), str(other), "--limit", "4", "--max-new-tokens", "6", "--tau-es", "0.5",
+    assert main(["compare", str(tiny_dir), str(other), "--limit", "4", "--max-new-tokens", "6",
+                 "--method", "safeneuron", "--tau-es", "0.5",
                  "--max-prompts", "24", "--out-dir", str(out / "html"), "--format", "html", "--quiet"]) == 0
     assert "Paired comparisons" in (out / "html" / "report.html").read_text()

@@ -132,7 +132,8 @@ def test_identification_leaves_4bit_weights_trainable(tmp_path, sizes):
     fresh, _ = load_4bit(path)
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
     mask = identify(model, tok, ["How do I hurt someone?", "Build a weapon.", "Steal a password."],
-                    ["Bake bread.", "Write a poem.", "Explain the tides."], tau_es=0.5, tau_sas=1.0, progress=False)
+                    ["Bake bread.", "Write a poem.", "Explain the tides."], method="safeneuron", tau_es=0.5, tau_sas=1.0,
+                    progress=False)
     assert mask.metadata["n_harmful"] == 3
     assert packed_bnb_layers(model) == []
     assert all(torch.equal(p.detach(), weights[n]) for n, p in model.named_parameters())

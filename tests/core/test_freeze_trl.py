@@ -47,7 +47,7 @@ def train(path, out, callback, steps=4, ref=True, **kw):
     return trainer, model
 
 
-IDENT = dict(safeneuron_tau_es=0.5, safeneuron_tau_sas=1.0, safeneuron_max_prompts=24)
+IDENT = dict(safeneuron_method="safeneuron", safeneuron_tau_es=0.5, safeneuron_tau_sas=1.0, safeneuron_max_prompts=24)
 
 
 def frozen_rows(model, mask, include_down=False):
@@ -147,7 +147,8 @@ def test_precomputed_mask_and_checkpoints_and_resume(tmp_path):
     for ckpt in ("checkpoint-2", "checkpoint-4"):
         assert NeuronMask.load(tmp_path / "out" / ckpt / "safeneuron_mask.safetensors").neurons == first.mask.neurons
     # resume from step 2 with a callback that would identify differently if it re-identified
-    again = SafeNeuronCallback(safeneuron_freeze=True, safeneuron_tau_es=0.1, safeneuron_tau_sas=0.1)
+    again = SafeNeuronCallback(safeneuron_freeze=True, safeneuron_method="safeneuron", safeneuron_tau_es=0.1,
+                               safeneuron_tau_sas=0.1)
     model, tok = load(path)
     ref = transformers.AutoModelForCausalLM.from_pretrained(path)
     args = trl.DPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=6,

@@ -152,7 +152,8 @@ def test_verdict_invariants_on_labelled_set():
 
 
 def test_load_judge():
-    assert isinstance(load_judge(), RefusalJudge) and load_judge("patterns").name == "refusal-patterns-v1"
+    assert load_judge().name == load_judge("relevance").name == RelevanceJudge.name  # the default checks relevance
+    assert isinstance(load_judge("patterns"), RefusalJudge) and load_judge("patterns").name == "refusal-patterns-v1"
     with pytest.raises(ValueError, match="classifier:PATH_OR_ID"):
         load_judge("llama-guard")
 

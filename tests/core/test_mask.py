@@ -16,7 +16,8 @@ S = ["How do I bake bread?", "Write a poem about the sea.", "What is photosynthe
 @pytest.fixture(scope="module")
 def llama_mask():
     model = tiny_model("llama")
-    return model, identify(model, make_tokenizer(), U, S, tau_es=0.5, tau_sas=1.0, progress=False)
+    return model, identify(model, make_tokenizer(), U, S, method="safeneuron", tau_es=0.5, tau_sas=1.0,
+                           progress=False)
 
 
 def test_round_trip_keeps_neurons_criteria_and_metadata(tmp_path, llama_mask):

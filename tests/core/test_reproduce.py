@@ -20,7 +20,8 @@ def test_quickstart_pipeline_end_to_end(tmp_path, capsys):
     model_dir = save_tiny_model(tmp_path / "m", "llama")
     out = tmp_path / "run"
     code = main(["quickstart", str(model_dir), "--output-dir", str(out), "--n-train", "8", "--n-eval", "4",
-                 "--max-steps", "2", "--max-new-tokens", "6", "--sweep", "--tau-es", "0.5", "--tau-sas", "1.0",
+                 "--max-steps", "2", "--max-new-tokens", "6", "--sweep",
+                 "--method", "safeneuron", "--tau-es", "0.5", "--tau-sas", "1.0",
                  "--max-prompts", "24", "--variants", "dpo,safeneuron,safeneuron_prune", "--quiet"])
     assert code == 0
     text = capsys.readouterr().out
