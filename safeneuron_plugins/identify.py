@@ -55,7 +55,7 @@ def _batches(tokenizer, texts: list[str], batch_size: int, max_length: int, temp
 
 
 def collect_statistics(model: nn.Module, tokenizer, layers: list[MLPLayer], texts: list[str], *,
-                       signal: str = "gate", pooling: str = "max", batch_size: int = 16,
+                       signal: str = "product", pooling: str = "max", batch_size: int = 16,
                        max_length: int = 256, templated: bool = True, desc: str = "activations",
                        progress: bool | None = None) -> dict[int, RunningStats]:
     """Per-layer running statistics of pooled activations over ``texts``.

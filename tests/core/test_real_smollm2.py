@@ -24,7 +24,8 @@ def test_selected_neurons_separate_better_than_random(smollm2, shared_data):
     model, tok = smollm2
     harmful = _read(shared_data / "harmful_advbench.jsonl", 64)
     harmless = _read(shared_data / "harmless_prompts.jsonl", 64)
-    mask = identify(model, tok, harmful, harmless, batch_size=16, progress=False)
+    # the paper's statistics on the gate signal, as measured below (the default scorer is attribution)
+    mask = identify(model, tok, harmful, harmless, batch_size=16, method="safeneuron", signal="gate", progress=False)
     assert 0 < mask.num_neurons < 0.1 * 46080
 
     # held-out prompts from other sources
@@ -33,8 +34,8 @@ def test_selected_neurons_separate_better_than_random(smollm2, shared_data):
     layers = find_mlp_layers(model)
     from safeneuron_plugins.prompts import format_prompts
 
-    s_u = collect_statistics(model, tok, layers, format_prompts(tok, test_u), progress=False)
-    s_s = collect_statistics(model, tok, layers, format_prompts(tok, test_s), progress=False)
+    s_u = collect_statistics(model, tok, layers, format_prompts(tok, test_u), signal="gate", progress=False)
+    s_s = collect_statistics(model, tok, layers, format_prompts(tok, test_s), signal="gate", progress=False)
     d = {l: effect_size(s_u[l], s_s[l]) for l in s_u}
     selected = torch.cat([d[l][mask.neurons[l]] for l in d if mask.neurons[l]])
     rng = random.Random(0)
