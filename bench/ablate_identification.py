@@ -55,7 +55,8 @@ def main() -> None:
     for signal in args.signals.split(","):
         for pooling in args.poolings.split(","):
             select = {"neuron_ratio": args.ratio, "ratio_scope": "global"} if args.ratio else {}
-            mask = identify(model, tok, signal=signal, pooling=pooling, max_prompts=128, progress=False, **select)
+            mask = identify(model, tok, method="safeneuron", signal=signal, pooling=pooling, max_prompts=128,
+                            progress=False, **select)
             first_mask = first_mask or mask
             _, verdicts = judged_replies(model, tok, prompts, mask, judge, desc=f"{signal}/{pooling}", **gen)
             rows.append({"setting": f"{signal}/{pooling}", "neurons": mask.num_neurons,

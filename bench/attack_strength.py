@@ -55,7 +55,8 @@ def main() -> None:
         rows["0"] = {"neurons": 0, **rates(verdicts)}
         mask = None
         for r in ratios:
-            mask = identify(model, tok, neuron_ratio=r, ratio_scope="global", ratio_mode="instead", signal=args.signal,
+            mask = identify(model, tok, method="safeneuron", neuron_ratio=r, ratio_scope="global", ratio_mode="instead",
+                            signal=args.signal,
                             max_prompts=128, progress=False)
             _, verdicts = judged_replies(model, tok, prompts, mask, judge, desc=f"top {r}", **gen)
             rows[str(r)] = {"neurons": mask.num_neurons, **rates(verdicts)}

@@ -86,6 +86,8 @@ def memory_child(n: int, max_length: int, batch_size: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="default", help="model directory (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--skip-neurostrike", action="store_true")
     parser.add_argument("--prompts", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=256)
@@ -101,22 +103,31 @@ def main() -> None:
     if args.memory_only:
         return memory(args)
     torch.manual_seed(0)
-    model, tok = load_model("default")
+    model, tok = load_model(args.model)
     harmful, harmless = prompt_pool(args.prompts)
     texts = format_prompts(tok, harmful) + format_prompts(tok, harmless)
-    print(f"SmolLM2-135M-Instruct, fp32, {torch.get_num_threads()} threads, {len(texts)} prompts, "
-          f"batch {args.batch_size}")
+    name = "SmolLM2-135M-Instruct" if args.model == "default" else args.model
+    print(f"{name}, fp32, {torch.get_num_threads()} threads, {len(texts)} prompts, batch {args.batch_size}")
     full_forward_seconds(model, tok, texts[:args.batch_size], args.batch_size, args.max_length)  # warm-up
     t_full = full_forward_seconds(model, tok, texts, args.batch_size, args.max_length)
     start = time.perf_counter()
     mask = identify(model, tok, harmful, harmless, batch_size=args.batch_size, max_length=args.max_length,
-                    progress=False)
+                    method="safeneuron", progress=False)
     t_ours = time.perf_counter() - start
+    start = time.perf_counter()
+    attr = identify(model, tok, harmful, harmless, batch_size=args.batch_size, max_length=args.max_length,
+                    method="attribution", progress=False)
+    t_attr = time.perf_counter() - start
     t_full2 = full_forward_seconds(model, tok, texts, args.batch_size, args.max_length)
     full = (t_full + t_full2) / 2  # before and after ours, so drift in machine load cancels
     print(f"plain full forward (LM head included): {full:.1f}s (runs: {t_full:.1f}s, {t_full2:.1f}s)")
-    print(f"SafeNeuron identification: {t_ours:.1f}s, {mask.num_neurons} neurons")
-    print(f"RATIO identification / full forward = {t_ours / full:.2f} (target <= 0.85)")
+    print(f"SafeNeuron statistics identification: {t_ours:.1f}s, {mask.num_neurons} neurons")
+    print(f"RATIO statistics identification / full forward = {t_ours / full:.2f} (target <= 0.85)")
+    print(f"attribution identification (forward + backward over the harmful half): {t_attr:.1f}s, "
+          f"{attr.num_neurons} neurons")
+    print(f"RATIO attribution identification / full forward = {t_attr / full:.2f}")
+    if args.skip_neurostrike:
+        return
 
     start = time.perf_counter()
     ns = identify(model, tok, harmful, harmless, batch_size=args.batch_size, max_length=args.max_length,
