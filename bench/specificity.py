@@ -155,10 +155,16 @@ def main() -> None:
     parser.add_argument("--full-tokens", type=int, default=48)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--plot", default=None, help="PNG: rate against neurons pruned, targeted vs random")
+    parser.add_argument("--plot-only", action="store_true", help="draw --plot from the results file, run nothing")
     args = parser.parse_args()
     torch.manual_seed(0)
     out_path = ROOT / "docs" / "results" / f"specificity_{args.name}.json"
     data = json.loads(out_path.read_text()) if out_path.exists() else {"model": args.model, "runs": {}}
+    if args.plot_only:
+        metric = "refusal" if args.mode == "screen" else "compliance"
+        runs = data["runs"][args.mode]
+        plot(runs, metric, Path(args.plot), runs["ORI"]["summary"][metric], f"{args.name} ({args.mode})")
+        return
     data.setdefault("commands", [])
     command = "python bench/specificity.py " + " ".join(sys.argv[1:])
     if command not in data["commands"]:
@@ -241,27 +247,30 @@ def plot(runs: dict, metric: str, dest: Path, ori: float, name: str) -> None:
     from safeneuron_plugins.plots import pyplot, save_figure
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     groups: dict[str, list] = {}
     for key, e in runs.items():
         if "setting" not in e:
             continue
-        family = key.split("@")[0]
+        head, _, ratio = key.partition("@")
+        family = head if head == "attribution" else f"{head} ({'ES top share' if ratio else 'thresholds'})"
         groups.setdefault(family, []).append((e["share_of_neurons"] * 100, e["summary"][metric],
                                               e["summary"][f"{metric}_ci95"], e["random"][metric]))
     for family, pts in sorted(groups.items()):
         pts.sort()
         xs = [p[0] for p in pts]
         line = ax.errorbar(xs, [p[1] for p in pts], yerr=[[p[1] - p[2][0] for p in pts], [p[2][1] - p[1] for p in pts]],
-                           marker="o", capsize=3, label=f"{family} (targeted)")
-        ax.plot(xs, [p[3] for p in pts], linestyle="--", marker="x", color=line[0].get_color(),
-                label=f"{family} (random, same count per layer)")
+                           marker="o", capsize=3, label=family)
+        ax.plot(xs, [p[3] for p in pts], linestyle="--", marker="x", color=line[0].get_color())
+    ax.plot([], [], "ko-", label="targeted (95% Wilson interval)")
+    ax.plot([], [], "kx--", label="random, same count per layer")
     ax.axhline(ori, color="grey", linewidth=1, label="no pruning (ORI)")
     ax.set_xlabel("neurons pruned (% of all MLP neurons)")
     ax.set_ylabel({"refusal": "refusal rate (opening)", "compliance": "ASR (compliance)"}[metric])
     ax.set_ylim(0, 1)
     ax.set_title(name)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.subplots_adjust(left=0.08, right=0.66)
     save_figure(fig, dest)
 
 
