@@ -155,7 +155,8 @@ def main() -> None:
     parser.add_argument("--full-tokens", type=int, default=48)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--plot", default=None, help="PNG: rate against neurons pruned, targeted vs random")
-    parser.add_argument("--plot-only", action="store_true", help="draw --plot from the results file, run nothing")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="print the results file as a Markdown table (and draw --plot); run nothing")
     args = parser.parse_args()
     torch.manual_seed(0)
     out_path = ROOT / "docs" / "results" / f"specificity_{args.name}.json"
@@ -163,7 +164,9 @@ def main() -> None:
     if args.plot_only:
         metric = "refusal" if args.mode == "screen" else "compliance"
         runs = data["runs"][args.mode]
-        plot(runs, metric, Path(args.plot), runs["ORI"]["summary"][metric], f"{args.name} ({args.mode})")
+        if args.plot:
+            plot(runs, metric, Path(args.plot), runs["ORI"]["summary"][metric], f"{args.name} ({args.mode})")
+        print(markdown_table(runs, args.mode))
         return
     data.setdefault("commands", [])
     command = "python bench/specificity.py " + " ".join(sys.argv[1:])
@@ -241,6 +244,41 @@ def main() -> None:
     if args.plot:
         plot(data["runs"][args.mode], metric, Path(args.plot), ori["summary"][metric], args.name)
     print(f"wrote {out_path}")
+
+
+def markdown_table(runs: dict, mode: str) -> str:
+    """The results of one mode as a Markdown table: every setting, targeted vs random, paired difference."""
+    def rate(summary, key):
+        lo, hi = summary[f"{key}_ci95"]
+        return f"{summary[key]:.2f} [{lo:.2f}, {hi:.2f}]"
+
+    ori = runs["ORI"]["summary"]
+    if mode == "screen":
+        head = ("| pruned | neurons | share | refusal (opening) [95% CI] | random, same count per layer | "
+                "targeted - random [95% CI] |\n|---|---|---|---|---|---|")
+        lines = [head, f"| nothing (ORI) | 0 | 0 | {rate(ori, 'refusal')} | | |"]
+        for key, e in runs.items():
+            if "setting" in e:
+                d = e["targeted_minus_random"]["refusal"]
+                lines.append(f"| {key} | {e['pruned_neurons']:,} | {100 * e['share_of_neurons']:.1f}% | "
+                             f"{rate(e['summary'], 'refusal')} | {e['random']['refusal']:.2f} | "
+                             f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] |")
+        return "\n".join(lines)
+    head = ("| pruned | neurons | ASR [95% CI] | refusal | evasive | over-refusal | random ASR (per seed) | "
+            "targeted - random ASR [95% CI] |\n|---|---|---|---|---|---|---|---|")
+    over = runs["ORI"].get("over_refusal", {}).get("rate")
+    lines = [head, f"| nothing (ORI) | 0 | {rate(ori, 'compliance')} | {ori['refusal']:.2f} | {ori['evasive']:.2f} | "
+                   f"{'' if over is None else f'{over:.2f}'} | | |"]
+    for key, e in runs.items():
+        if "setting" in e:
+            d = e["targeted_minus_random"]["compliance"]
+            over = e.get("over_refusal", {}).get("rate")
+            seeds = " / ".join(f"{x:.2f}" for x in e["random"]["per_seed"])
+            lines.append(f"| {key} | {e['pruned_neurons']:,} | {rate(e['summary'], 'compliance')} | "
+                         f"{e['summary']['refusal']:.2f} | {e['summary']['evasive']:.2f} | "
+                         f"{'' if over is None else f'{over:.2f}'} | {e['random']['compliance']:.2f} ({seeds}) | "
+                         f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] |")
+    return "\n".join(lines)
 
 
 def plot(runs: dict, metric: str, dest: Path, ori: float, name: str) -> None:
