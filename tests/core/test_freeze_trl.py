@@ -12,7 +12,7 @@ import transformers
 from safeneuron_plugins.integrations.hf import SafeNeuronCallback
 from tiny import save_tiny_model
 
-from safeneuron_plugins import NeuronMask
+from safeneuron_plugins import NeuronMask, identify
 from safeneuron_plugins.architectures import find_mlp_layers
 from safeneuron_plugins.errors import MaskMismatchError, UnsupportedSetupError
 
@@ -92,6 +92,21 @@ def test_dpo_frozen_rows_bit_identical(tmp_path, family):
     assert_frozen_exactly(frozen_rows(initial, mask), frozen_rows(model, mask))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses[-1] < losses[0], "DPO must still learn"
+
+
+def test_default_identification_attribution_in_dpo(tmp_path):
+    """With default options the callback identifies by attribution (top 1% by refusal attribution) on the
+    initial policy, in the real DPOTrainer, and those rows stay bit-identical while the rest trains."""
+    path = save_tiny_model(tmp_path / "m", "llama")
+    cb = SafeNeuronCallback(safeneuron_freeze=True, safeneuron_neuron_ratio=0.05, safeneuron_max_prompts=24)
+    initial, tok = load(path)
+    trainer, model = train(path, tmp_path / "out", cb)
+    mask = NeuronMask.load(tmp_path / "out" / "safeneuron_mask.safetensors")
+    assert mask.metadata["method"] == "attribution" and mask.num_neurons == cb.mask.num_neurons > 0
+    # the frozen neurons are the top 5% by attribution on the initial weights
+    expected = identify(initial, tok, max_prompts=24, neuron_ratio=0.05, progress=False)
+    assert mask.neurons == expected.neurons
+    assert_frozen_exactly(frozen_rows(initial, mask), frozen_rows(model, mask))
 
 
 def test_bf16_autocast_and_down_proj(tmp_path):
