@@ -44,12 +44,17 @@ def test_args_model_is_the_core_schema():
 
 
 def test_valid_options_are_kept_and_coerced(base_cfg):
-    cfg = validate({**base_cfg, **safeneuron_lines(safeneuron_freeze="true", safeneuron_tau_es="2.5",
-                                                   safeneuron_neuron_ratio=0.01)})
+    cfg = validate({**base_cfg, **safeneuron_lines(safeneuron_freeze="true", safeneuron_method="safeneuron",
+                                                   safeneuron_tau_es="2.5", safeneuron_neuron_ratio=0.01)})
     assert cfg.safeneuron_freeze is True
     assert cfg.safeneuron_tau_es == 2.5
     assert cfg.safeneuron_neuron_ratio == 0.01
     assert cfg.safeneuron_tau_sas == 2.0  # the core's default
+
+
+def test_thresholds_with_the_default_attribution_scorer_are_refused(base_cfg):
+    with pytest.raises(ValueError, match="safeneuron_method: safeneuron"):
+        validate({**base_cfg, **safeneuron_lines(safeneuron_freeze=True, safeneuron_tau_es=2.5)})
 
 
 @pytest.mark.parametrize("options, message", [

@@ -79,7 +79,7 @@ def test_dpo_freezes_safety_neurons_exactly(tiny_model_dir, plain_run, freeze_ru
 
 
 def test_freeze_false_is_plain_axolotl(make_config, plain_run):
-    cfg = make_config("off", **safeneuron_lines(safeneuron_freeze=False, safeneuron_tau_es=1.0))
+    cfg = make_config("off", **safeneuron_lines(safeneuron_freeze=False, safeneuron_neuron_ratio=0.05))
     axolotl_train(cfg)
     out = cfg.parent / "out-off"
     plain, off = weights(plain_run), weights(out)
