@@ -36,7 +36,7 @@ def test_freezing_with_a_non_dpo_stage_is_refused(stage):
 
 
 def test_non_dpo_stage_with_freezing_off_just_strips_our_keys():
-    rest, options = prepare_train_args({"stage": "sft", "safeneuron_freeze": False, "safeneuron_tau_es": 2})
+    rest, options = prepare_train_args({"stage": "sft", "safeneuron_freeze": False, "safeneuron_neuron_ratio": 0.02})
     assert rest == {"stage": "sft"} and options is None
 
 
@@ -46,17 +46,24 @@ def test_safeneuron_stage_with_freeze_false_is_a_contradiction():
 
 
 def test_safeneuron_stage_means_dpo_with_freezing():
-    rest, options = prepare_train_args({"stage": SAFENEURON_STAGE, "safeneuron_tau_es": 2.5, "lr": 1})
+    rest, options = prepare_train_args({"stage": SAFENEURON_STAGE, "safeneuron_neuron_ratio": 0.02, "lr": 1})
     assert rest == {"stage": "dpo", "lr": 1}
-    assert options.safeneuron_freeze and options.safeneuron_tau_es == 2.5
+    assert options.safeneuron_freeze and options.safeneuron_neuron_ratio == 0.02
 
 
 def test_command_line_argument_form():
-    argv = ["--stage", SAFENEURON_STAGE, "--safeneuron_tau_es", "2.5", "--model_name_or_path", "m",
+    argv = ["--stage", SAFENEURON_STAGE, "--safeneuron_neuron_ratio", "0.02", "--model_name_or_path", "m",
             "--safeneuron_freeze", "--safeneuron_mask=mask.safetensors"]
     rest, options = prepare_train_args(argv)
     assert rest == ["--stage", "dpo", "--model_name_or_path", "m"]
-    assert options.safeneuron_tau_es == 2.5 and options.safeneuron_mask == "mask.safetensors"
+    assert options.safeneuron_neuron_ratio == 0.02 and options.safeneuron_mask == "mask.safetensors"
+
+
+def test_thresholds_with_the_default_attribution_scorer_are_refused():
+    with pytest.raises(OptionsError, match="safeneuron_method: safeneuron"):
+        prepare_train_args({"stage": SAFENEURON_STAGE, "safeneuron_tau_es": 2.5})
+    _, options = prepare_train_args({"stage": SAFENEURON_STAGE, "safeneuron_method": "safeneuron", "safeneuron_tau_es": 2.5})
+    assert options.safeneuron_tau_es == 2.5
 
 
 def test_config_without_our_keys_is_passed_through_untouched():
