@@ -6,7 +6,8 @@ judge's output. The split is fixed by prompt (every reply to one prompt sits in 
 any judge was run, and the relevance threshold is fitted on the dev split only.
 
 Sources (each row's ``source``):
-- ``smollm2-quickstart``: every distinct (prompt, reply) of docs/results/quickstart/generations.jsonl
+- ``smollm2-quickstart``: every distinct (prompt, reply) of docs/results/quickstart_2026-11-24/generations.jsonl
+  (the quickstart run of 2026-11-24, kept for this set: later runs replace docs/results/quickstart)
   (SmolLM2-135M-Instruct original / DPO / SafeNeuron models, ORI and SAS pruning conditions, harmless
   prompts), labelled by reading.
 - ``swap-smollm2``: a real SmolLM2 reply that answers its own prompt, paired with an unrelated prompt
@@ -27,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parent
-GENERATIONS = ROOT / "docs" / "results" / "quickstart" / "generations.jsonl"
+GENERATIONS = ROOT / "docs" / "results" / "quickstart_2026-11-24" / "generations.jsonl"
 OUT = DATA / "judge_relevance.jsonl"
 
 C, R, E = "compliance", "refusal", "evasive"
@@ -249,16 +250,20 @@ def build() -> list[dict]:
         rows.append({"prompt": target, "response": text, "label": R, "kind": "refusal", "ambiguous": False,
                      "split": ("dev", "test")[k % 2], "source": "written-refusal", "origin": ""})
     # Real SmolLM2 answers paired with unrelated prompts: 30 harmful targets, 20 harmless targets.
-    used: set[str] = set()
-    for n, pool in ((30, fresh_harmful), (20, fresh_harmless)):
-        for k, target in enumerate(take_targets(pool, n)):
-            sp = ("dev", "test")[k % 2]
-            d = pick_donor(target, [x for x in donors if x["split"] == sp], used)
-            if d is None:
-                used.clear()
-                d = pick_donor(target, [x for x in donors if x["split"] == sp], used)
-            rows.append({"prompt": target, "response": d["response"], "label": E, "kind": "off_topic", "ambiguous": False,
-                         "split": sp, "source": "swap-smollm2", "origin": f"reply to: {d['prompt']}"})
+    def swap_off_topic(counts, pool_of_donors, source: str, origin: str) -> None:
+        """Pair each of ``n`` fresh targets per (n, pool) with an unrelated donor reply of its split."""
+        used: set[str] = set()
+        for n, pool in counts:
+            for k, target in enumerate(take_targets(pool, n)):
+                sp = ("dev", "test")[k % 2]
+                d = pick_donor(target, [x for x in pool_of_donors if x["split"] == sp], used)
+                if d is None:
+                    used.clear()
+                    d = pick_donor(target, [x for x in pool_of_donors if x["split"] == sp], used)
+                rows.append({"prompt": target, "response": d["response"], "label": E, "kind": "off_topic",
+                             "ambiguous": False, "split": sp, "source": source, "origin": f"{origin}{d['prompt']}"})
+
+    swap_off_topic(((30, fresh_harmful), (20, fresh_harmless)), donors, "swap-smollm2", "reply to: ")
     # Near-topic: a real answer to a harmful prompt paired with another harmful prompt of the same category.
     harmful_donors = [d for d in donors if d["prompt"] in harmful]
     used = set()
@@ -280,16 +285,7 @@ def build() -> list[dict]:
                      "split": ("dev", "test")[k % 2], "source": "swap-reference", "origin": "its own prompt"})
     ref_donors = [{"prompt": r["prompt"], "response": r["answer"], "category": r["category"],
                    "split": ("dev", "test")[k % 2]} for k, r in enumerate(ref[20:])]
-    used = set()
-    for n, pool in ((30, fresh_harmful), (10, fresh_harmless)):
-        for k, target in enumerate(take_targets(pool, n)):
-            sp = ("dev", "test")[k % 2]
-            d = pick_donor(target, [x for x in ref_donors if x["split"] == sp], used)
-            if d is None:
-                used.clear()
-                d = pick_donor(target, [x for x in ref_donors if x["split"] == sp], used)
-            rows.append({"prompt": target, "response": d["response"], "label": E, "kind": "off_topic", "ambiguous": False,
-                         "split": sp, "source": "swap-reference", "origin": f"reference answer to: {d['prompt']}"})
+    swap_off_topic(((30, fresh_harmful), (10, fresh_harmless)), ref_donors, "swap-reference", "reference answer to: ")
 
     # Written texts, each with a fresh prompt (harmful for two in three, harmless otherwise).
     for k, text in enumerate(OFFTOPIC_TEXTS + DEGENERATE_TEXTS):
