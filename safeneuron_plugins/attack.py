@@ -27,7 +27,7 @@ from .freeze import pruned
 from .generation import generate
 from .judge import Judge, default_judge
 from .mask import NeuronMask
-from .options import statistics_defaults
+from .options import SafeNeuronOptions, statistics_defaults
 from .significance import paired_difference, wilson
 
 CONDITIONS = ("ORI", "ES", "SAS", "FULL")
@@ -218,9 +218,9 @@ def best_attacker(model: nn.Module, tokenizer, harmful: list[str], *,
     rows = []
     for setting in grid:
         setting = dict(setting)
-        overrides = setting
-        if overrides.get("method", getattr(options, "safeneuron_method", "attribution")) == "attribution":
-            overrides = {**statistics_defaults(), **overrides}  # the user's thresholds are not this scorer's
+        method = setting.get("method", (options or SafeNeuronOptions()).safeneuron_method)
+        # the user's thresholds and activation settings are not the attribution scorer's
+        overrides = {**statistics_defaults(), **setting} if method == "attribution" else setting
         mask = identify(model, tokenizer, options=options, progress=progress, **overrides)
         verdicts = _runner(f"best:{_label(setting)}", mask.subset("full"), record=False)
         wins = sum(v.success for v in verdicts)

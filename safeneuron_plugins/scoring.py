@@ -80,13 +80,17 @@ def _top_k_flags(scores: dict[int, torch.Tensor], k_of: dict[int, int] | int,
     return flags
 
 
+def _ratio_counts(scores: dict[int, torch.Tensor], ratio: float, scope: str) -> dict[int, int] | int:
+    """How many neurons a ``ratio`` keeps: per layer (``scope="layer"``) or over the whole model."""
+    if scope == "layer":
+        return {l: math.ceil(ratio * v.numel()) for l, v in scores.items()}
+    return math.ceil(ratio * sum(v.numel() for v in scores.values()))
+
+
 def top_fraction(scores: dict[int, torch.Tensor], ratio: float, scope: str = "global",
                  among: dict[int, torch.Tensor] | None = None) -> dict[int, list[int]]:
     """The highest-scoring ``ratio`` of neurons, over the whole model or per layer (sorted indices)."""
-    if scope == "layer":
-        k_of: dict[int, int] | int = {l: math.ceil(ratio * v.numel()) for l, v in scores.items()}
-    else:
-        k_of = math.ceil(ratio * sum(v.numel() for v in scores.values()))
+    k_of = _ratio_counts(scores, ratio, scope)
     flags = _top_k_flags({l: v.double().nan_to_num(nan=-math.inf) for l, v in scores.items()}, k_of, among=among)
     return {l: _indices(flags[l]) for l in sorted(scores)}
 
@@ -109,10 +113,7 @@ def select(d: dict[int, torch.Tensor], delta: dict[int, torch.Tensor], *, tau_es
     chosen = {l: {"union": es_flags[l] | sas_flags[l], "es": es_flags[l],
                   "sas": sas_flags[l]}[selection] for l in d}
     if neuron_ratio is not None:
-        if ratio_scope == "layer":
-            k_of: dict[int, int] | int = {l: math.ceil(neuron_ratio * d[l].numel()) for l in d}
-        else:
-            k_of = math.ceil(neuron_ratio * sum(v.numel() for v in d.values()))
+        k_of = _ratio_counts(d, neuron_ratio, ratio_scope)
         # NaN-free scores: NaN ranks last (as -inf)
         by_es = {l: d[l].nan_to_num(nan=-math.inf) for l in d}
         if ratio_mode == "instead":
