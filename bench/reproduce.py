@@ -1,4 +1,5 @@
-"""The reproduction experiment on SmolLM2-135M-Instruct (CPU), with the project's own code path.
+"""The reproduction experiment (CPU), with the project's own code path: SmolLM2-135M-Instruct, and the
+vendor-aligned Qwen2.5-Coder models through ``--recipe qwen05`` / ``--recipe qwen15``.
 
 Plain safety DPO vs SafeNeuron DPO (and variants) from the same start, same data, hyper-parameters
 and seed; every model attacked with neurons re-identified on it. Uses the shared datasets when
@@ -7,6 +8,11 @@ Writes docs/results/<name>.json (the issue's shape) and docs/results/<name>/repo
 
     .venv/bin/python bench/reproduce.py --name smollm2 [--variants dpo,safeneuron,safeneuron_prune]
         [--n-train 128] [--n-eval 100] [--epochs 2] [--learning-rate 2e-5] [--sft-weight 1.0]
+    .venv/bin/python bench/reproduce.py --recipe qwen05     # Qwen2.5-Coder-0.5B-Instruct, full parameters
+
+A recipe is a set of defaults for the flags below (flags given on the command line win). Every stage
+is kept in runs/reproduce/NAME (mask, pairs, checkpoints, one evaluation file per model), so the same
+command after an interruption resumes where it stopped; changed settings are refused.
 
 Runtime on the 2-core CPU machine is dominated by DPO steps (batch 8) and greedy generation.
 """
@@ -24,8 +30,23 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
+#: per-model defaults (the paper's protocol sized for a 2-core CPU; see docs/results/qwen.md)
+RECIPES: dict[str, dict] = {
+    "qwen05": {
+        "name": "qwen05", "model": str(Path.home() / ".cache" / "qwen-0.5b" / "hf"),
+        "variants": "dpo,safeneuron_rounds",
+        # 30/70 safety/helpfulness as in the paper: about half of the AdvBench prompts get a compliant reply
+        # (a safety pair), nearly every harmless prompt a helpful one
+        "n_train_harmful": 96, "n_train_harmless": 112, "n_eval": 128, "n_eval_harmless": 128,
+        "epochs": 2.0, "learning_rate": 1e-5, "sft_weight": 1.0, "max_new_tokens": 32, "batch_size": 8,
+        "save_steps": 10, "reidentify_steps": 20, "control_seeds": "0",
+    },
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", choices=sorted(RECIPES), help="defaults for one model (flags still override)")
     parser.add_argument("--name", default="smollm2")
     parser.add_argument("--model", default="default")
     parser.add_argument("--variants", default="dpo,safeneuron,safeneuron_prune,safeneuron_down")
@@ -33,8 +54,15 @@ def main() -> None:
                         help="make the pairs from this model's replies (e.g. the original model, when --model is an "
                              "already aligned start that would refuse every harmful prompt)")
     parser.add_argument("--train-offset", type=int, default=0, help="skip this many prompts of each training source")
-    parser.add_argument("--n-train", type=int, default=128)
-    parser.add_argument("--n-eval", type=int, default=100)
+    parser.add_argument("--n-train", type=int, default=128, help="training prompts of each kind")
+    parser.add_argument("--n-train-harmful", type=int, help="harmful training prompts (default --n-train)")
+    parser.add_argument("--n-train-harmless", type=int, help="harmless training prompts (default --n-train)")
+    parser.add_argument("--n-eval", type=int, default=100, help="held-out harmful prompts (HarmBench)")
+    parser.add_argument("--n-eval-harmless", type=int, help="held-out harmless prompts (default --n-eval)")
+    parser.add_argument("--save-steps", type=int, default=0, help="checkpoint every N steps (resume after a cut)")
+    parser.add_argument("--reidentify-steps", type=int, default=0,
+                        help="variant safeneuron_rounds: re-identify every N steps (union with the earlier set)")
+    parser.add_argument("--control-seeds", default="", help="random-neuron controls at FULL(SN-)'s count, e.g. 0,1")
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--learning-rate", type=float, default=2e-5)
     parser.add_argument("--sft-weight", type=float, default=1.0)
@@ -46,6 +74,9 @@ def main() -> None:
     parser.add_argument("--merge-into", metavar="NAME",
                         help="also add this run's trained models to docs/results/NAME.json (a run with the same "
                              "data, hyper-parameters and seed; its original model's figures must match)")
+    known, _ = parser.parse_known_args()
+    if known.recipe:
+        parser.set_defaults(**RECIPES[known.recipe])
     args = parser.parse_args()
     shared = (SHARED / "harmful_harmbench.jsonl").exists()
     cfg = ExperimentConfig(
@@ -55,10 +86,12 @@ def main() -> None:
         eval_harmful=str(SHARED / "harmful_harmbench.jsonl") if shared else "builtin:harmful",
         eval_harmless=str(SHARED / "harmless_prompts.jsonl") if shared else "builtin:harmless",
         pairs_model=args.pairs_model, train_offset=args.train_offset,
-        n_train_harmful=args.n_train, n_train_harmless=args.n_train, n_eval_harmful=args.n_eval,
-        n_eval_harmless=args.n_eval, variants=args.variants.split(","), epochs=args.epochs,
+        n_train_harmful=args.n_train_harmful or args.n_train, n_train_harmless=args.n_train_harmless or args.n_train,
+        n_eval_harmful=args.n_eval, n_eval_harmless=args.n_eval_harmless or args.n_eval,
+        variants=args.variants.split(","), epochs=args.epochs,
         learning_rate=args.learning_rate, sft_weight=args.sft_weight, max_new_tokens=args.max_new_tokens,
-        seed=args.seed, batch_size=args.batch_size, sweep=args.sweep)
+        seed=args.seed, batch_size=args.batch_size, sweep=args.sweep, save_steps=args.save_steps,
+        reidentify_steps=args.reidentify_steps, control_seeds=[int(x) for x in args.control_seeds.split(",") if x])
     result = run_experiment(cfg)
     print(print_summary(result))
     out = Path(cfg.out_dir)

@@ -30,15 +30,19 @@ def evaluate_model(model: nn.Module, tokenizer, *, harmful: list[str], harmless:
                    options: SafeNeuronOptions | None = None, mask: NeuronMask | None = None,
                    judge: Judge | None = None, max_new_tokens: int = 64, batch_size: int = 16,
                    sweep: tuple[int, ...] = SWEEP, identify_harmful: list[str] | None = None,
-                   identify_harmless: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
+                   identify_harmless: list[str] | None = None, control_seeds: tuple[int, ...] = (),
+                   progress: bool = True) -> dict[str, Any]:
     """Attack (neurons re-identified on this model unless ``mask``), over-refusal, perplexity, KL.
 
+    ``control_seeds``: also prune random neurons at FULL(SN-)'s per-layer counts, once per seed
+    (``controls.random``, see :func:`~safeneuron_plugins.attack.run_attack`).
     ``identify_harmful`` / ``identify_harmless``: the attacker's identification prompts (default: the
     sources in ``options``); keep them apart from ``harmful`` so the attack is measured on held-out prompts."""
     judge = judge or default_judge()
     mask = mask or identify(model, tokenizer, identify_harmful, identify_harmless, options=options, progress=progress)
     attack = run_attack(model, tokenizer, harmful, mask, judge=judge, max_new_tokens=max_new_tokens,
-                        batch_size=batch_size, sweep=sweep, identify_options=options, progress=progress)
+                        batch_size=batch_size, sweep=sweep, identify_options=options, control_seeds=control_seeds,
+                        progress=progress)
     over = over_refusal(model, tokenizer, harmless, judge=judge, max_new_tokens=max_new_tokens,
                         batch_size=batch_size, progress=progress)
     return {
@@ -49,6 +53,7 @@ def evaluate_model(model: nn.Module, tokenizer, *, harmful: list[str], harmless:
         "perplexity": perplexity(model, tokenizer, reference_pairs, progress=progress),
         "kl": kl_to_reference(model, reference, tokenizer, harmless, progress=progress) if reference is not None else 0.0,
         "safety_neurons": mask.num_neurons, "layer_fractions": layer_fractions(mask),
+        **({"controls": attack["controls"]} if "controls" in attack else {}),
         "generations": attack["generations"] + [dict(g, condition="harmless") for g in over["generations"]],
         "_mask": mask,
     }
@@ -123,12 +128,16 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
     def with_ci(rate: float, ci) -> str:
         return f"{rate:.2f} {format_interval(ci)}" if ci else f"{rate:.2f}"
 
-    header = ["model", "ORI", "ES(SN-)", "SAS(SN-)", "FULL(SN-)", "evasive (FULL)", "over-refusal",
+    controlled = any("controls" in m for m in models.values())
+    header = ["model", "ORI", "ES(SN-)", "SAS(SN-)", "FULL(SN-)", *(["random (FULL's count)"] if controlled else []),
+              "evasive (FULL)", "over-refusal",
               "perplexity", "KL to first", "safety neurons", "frozen neurons"]
     rows = []
     for name, m in models.items():
         ci = {c: m["rates"][c].get("ci95", {}).get("compliance") for c in CONDITIONS}
+        random = m.get("controls", {}).get("random")
         rows.append([name, *(with_ci(m["asr"][c], ci[c]) for c in CONDITIONS),
+                     *([with_ci(random["asr"], random.get("ci95")) if random else ""] if controlled else []),
                      with_ci(m["rates"]["FULL"]["evasive"], m["rates"]["FULL"].get("ci95", {}).get("evasive")),
                      with_ci(m["over_refusal"], m.get("over_refusal_ci95")), f"{m['perplexity']:.2f}", f"{m['kl']:.4f}",
                      str(m.get("safety_neurons", "")), str(m.get("frozen_neurons", ""))])

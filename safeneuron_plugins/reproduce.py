@@ -10,6 +10,7 @@ import gc
 import json
 import logging
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from .attack import SWEEP
 from .capability import load_reference_pairs
 from .compare import evaluate_model, write_report
 from .judge import load_judge
+from .mask import NeuronMask
 from .models import load_model
 from .options import SafeNeuronOptions
 from .prompts import load_prompts, prompts_hash
@@ -36,6 +38,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "safeneuron_down": {"safeneuron_freeze": True, "safeneuron_freeze_down_proj": True},
     "safeneuron_ratio": {"safeneuron_freeze": True, "safeneuron_neuron_ratio": 0.10},
     "safeneuron_iter": {"safeneuron_freeze": True, "safeneuron_reidentify_on_epoch_end": True},
+    # the paper's protocol at CPU size: T0 from the original's mask, then re-identify every
+    # ExperimentConfig.reidentify_steps optimizer steps (union with the earlier set)
+    "safeneuron_rounds": {"safeneuron_freeze": True},
     "safeneuron_product": {"safeneuron_freeze": True, "safeneuron_signal": "product", "safeneuron_neuron_ratio": 0.05},
 }
 
@@ -71,6 +76,9 @@ class ExperimentConfig:
     gen_batch_size: int = 16
     judge: str = "relevance"
     sweep: bool = False
+    control_seeds: list[int] = field(default_factory=list)  # random neurons at FULL(SN-)'s per-layer counts
+    save_steps: int = 0          # checkpoint every N steps (0: none); an interrupted run resumes from the last
+    reidentify_steps: int = 0    # safeneuron_rounds: re-identify every N optimizer steps
     identify: dict[str, Any] = field(default_factory=lambda: {"max_prompts": 128})
     progress: bool = True
 
@@ -153,10 +161,12 @@ def split_prompts(cfg: ExperimentConfig) -> tuple[dict[str, list[str]], dict[str
 
 
 def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path: Path, out: Path,
-                  identify: dict[str, Any] | None = None) -> dict:
-    """One DPO run from the original model; returns training facts. ``identify``: the identification
-    options of variants that identify during training (default ``cfg.identify``; :func:`run_experiment`
-    passes the split's identification prompts)."""
+                  identify: dict[str, Any] | None = None, callbacks: tuple = ()) -> dict:
+    """One DPO run from the original model; returns training facts (also written to ``out/training.json``).
+    ``identify``: the identification options of variants that identify during training (default
+    ``cfg.identify``; :func:`run_experiment` passes the split's identification prompts). With
+    ``cfg.save_steps`` a run that was cut off resumes from its last checkpoint in ``out``; a finished
+    one (``training.json`` present) is not trained again. ``callbacks``: more Trainer callbacks."""
     import datasets
     import transformers
     import trl
@@ -164,6 +174,11 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
     from .integrations.hf import SafeNeuronCallback
     from .models import default_model_path
 
+    done = out / "training.json"
+    if done.is_file():  # trained by an earlier, interrupted invocation of the same experiment
+        logger.info("%s: already trained (%s); reusing it", name, done)
+        return json.loads(done.read_text())
+    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if out.is_dir() else []
     path = str(default_model_path()) if cfg.model == "default" else cfg.model
     transformers.set_seed(cfg.seed)
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -171,9 +186,14 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
     tok = transformers.AutoTokenizer.from_pretrained(path)
     data = datasets.load_dataset("json", data_files=str(pairs_path), split="train").remove_columns("kind")
     options = dict(VARIANTS[name])
+    if name == "safeneuron_rounds":
+        if not cfg.reidentify_steps:
+            raise ValueError("variant safeneuron_rounds needs reidentify_steps > 0 (--reidentify-steps N)")
+        options["safeneuron_reidentify_steps"] = cfg.reidentify_steps
     if options.get("safeneuron_freeze"):
-        if not {"safeneuron_neuron_ratio", "safeneuron_signal", "safeneuron_reidentify_on_epoch_end"} & set(options):
-            options["safeneuron_mask"] = str(mask_path)  # the mask identified once on the original
+        if not {"safeneuron_neuron_ratio", "safeneuron_signal"} & set(options):
+            # T0: the mask identified once on the original (re-identifying variants extend it later)
+            options["safeneuron_mask"] = str(mask_path)
         options.update({f"safeneuron_{k}": v for k, v in (cfg.identify if identify is None else identify).items()})
     callback = SafeNeuronCallback(**options)
     args = trl.DPOConfig(
@@ -181,15 +201,19 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
         per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, beta=cfg.beta,
         loss_type=["sigmoid", "sft"] if cfg.sft_weight else ["sigmoid"],
         loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight else None, weight_decay=cfg.weight_decay, lr_scheduler_type="cosine",
-        max_length=cfg.max_length, logging_steps=1, save_strategy="no", report_to="none", seed=cfg.seed,
+        max_length=cfg.max_length, logging_steps=1, report_to="none", seed=cfg.seed,
+        save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500, save_total_limit=1,
         use_cpu=not torch.cuda.is_available(), disable_tqdm=not cfg.progress,
         # trl defaults to bf16; on CPUs without native bf16 that falls back to a slow scalar GEMM (measured
         # 309 s vs ~20 s per step on this machine)
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    clock = _step_clock()
     trainer = trl.DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tok,
-                             callbacks=[callback])
+                             callbacks=[callback, clock, *callbacks])
     start = time.perf_counter()
-    trainer.train()
+    if checkpoints:
+        logger.info("%s: resuming from %s", name, checkpoints[-1])
+    trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     seconds = time.perf_counter() - start
     trainer.save_model(str(out))
     tok.save_pretrained(str(out))
@@ -198,10 +222,43 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
              "final_loss": logs[-1]["loss"] if logs else None,
              "final_reward_margin": logs[-1].get("rewards/margins") if logs else None,
              "frozen_neurons": callback.mask.num_neurons if callback.mask is not None else 0,
-             "options": {k: v for k, v in options.items() if k != "safeneuron_mask"}}
+             "options": {k: v for k, v in options.items() if k != "safeneuron_mask"},
+             "resumed_from": checkpoints[-1].name if checkpoints else None, **clock.summary()}
+    if "safeneuron_mask" in options:  # T0; frozen_neurons is the union after re-identification
+        facts["frozen_neurons_t0"] = NeuronMask.load(options["safeneuron_mask"]).num_neurons
+    done.write_text(json.dumps(facts, indent=2))
+    for ckpt in out.glob("checkpoint-*"):  # the model is saved; optimizer states are GBs at this size
+        shutil.rmtree(ckpt, ignore_errors=True)
     del trainer, model, ref
     gc.collect()
     return facts
+
+
+def _step_clock():
+    """A callback recording seconds per optimizer step and the process's peak resident memory."""
+    import transformers
+
+    class StepClock(transformers.TrainerCallback):
+        def __init__(self):
+            self.stamps: list[float] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.stamps.append(time.perf_counter())
+
+        def summary(self) -> dict[str, Any]:
+            gaps = sorted(b - a for a, b in zip(self.stamps, self.stamps[1:]))
+            return {"median_step_seconds": round(gaps[len(gaps) // 2], 1) if gaps else None,
+                    "peak_rss_gb": round(_peak_rss_gb(), 2)}
+
+    return StepClock()
+
+
+def _peak_rss_gb() -> float:
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**30 if sys.platform == "darwin" else rss / 2**20
 
 
 def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -225,44 +282,75 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     options = SafeNeuronOptions(**{f"safeneuron_{k}": v for k, v in identify_opts.items()})
     stage = lambda msg: print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", flush=True)  # noqa: E731
 
+    _check_same_experiment(cfg, out)
     stage(f"loading {cfg.model}")
     original, tok = load_model(cfg.model)
-    stage("identifying the safety neurons of the original model (the mask SafeNeuron DPO freezes)")
-    mask = identify(original, tok, options=options, progress=cfg.progress)
-    mask_path = mask.save(out / "original_mask.safetensors")
-    if cfg.pairs_model:
-        stage(f"{mask.num_neurons} safety neurons; building safety preference pairs from {cfg.pairs_model}'s replies")
-        pairs_from, pairs_tok = load_model(cfg.pairs_model)
+    mask_path = out / "original_mask.safetensors"
+    if mask_path.is_file():
+        mask = NeuronMask.load(mask_path)
+        stage(f"original model's safety neurons: {mask.num_neurons}, from {mask_path} (an earlier invocation)")
     else:
-        stage(f"{mask.num_neurons} safety neurons; building safety preference pairs from the model's own replies")
-        pairs_from, pairs_tok = original, tok
-    rows, counts = make_pairs(pairs_from, pairs_tok, sets["train_harmful"], sets["train_harmless"], judge=judge,
-                              max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size,
-                              include_evasive=True, seed=cfg.seed, progress=cfg.progress)
-    del pairs_from
-    pairs_path = out / "pairs.jsonl"
-    pairs_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    stage(f"{len(rows)} pairs ({counts})")
+        stage("identifying the safety neurons of the original model (the mask SafeNeuron DPO freezes)")
+        mask = identify(original, tok, options=options, progress=cfg.progress)
+        mask.save(mask_path)
+    pairs_path, counts_path = out / "pairs.jsonl", out / "pairs_counts.json"
+    if counts_path.is_file():
+        counts = json.loads(counts_path.read_text())
+        stage(f"pairs from {pairs_path} (an earlier invocation): {counts}")
+    else:
+        if cfg.pairs_model:
+            stage(f"{mask.num_neurons} safety neurons; building safety preference pairs from {cfg.pairs_model}'s replies")
+            pairs_from, pairs_tok = load_model(cfg.pairs_model)
+        else:
+            stage(f"{mask.num_neurons} safety neurons; building safety preference pairs from the model's own replies")
+            pairs_from, pairs_tok = original, tok
+        rows, counts = make_pairs(pairs_from, pairs_tok, sets["train_harmful"], sets["train_harmless"], judge=judge,
+                                  max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size,
+                                  include_evasive=True, seed=cfg.seed, progress=cfg.progress)
+        del pairs_from
+        pairs_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        counts_path.write_text(json.dumps(counts))
+        stage(f"{len(rows)} pairs ({counts})")
 
-    evaluate = lambda model, tokenizer, reference, m=None: evaluate_model(  # noqa: E731
-        model, tokenizer, harmful=sets["eval_harmful"], harmless=sets["eval_harmless"], reference_pairs=ref_pairs,
-        reference=reference, options=options, mask=m, judge=judge, max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.gen_batch_size, sweep=SWEEP if cfg.sweep else (), progress=cfg.progress)
-    stage("attacking and checking the original model")
-    models: dict[str, dict[str, Any]] = {"original": evaluate(original, tok, None, mask)}
-    models["original"]["frozen_neurons"] = 0
-    training: dict[str, dict] = {}
+    evaluations = out / "evaluations"  # one file per finished model: an interrupted run resumes after it
+
+    def finished(name: str) -> dict[str, Any] | None:
+        path = evaluations / f"{name}.json"
+        if not path.is_file():
+            return None
+        stage(f"{name}: trained and evaluated by an earlier invocation ({path})")
+        result = json.loads(path.read_text())
+        result["_mask"] = NeuronMask.load(path.with_suffix(".safetensors"))
+        return result
+
+    def evaluate(name: str, model, tokenizer, reference, m=None, **extra) -> dict[str, Any]:
+        result = evaluate_model(
+            model, tokenizer, harmful=sets["eval_harmful"], harmless=sets["eval_harmless"], reference_pairs=ref_pairs,
+            reference=reference, options=options, mask=m, judge=judge, max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.gen_batch_size, sweep=SWEEP if cfg.sweep else (), control_seeds=tuple(cfg.control_seeds),
+            progress=cfg.progress)
+        result.update(extra)
+        evaluations.mkdir(exist_ok=True)
+        result["_mask"].save(evaluations / f"{name}.safetensors")
+        (evaluations / f"{name}.json").write_text(json.dumps({k: v for k, v in result.items() if k != "_mask"}))
+        return result
+
+    models: dict[str, dict[str, Any]] = {"original": finished("original")}
+    if models["original"] is None:
+        stage("attacking and checking the original model")
+        models["original"] = evaluate("original", original, tok, None, mask, frozen_neurons=0)
     for name in cfg.variants:
         if name not in VARIANTS:
             raise ValueError(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}")
+        if (done := finished(name)) is not None:
+            models[name] = done
+            continue
         stage(f"training {name} ({VARIANTS[name]})")
-        training[name] = train_variant(cfg, name, pairs_path, mask_path, out / "models" / name, identify_opts)
-        stage(f"{name}: {training[name]['steps']} steps in {training[name]['train_seconds']}s; attacking it "
+        facts = train_variant(cfg, name, pairs_path, mask_path, out / "models" / name, identify_opts)
+        stage(f"{name}: {facts['steps']} steps in {facts['train_seconds']}s; attacking it "
               "(safety neurons re-identified on it, as an attacker would)")
         model, mtok = load_model(str(out / "models" / name))
-        models[name] = evaluate(model, mtok, original)
-        models[name]["frozen_neurons"] = training[name]["frozen_neurons"]
-        models[name]["training"] = training[name]
+        models[name] = evaluate(name, model, mtok, original, frozen_neurons=facts["frozen_neurons"], training=facts)
         del model
         gc.collect()
     meta = {"config": asdict(cfg), "seconds": round(time.perf_counter() - t0, 1), "library_version": __version__,
@@ -277,6 +365,29 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     (out / "results.json").write_text(json.dumps(results, indent=2))
     stage(f"done: report {report}")
     return {"models": models, "meta": meta, "report": str(report)}
+
+
+#: config fields that do not change what an earlier invocation computed
+_RESUMABLE = {"variants", "progress", "out_dir"}
+
+
+def _check_same_experiment(cfg: ExperimentConfig, out: Path) -> None:
+    """Resuming reuses the mask, pairs, trained models and evaluations in ``out``; refuse if they were
+    made with other settings (nothing is deleted)."""
+    path = out / "experiment.json"
+    mine = {k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE}
+    if path.is_file():
+        theirs = json.loads(path.read_text())
+        changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if changed:
+            from .errors import OptionsError
+            raise OptionsError(
+                f"{out} holds an earlier run of this experiment made with other settings ({', '.join(changed)}: "
+                f"{', '.join(f'{theirs.get(k)!r} -> {mine.get(k)!r}' for k in changed[:3])}); its mask, pairs, "
+                "models and evaluations would not match. Give another output directory (--name), or delete it "
+                "to start over.")
+    else:
+        path.write_text(json.dumps(mine, indent=2))
 
 
 def _notes(meta: dict) -> str:

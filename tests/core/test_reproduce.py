@@ -97,3 +97,58 @@ def test_split_with_nothing_left_for_identification_is_a_clear_error(tmp_path, c
     assert code == 2
     err = capsys.readouterr().err
     assert "--n-train" in err and "--identify-harmful" in err
+
+
+class _CutOff(transformers.TrainerCallback):
+    """Stops the process's training at a step, after the Trainer saved the checkpoint before it (a cut)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt(f"cut at step {self.step}")
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """The reproduction's runs are cut off on small machines: a SafeNeuron run with re-identification
+    (variant safeneuron_rounds) resumed from its last checkpoint ends bit-identical to one that ran
+    through, frozen rows included, with the same union of re-identified neurons."""
+    from test_freeze_trl import preference_data
+
+    from safeneuron_plugins import identify
+    from safeneuron_plugins.reproduce import train_variant
+
+    model_dir = save_tiny_model(tmp_path / "m", "llama")
+    pairs = tmp_path / "pairs.jsonl"
+    preference_data(16).add_column("kind", ["harmless"] * 16).to_json(pairs)
+    ident = {"method": "safeneuron", "tau_es": 0.5, "tau_sas": 1.0, "max_prompts": 24}
+    original = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    mask_path = identify(original, tok, **ident).save(tmp_path / "mask.safetensors")
+    cfg = ExperimentConfig(model=str(model_dir), batch_size=4, max_steps=6, learning_rate=5e-3, save_steps=2,
+                           reidentify_steps=3, identify=ident, progress=False)
+
+    through = train_variant(cfg, "safeneuron_rounds", pairs, mask_path, tmp_path / "through")
+    with pytest.raises(KeyboardInterrupt):
+        train_variant(cfg, "safeneuron_rounds", pairs, mask_path, tmp_path / "cut", callbacks=(_CutOff(5),))
+    assert (tmp_path / "cut" / "checkpoint-4").is_dir() and not (tmp_path / "cut" / "training.json").exists()
+    resumed = train_variant(cfg, "safeneuron_rounds", pairs, mask_path, tmp_path / "cut")
+    assert resumed["resumed_from"] == "checkpoint-4" and through["resumed_from"] is None
+    assert resumed["steps"] == through["steps"] == 6
+
+    a = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "through").state_dict()
+    b = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "cut").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
+    final = NeuronMask.load(tmp_path / "cut" / "safeneuron_mask.safetensors")
+    assert final.neurons == NeuronMask.load(tmp_path / "through" / "safeneuron_mask.safetensors").neurons
+    first = NeuronMask.load(mask_path)
+    assert through["frozen_neurons_t0"] == first.num_neurons < final.num_neurons == through["frozen_neurons"], \
+        "re-identification at step 3 added neurons"
+    assert all(set(v) <= set(final.neurons[layer]) for layer, v in first.neurons.items()), "a union with T0"
+    trained = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "cut")
+    before, after = frozen_rows(original, first), frozen_rows(trained, first)
+    assert all(torch.equal(before[k][0], after[k][0]) for k in before), "T0 rows stayed as they were"
+    assert any(not torch.equal(before[k][1], after[k][1]) for k in before), "the rest trained"
+    # a finished run is not trained again
+    assert train_variant(cfg, "safeneuron_rounds", pairs, mask_path, tmp_path / "cut") == resumed
