@@ -79,6 +79,8 @@ class ExperimentConfig:
     control_seeds: list[int] = field(default_factory=list)  # random neurons at FULL(SN-)'s per-layer counts
     save_steps: int = 0          # checkpoint every N steps (0: none); an interrupted run resumes from the last
     reidentify_steps: int = 0    # safeneuron_rounds: re-identify every N optimizer steps
+    lora_r: int = 0              # > 0: LoRA of this rank on every linear layer instead of full parameters
+    precompute_ref: bool = False  # reference log-probs computed once before training (trl)
     identify: dict[str, Any] = field(default_factory=lambda: {"max_prompts": 128})
     progress: bool = True
 
@@ -182,7 +184,15 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
     path = str(default_model_path()) if cfg.model == "default" else cfg.model
     transformers.set_seed(cfg.seed)
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    ref = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    peft_config = None
+    if cfg.lora_r:  # LoRA on every linear layer; the reference is the policy with its adapter off (trl)
+        import peft
+
+        peft_config = peft.LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.0,
+                                      target_modules="all-linear", task_type="CAUSAL_LM")
+        ref = None
+    else:
+        ref = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tok = transformers.AutoTokenizer.from_pretrained(path)
     data = datasets.load_dataset("json", data_files=str(pairs_path), split="train").remove_columns("kind")
     options = dict(VARIANTS[name])
@@ -206,16 +216,20 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
         use_cpu=not torch.cuda.is_available(), disable_tqdm=not cfg.progress,
         # trl defaults to bf16; on CPUs without native bf16 that falls back to a slow scalar GEMM (measured
         # 309 s vs ~20 s per step on this machine)
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        precompute_ref_log_probs=cfg.precompute_ref)
     clock = _step_clock()
     trainer = trl.DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tok,
-                             callbacks=[callback, clock, *callbacks])
+                             callbacks=[callback, clock, *callbacks], peft_config=peft_config)
     start = time.perf_counter()
     if checkpoints:
         logger.info("%s: resuming from %s", name, checkpoints[-1])
     trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     seconds = time.perf_counter() - start
-    trainer.save_model(str(out))
+    if peft_config is not None:  # evaluate and ship the merged model: W + B.A, exactly W on frozen rows
+        trainer.model.merge_and_unload().save_pretrained(str(out))
+    else:
+        trainer.save_model(str(out))
     tok.save_pretrained(str(out))
     logs = [h for h in trainer.state.log_history if "loss" in h]
     facts = {"train_seconds": round(seconds, 1), "steps": trainer.state.global_step,
@@ -346,7 +360,10 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             models[name] = done
             continue
         stage(f"training {name} ({VARIANTS[name]})")
+        original = None  # training needs the memory (1.5B parameters are 7 GB in fp32); reloaded for the KL
+        gc.collect()
         facts = train_variant(cfg, name, pairs_path, mask_path, out / "models" / name, identify_opts)
+        original, _ = load_model(cfg.model)
         stage(f"{name}: {facts['steps']} steps in {facts['train_seconds']}s; attacking it "
               "(safety neurons re-identified on it, as an attacker would)")
         model, mtok = load_model(str(out / "models" / name))

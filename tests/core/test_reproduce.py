@@ -152,3 +152,31 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert any(not torch.equal(before[k][1], after[k][1]) for k in before), "the rest trained"
     # a finished run is not trained again
     assert train_variant(cfg, "safeneuron_rounds", pairs, mask_path, tmp_path / "cut") == resumed
+
+
+def test_lora_recipe_saves_a_merged_model_with_the_frozen_rows_exact(tmp_path):
+    """The 1.5B recipe trains LoRA (full-parameter AdamW does not fit the machine) with reference
+    log-probs precomputed; the saved model is the merged one, and merging the adapter leaves the safety
+    neurons' rows exactly as they were while the other rows moved."""
+    from test_freeze_trl import preference_data
+
+    from safeneuron_plugins import identify
+    from safeneuron_plugins.reproduce import train_variant
+
+    model_dir = save_tiny_model(tmp_path / "m", "llama")
+    pairs = tmp_path / "pairs.jsonl"
+    preference_data(16).add_column("kind", ["harmless"] * 16).to_json(pairs)
+    ident = {"method": "safeneuron", "tau_es": 0.5, "tau_sas": 1.0, "max_prompts": 24}
+    original = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    mask = identify(original, tok, **ident)
+    mask_path = mask.save(tmp_path / "mask.safetensors")
+    cfg = ExperimentConfig(model=str(model_dir), batch_size=4, max_steps=3, learning_rate=5e-2, lora_r=4,
+                           precompute_ref=True, identify=ident, progress=False)
+    facts = train_variant(cfg, "safeneuron", pairs, mask_path, tmp_path / "lora")
+    assert facts["frozen_neurons"] == mask.num_neurons > 0
+    assert not (tmp_path / "lora" / "adapter_config.json").exists(), "a plain (merged) model is saved"
+    trained = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "lora")
+    before, after = frozen_rows(original, mask), frozen_rows(trained, mask)
+    assert all(torch.equal(before[k][0], after[k][0]) for k in before)
+    assert all(not torch.equal(before[k][1], after[k][1]) for k in before), "LoRA moved the other rows"
