@@ -39,7 +39,7 @@ RECIPES: dict[str, dict] = {
         # (a safety pair), nearly every harmless prompt a helpful one
         "n_train_harmful": 96, "n_train_harmless": 112, "n_eval": 128, "n_eval_harmless": 128,
         "epochs": 2.0, "learning_rate": 1e-5, "sft_weight": 1.0, "max_new_tokens": 32, "batch_size": 8,
-        "save_steps": 10, "reidentify_steps": 20, "control_seeds": "0",
+        "save_steps": 10, "reidentify_steps": 20, "adversarial_steps": 8, "control_seeds": "0",
     },
     "qwen15": {
         "name": "qwen15", "model": str(Path.home() / ".cache" / "qwen-1.5b" / "hf"),
@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--save-steps", type=int, default=0, help="checkpoint every N steps (resume after a cut)")
     parser.add_argument("--reidentify-steps", type=int, default=0,
                         help="variant safeneuron_rounds: re-identify every N steps (union with the earlier set)")
+    parser.add_argument("--adversarial-steps", type=int, default=0,
+                        help="variant safeneuron_adversarial: re-identify the pruned set every N steps")
     parser.add_argument("--lora-r", type=int, default=0, help="LoRA rank on every linear layer (0: full parameters)")
     parser.add_argument("--precompute-ref", action="store_true", help="reference log-probs once before training")
     parser.add_argument("--control-seeds", default="", help="random-neuron controls at FULL(SN-)'s count, e.g. 0,1")
@@ -103,7 +105,8 @@ def main() -> None:
         variants=args.variants.split(","), epochs=args.epochs,
         learning_rate=args.learning_rate, sft_weight=args.sft_weight, max_new_tokens=args.max_new_tokens,
         seed=args.seed, batch_size=args.batch_size, sweep=args.sweep, save_steps=args.save_steps,
-        reidentify_steps=args.reidentify_steps, lora_r=args.lora_r, precompute_ref=args.precompute_ref,
+        reidentify_steps=args.reidentify_steps, adversarial_steps=args.adversarial_steps, lora_r=args.lora_r,
+        precompute_ref=args.precompute_ref,
         control_seeds=[int(x) for x in args.control_seeds.split(",") if x])
     result = run_experiment(cfg)
     print(print_summary(result))

@@ -70,10 +70,14 @@ class SafeNeuronCallback(TrainerCallback):
         self.run.after_optimizer_step()
 
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        if self.run.freezer is None or state.global_step >= state.max_steps:
+            return
         steps = self.options.safeneuron_reidentify_steps
-        if self.run.freezer is not None and steps and state.global_step % steps == 0 \
-                and state.global_step < state.max_steps:
+        if steps and state.global_step % steps == 0:
             self.run.reidentify(optimizer, args.output_dir)
+        steps = self.options.safeneuron_adversarial_steps
+        if steps and state.global_step % steps == 0:
+            self.run.attack(args.output_dir)
 
     def on_epoch_end(self, args, state, control, optimizer=None, **kwargs):
         if self.run.freezer is not None and self.options.safeneuron_reidentify_on_epoch_end \

@@ -393,11 +393,12 @@ def _grad_hook(p: nn.Parameter, entry: FrozenEntries):
 
 @contextlib.contextmanager
 def pruned(model: nn.Module, layers: list[MLPLayer], mask: NeuronMask, *,
-           only_training: bool = False) -> Iterator[None]:
+           only_training: bool = False, probability: float = 1.0) -> Iterator[None]:
     """Zero the masked neurons' activations (the input channels of down_proj) while in the block.
 
     ``only_training`` prunes only modules in training mode and never while a PEFT adapter is
-    disabled (that forward pass is the DPO reference model)."""
+    disabled (that forward pass is the DPO reference model). ``probability`` < 1: each masked
+    neuron is zeroed with that probability, drawn anew (torch's generator) in every forward pass."""
     handles = []
     by_index = {l.index: l for l in layers}
     try:
@@ -407,14 +408,14 @@ def pruned(model: nn.Module, layers: list[MLPLayer], mask: NeuronMask, *,
             layer = by_index[layer_index]
             down = model.get_submodule(layer.down)
             handles.append(down.register_forward_pre_hook(
-                _prune_hook(torch.tensor(neurons, dtype=torch.long), only_training)))
+                _prune_hook(torch.tensor(neurons, dtype=torch.long), only_training, probability)))
         yield
     finally:
         for h in handles:
             h.remove()
 
 
-def _prune_hook(index: torch.Tensor, only_training: bool):
+def _prune_hook(index: torch.Tensor, only_training: bool, probability: float = 1.0):
     cache: dict = {}
 
     def hook(module, args):
@@ -424,6 +425,8 @@ def _prune_hook(index: torch.Tensor, only_training: bool):
         idx = cache.get(x.device)
         if idx is None:
             idx = cache[x.device] = index.to(x.device)
+        if probability < 1.0:
+            idx = idx[torch.rand(idx.numel()) < probability].to(x.device)
         return (x.index_fill(-1, idx, 0),) + tuple(args[1:])
 
     return hook

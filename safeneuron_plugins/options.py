@@ -52,6 +52,18 @@ class SafeNeuronOptions:
         "to build safety pathways elsewhere. Off by default: on SmolLM2 it left the model refusing only "
         "without those neurons, so it complied with 66% of held-out harmful prompts once they were "
         "active again (docs/results/reproduction.md).")
+    safeneuron_forward_prune_probability: float = _opt(
+        1.0,
+        "Stochastic forward pruning: with safeneuron_forward_prune (or safeneuron_adversarial_steps), "
+        "zero each pruned neuron only with this probability, drawn anew in every training forward pass "
+        "of the policy, so the model can neither rely on those neurons nor lose their function. "
+        "1.0: Algorithm 1's deterministic pruning.", low=0.0, high=1.0, low_open=True)
+    safeneuron_adversarial_steps: int | None = _opt(
+        None,
+        "Adversarial re-identification (training under the attack): every N optimizer steps, identify "
+        "the safety neurons of the current policy as an attacker would and zero them in the policy's "
+        "training forward passes until the next re-identification (the frozen set does not change). "
+        "Costs one identification every N steps.", low=1)
     safeneuron_reidentify_steps: int | None = _opt(
         None,
         "Iterative mode: every N optimizer steps, re-identify on the current model and freeze the "

@@ -41,6 +41,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the paper's protocol at CPU size: T0 from the original's mask, then re-identify every
     # ExperimentConfig.reidentify_steps optimizer steps (union with the earlier set)
     "safeneuron_rounds": {"safeneuron_freeze": True},
+    # stochastic forward pruning: the frozen neurons zeroed with probability 0.5 in each training pass
+    "safeneuron_stochastic": {"safeneuron_freeze": True, "safeneuron_forward_prune": True,
+                              "safeneuron_forward_prune_probability": 0.5},
+    # training under the attack: the policy's current top neurons pruned, re-identified every
+    # ExperimentConfig.adversarial_steps steps (the frozen set stays T0)
+    "safeneuron_adversarial": {"safeneuron_freeze": True},
     "safeneuron_product": {"safeneuron_freeze": True, "safeneuron_signal": "product", "safeneuron_neuron_ratio": 0.05},
 }
 
@@ -79,6 +85,7 @@ class ExperimentConfig:
     control_seeds: list[int] = field(default_factory=list)  # random neurons at FULL(SN-)'s per-layer counts
     save_steps: int = 0          # checkpoint every N steps (0: none); an interrupted run resumes from the last
     reidentify_steps: int = 0    # safeneuron_rounds: re-identify every N optimizer steps
+    adversarial_steps: int = 0   # safeneuron_adversarial: re-identify the pruned set every N optimizer steps
     lora_r: int = 0              # > 0: LoRA of this rank on every linear layer instead of full parameters
     precompute_ref: bool = False  # reference log-probs computed once before training (trl)
     identify: dict[str, Any] = field(default_factory=lambda: {"max_prompts": 128})
@@ -200,6 +207,10 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
         if not cfg.reidentify_steps:
             raise ValueError("variant safeneuron_rounds needs reidentify_steps > 0 (--reidentify-steps N)")
         options["safeneuron_reidentify_steps"] = cfg.reidentify_steps
+    if name == "safeneuron_adversarial":
+        if not cfg.adversarial_steps:
+            raise ValueError("variant safeneuron_adversarial needs adversarial_steps > 0 (--adversarial-steps N)")
+        options["safeneuron_adversarial_steps"] = cfg.adversarial_steps
     if options.get("safeneuron_freeze"):
         if not {"safeneuron_neuron_ratio", "safeneuron_signal"} & set(options):
             # T0: the mask identified once on the original (re-identifying variants extend it later)
@@ -394,7 +405,9 @@ def _check_same_experiment(cfg: ExperimentConfig, out: Path) -> None:
     path = out / "experiment.json"
     mine = {k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE}
     if path.is_file():
-        theirs = json.loads(path.read_text())
+        # settings added to ExperimentConfig since that run was made count as their defaults
+        theirs = {**{k: v for k, v in asdict(ExperimentConfig()).items() if k not in _RESUMABLE},
+                  **json.loads(path.read_text())}
         changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         if changed:
             from .errors import OptionsError

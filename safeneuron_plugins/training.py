@@ -75,6 +75,7 @@ class SafeNeuronTraining:
         self.model: nn.Module | None = None
         self.tokenizer = None
         self._prune: contextlib.ExitStack | None = None
+        self.attack_mask: NeuronMask | None = None  # safeneuron_adversarial_steps: the policy's current top neurons
 
     @property
     def mask(self) -> NeuronMask | None:
@@ -106,6 +107,10 @@ class SafeNeuronTraining:
             logger.warning(warning)
         self.freezer = NeuronFreezer(model, layers, mask,
                                      include_down_proj=o.safeneuron_freeze_down_proj).attach()
+        if resume_dir and (Path(resume_dir) / self.ATTACK_NAME).is_file():
+            self.attack_mask = NeuronMask.load(Path(resume_dir) / self.ATTACK_NAME)
+        elif o.safeneuron_adversarial_steps and self.attack_mask is None:
+            self.attack_mask = mask  # what an attacker finds on the initial policy, until the first re-identification
         if optimizer is not None and resume_dir is None:
             self.freezer.zero_optimizer_state(optimizer)
         self._start_pruning()
@@ -140,13 +145,21 @@ class SafeNeuronTraining:
             "different ones. Pass safeneuron_mask=<the mask of the original run (its output_dir)>.")
 
     def _start_pruning(self) -> None:
+        """(Re)attach the training-time pruning hooks: the frozen set (safeneuron_forward_prune) and the
+        adversarial set (safeneuron_adversarial_steps), each neuron with safeneuron_forward_prune_probability."""
         if self._prune is not None:
             self._prune.close()
             self._prune = None
-        if self.options.safeneuron_forward_prune and self.freezer is not None:
+        if self.freezer is None:
+            return
+        target = self.freezer.mask if self.options.safeneuron_forward_prune else None
+        if self.attack_mask is not None:
+            target = self.attack_mask if target is None else target.union(self.attack_mask)
+        if target is not None:
             self._prune = contextlib.ExitStack()
-            self._prune.enter_context(pruned(self.model, list(self.freezer.layers.values()),
-                                             self.freezer.mask, only_training=True))
+            self._prune.enter_context(pruned(self.model, list(self.freezer.layers.values()), target,
+                                             only_training=True,
+                                             probability=self.options.safeneuron_forward_prune_probability))
 
     def _log_start(self, source: str) -> None:
         f = self.freezer
@@ -178,9 +191,27 @@ class SafeNeuronTraining:
             self.save(output_dir)
         return mask
 
+    def attack(self, output_dir: str | None = None) -> NeuronMask:
+        """Adversarial re-identification: identify on the current policy as an attacker would and prune
+        those neurons in the training forward passes from now on (nothing more is frozen)."""
+        self.attack_mask = self._identify()
+        self._start_pruning()
+        logger.info("SafeNeuron: training under the attack: %d neurons of the current policy pruned in its "
+                    "forward passes%s.", self.attack_mask.num_neurons,
+                    f" (each with probability {self.options.safeneuron_forward_prune_probability})"
+                    if self.options.safeneuron_forward_prune_probability < 1 else "")
+        if output_dir:
+            self.save(output_dir)
+        return self.attack_mask
+
+    #: where the adversarial set is kept beside the mask (restored on resume)
+    ATTACK_NAME = "safeneuron_attack_mask.safetensors"
+
     def save(self, directory: str) -> Path | None:
         if self.freezer is None or not _is_main_process():
             return None
+        if self.attack_mask is not None:
+            self.attack_mask.save(Path(directory) / self.ATTACK_NAME)
         return self.freezer.mask.save(Path(directory) / self.options.safeneuron_output_name)
 
     def end(self, output_dir: str | None = None) -> None:

@@ -228,6 +228,78 @@ def test_forward_prune_only_during_training_and_only_the_policy(tmp_path):
     assert all(not model.get_submodule(l.down)._forward_pre_hooks for l in layers), "no pruning after training"
 
 
+def _down_inputs(model, ids=((1, 5, 9, 12),)):
+    """Layer 0's down_proj input of one training-mode forward pass."""
+    down = model.get_submodule(find_mlp_layers(model)[0].down)
+    captured = []
+    h = down.register_forward_pre_hook(lambda m, a: captured.append(a[0].clone()))
+    model.train()
+    with torch.no_grad():
+        model(input_ids=torch.tensor(ids))
+    h.remove()
+    return captured[0]
+
+
+def test_stochastic_forward_pruning_draws_a_new_subset_every_pass(tmp_path):
+    from safeneuron_plugins.freeze import pruned
+
+    model, _ = load(save_tiny_model(tmp_path / "m", "llama"))
+    layers = find_mlp_layers(model)
+    idx = list(range(0, layers[0].intermediate_size, 2))  # every other neuron of layer 0
+    mask = NeuronMask({0: idx})
+    zeroed = []
+    with pruned(model, layers, mask, only_training=True, probability=0.5):
+        for seed in (0, 1, 0):
+            torch.manual_seed(seed)
+            x = _down_inputs(model)
+            zeroed.append({i for i in idx if torch.all(x[..., i] == 0)})
+        model.eval()
+        with torch.no_grad():
+            captured = []
+            down = model.get_submodule(layers[0].down)
+            h = down.register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+            model(input_ids=torch.tensor([[1, 5, 9, 12]]))
+            h.remove()
+    unpruned = _down_inputs(model)
+    assert all(0 < len(z) < len(idx) for z in zeroed), "a proper subset of the masked neurons each pass"
+    assert zeroed[0] != zeroed[1] and zeroed[0] == zeroed[2], "drawn anew each pass, from torch's generator"
+    assert not any(torch.all(unpruned[..., i] == 0) for i in idx) and not any(
+        torch.all(captured[0][..., i] == 0) for i in idx), "never in eval mode, nothing after the block"
+    others = [i for i in range(layers[0].intermediate_size) if i not in idx]
+    assert not any(torch.all(x[..., i] == 0) for i in others)
+
+
+def test_adversarial_reidentification_trains_under_the_attack(tmp_path):
+    """safeneuron_adversarial_steps: the policy's forward passes prune what an attacker finds on it now
+    (T0 at first, re-identified every N steps, kept in checkpoints), while the frozen set stays T0."""
+    path = save_tiny_model(tmp_path / "m", "llama")
+    cb = SafeNeuronCallback(safeneuron_freeze=True, safeneuron_adversarial_steps=2, **IDENT)
+    seen = []
+
+    class Probe(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kw):
+            x = _down_inputs(model)
+            attack = cb.run.attack_mask
+            seen.append((state.global_step, attack, all(torch.all(x[..., i] == 0) for i in attack.neurons.get(0, []))))
+
+    initial, _ = load(path)
+    model, tok = load(path)
+    args = trl.DPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=4,
+                         learning_rate=5e-3, report_to="none", save_strategy="steps", save_steps=2, use_cpu=True)
+    trainer = trl.DPOTrainer(model=model, ref_model=transformers.AutoModelForCausalLM.from_pretrained(path),
+                             args=args, train_dataset=preference_data(), processing_class=tok, callbacks=[cb, Probe()])
+    trainer.train()
+    t0 = cb.mask
+    assert seen[0][1] is t0 and seen[0][1].num_neurons > 0, "the attack starts from the initial policy's neurons"
+    assert seen[1][1] is not t0 and seen[2][1] is seen[1][1], "re-identified at step 2, kept until step 4"
+    assert all(pruned_now for _, _, pruned_now in seen), "the attacked neurons are zero in training passes"
+    assert NeuronMask.load(tmp_path / "out" / "checkpoint-2" / "safeneuron_attack_mask.safetensors").neurons \
+        == seen[1][1].neurons
+    assert cb.mask is t0, "nothing more is frozen"
+    assert_frozen_exactly(frozen_rows(initial, t0), frozen_rows(model, t0))
+    assert all(not model.get_submodule(l.down)._forward_pre_hooks for l in find_mlp_layers(model))
+
+
 def test_iterative_keeps_original_values_of_first_round(tmp_path):
     path = save_tiny_model(tmp_path / "m", "llama")
     first = SafeNeuronCallback(safeneuron_freeze=True, **IDENT)
