@@ -169,6 +169,38 @@ def split_prompts(cfg: ExperimentConfig) -> tuple[dict[str, list[str]], dict[str
     return sets, record
 
 
+def variant_options(cfg: ExperimentConfig, name: str, mask_path: Path,
+                    identify: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``safeneuron_*`` options variant ``name`` trains with."""
+    options = dict(VARIANTS[name])
+    if name == "safeneuron_rounds":
+        if not cfg.reidentify_steps:
+            raise ValueError("variant safeneuron_rounds needs reidentify_steps > 0 (--reidentify-steps N)")
+        options["safeneuron_reidentify_steps"] = cfg.reidentify_steps
+    if name == "safeneuron_adversarial":
+        if not cfg.adversarial_steps:
+            raise ValueError("variant safeneuron_adversarial needs adversarial_steps > 0 (--adversarial-steps N)")
+        options["safeneuron_adversarial_steps"] = cfg.adversarial_steps
+    if options.get("safeneuron_freeze"):
+        if not {"safeneuron_neuron_ratio", "safeneuron_signal"} & set(options):
+            # T0: the mask identified once on the original (re-identifying variants extend it later)
+            options["safeneuron_mask"] = str(mask_path)
+        options.update({f"safeneuron_{k}": v for k, v in (cfg.identify if identify is None else identify).items()})
+    return options
+
+
+def _check_same_variant(name: str, recorded: dict[str, Any], options: dict[str, Any], where: Path) -> None:
+    """A variant trained by an earlier invocation is reused only with the options it was trained with."""
+    now = {k: v for k, v in options.items() if k != "safeneuron_mask"}
+    changed = sorted(k for k in set(now) | set(recorded) if now.get(k) != recorded.get(k))
+    if changed:
+        from .errors import OptionsError
+        raise OptionsError(
+            f"{where}: variant {name} was trained with other options ({', '.join(changed)}: "
+            f"{', '.join(f'{recorded.get(k)!r} -> {now.get(k)!r}' for k in changed[:3])}). Give another output "
+            "directory (--name), or delete that variant's model and evaluation to train it again.")
+
+
 def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path: Path, out: Path,
                   identify: dict[str, Any] | None = None, callbacks: tuple = ()) -> dict:
     """One DPO run from the original model; returns training facts (also written to ``out/training.json``).
@@ -185,8 +217,10 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
 
     done = out / "training.json"
     if done.is_file():  # trained by an earlier, interrupted invocation of the same experiment
+        facts = json.loads(done.read_text())
+        _check_same_variant(name, facts["options"], variant_options(cfg, name, mask_path, identify), done)
         logger.info("%s: already trained (%s); reusing it", name, done)
-        return json.loads(done.read_text())
+        return facts
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if out.is_dir() else []
     path = str(default_model_path()) if cfg.model == "default" else cfg.model
     transformers.set_seed(cfg.seed)
@@ -202,20 +236,7 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
         ref = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tok = transformers.AutoTokenizer.from_pretrained(path)
     data = datasets.load_dataset("json", data_files=str(pairs_path), split="train").remove_columns("kind")
-    options = dict(VARIANTS[name])
-    if name == "safeneuron_rounds":
-        if not cfg.reidentify_steps:
-            raise ValueError("variant safeneuron_rounds needs reidentify_steps > 0 (--reidentify-steps N)")
-        options["safeneuron_reidentify_steps"] = cfg.reidentify_steps
-    if name == "safeneuron_adversarial":
-        if not cfg.adversarial_steps:
-            raise ValueError("variant safeneuron_adversarial needs adversarial_steps > 0 (--adversarial-steps N)")
-        options["safeneuron_adversarial_steps"] = cfg.adversarial_steps
-    if options.get("safeneuron_freeze"):
-        if not {"safeneuron_neuron_ratio", "safeneuron_signal"} & set(options):
-            # T0: the mask identified once on the original (re-identifying variants extend it later)
-            options["safeneuron_mask"] = str(mask_path)
-        options.update({f"safeneuron_{k}": v for k, v in (cfg.identify if identify is None else identify).items()})
+    options = variant_options(cfg, name, mask_path, identify)
     callback = SafeNeuronCallback(**options)
     args = trl.DPOConfig(
         output_dir=str(out), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
@@ -345,6 +366,9 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             return None
         stage(f"{name}: trained and evaluated by an earlier invocation ({path})")
         result = json.loads(path.read_text())
+        if name in VARIANTS:
+            _check_same_variant(name, result["training"]["options"],
+                                variant_options(cfg, name, mask_path, identify_opts), path)
         result["_mask"] = NeuronMask.load(path.with_suffix(".safetensors"))
         return result
 
@@ -396,7 +420,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 #: config fields that do not change what an earlier invocation computed
-_RESUMABLE = {"variants", "progress", "out_dir"}
+_RESUMABLE = {"variants", "progress", "out_dir",
+              "reidentify_steps", "adversarial_steps"}  # one variant's each: checked per variant
 
 
 def _check_same_experiment(cfg: ExperimentConfig, out: Path) -> None:

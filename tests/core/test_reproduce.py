@@ -150,8 +150,13 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
     before, after = frozen_rows(original, first), frozen_rows(trained, first)
     assert all(torch.equal(before[k][0], after[k][0]) for k in before), "T0 rows stayed as they were"
     assert any(not torch.equal(before[k][1], after[k][1]) for k in before), "the rest trained"
-    # a finished run is not trained again
+    # a finished run is not trained again, and not reused under other options
     assert train_variant(cfg, "safeneuron_rounds", pairs, mask_path, tmp_path / "cut") == resumed
+    from dataclasses import replace
+
+    from safeneuron_plugins.errors import OptionsError
+    with pytest.raises(OptionsError, match="safeneuron_reidentify_steps: 3 -> 2"):
+        train_variant(replace(cfg, reidentify_steps=2), "safeneuron_rounds", pairs, mask_path, tmp_path / "cut")
 
 
 def test_lora_recipe_saves_a_merged_model_with_the_frozen_rows_exact(tmp_path):
