@@ -431,8 +431,8 @@ def _check_same_experiment(cfg: ExperimentConfig, out: Path) -> None:
     mine = {k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE}
     if path.is_file():
         # settings added to ExperimentConfig since that run was made count as their defaults
-        theirs = {**{k: v for k, v in asdict(ExperimentConfig()).items() if k not in _RESUMABLE},
-                  **json.loads(path.read_text())}
+        theirs = {k: v for k, v in {**asdict(ExperimentConfig()), **json.loads(path.read_text())}.items()
+                  if k not in _RESUMABLE}
         changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         if changed:
             from .errors import OptionsError

@@ -185,3 +185,15 @@ def test_lora_recipe_saves_a_merged_model_with_the_frozen_rows_exact(tmp_path):
     before, after = frozen_rows(original, mask), frozen_rows(trained, mask)
     assert all(torch.equal(before[k][0], after[k][0]) for k in before)
     assert all(not torch.equal(before[k][1], after[k][1]) for k in before), "LoRA moved the other rows"
+
+
+def test_resuming_an_experiment_with_other_settings_is_refused(tmp_path):
+    from safeneuron_plugins.errors import OptionsError
+    from safeneuron_plugins.reproduce import _check_same_experiment
+
+    _check_same_experiment(ExperimentConfig(out_dir=str(tmp_path)), tmp_path)
+    # variants, progress and the variant-only knobs may change; the variant's own check covers the latter
+    _check_same_experiment(ExperimentConfig(out_dir=str(tmp_path), variants=["dpo", "safeneuron_adversarial"],
+                                            adversarial_steps=4, progress=False), tmp_path)
+    with pytest.raises(OptionsError, match=r"learning_rate: 5e-05 -> 0.001.*--name"):
+        _check_same_experiment(ExperimentConfig(out_dir=str(tmp_path), learning_rate=1e-3), tmp_path)
