@@ -51,6 +51,15 @@ RECIPES: dict[str, dict] = {
         "epochs": 2.0, "learning_rate": 1e-4, "sft_weight": 1.0, "max_new_tokens": 32, "batch_size": 8,
         "save_steps": 5, "reidentify_steps": 15, "control_seeds": "0",
     },
+    # one GPU (>= 40 GB): the paper's hyper-parameters, full parameters, bf16 mixed precision, more data and
+    # the paper's four rounds (T0..T3); the CPU recipes' prompt split and judge
+    "qwen15-gpu": {
+        "name": "qwen15_gpu", "model": str(Path.home() / ".cache" / "qwen-1.5b" / "hf"),
+        "variants": "dpo,safeneuron_rounds,safeneuron_adversarial", "device": "cuda", "dtype": "bfloat16",
+        "n_train_harmful": 320, "n_train_harmless": 300, "n_eval": 128, "n_eval_harmless": 128,
+        "epochs": 3.0, "learning_rate": 5e-6, "sft_weight": 1.0, "max_new_tokens": 64, "batch_size": 8,
+        "save_steps": 50, "reidentify_steps": 40, "adversarial_steps": 20, "control_seeds": "0,1,2",
+    },
 }
 
 
@@ -74,6 +83,8 @@ def main() -> None:
                         help="variant safeneuron_rounds: re-identify every N steps (union with the earlier set)")
     parser.add_argument("--adversarial-steps", type=int, default=0,
                         help="variant safeneuron_adversarial: re-identify the pruned set every N steps")
+    parser.add_argument("--device", help="e.g. cuda (default: CPU)")
+    parser.add_argument("--dtype", default="float32", help="of the evaluated models; bfloat16 on a GPU")
     parser.add_argument("--lora-r", type=int, default=0, help="LoRA rank on every linear layer (0: full parameters)")
     parser.add_argument("--precompute-ref", action="store_true", help="reference log-probs once before training")
     parser.add_argument("--control-seeds", default="", help="random-neuron controls at FULL(SN-)'s count, e.g. 0,1")
@@ -106,7 +117,7 @@ def main() -> None:
         learning_rate=args.learning_rate, sft_weight=args.sft_weight, max_new_tokens=args.max_new_tokens,
         seed=args.seed, batch_size=args.batch_size, sweep=args.sweep, save_steps=args.save_steps,
         reidentify_steps=args.reidentify_steps, adversarial_steps=args.adversarial_steps, lora_r=args.lora_r,
-        precompute_ref=args.precompute_ref,
+        precompute_ref=args.precompute_ref, device=args.device, dtype=args.dtype,
         control_seeds=[int(x) for x in args.control_seeds.split(",") if x])
     result = run_experiment(cfg)
     print(print_summary(result))
@@ -115,6 +126,17 @@ def main() -> None:
     (dest / args.name).mkdir(parents=True, exist_ok=True)
     data = json.loads((out / "results.json").read_text())
     data["command"] = _command(args)
+    meta = data["meta"]
+    trained = [m["training"] for m in data["models"].values() if "training" in m]
+    data.update(
+        base_model=args.model, n_prompts={"harmful": meta["sets"]["eval_harmful"], "harmless": meta["sets"]["eval_harmless"]},
+        training={"mode": f"LoRA r{args.lora_r} on every linear layer, merged" if args.lora_r else "full parameters",
+                  "steps": sorted({t["steps"] for t in trained}), "pairs": meta["pairs"],
+                  "seconds": {n: m["training"]["train_seconds"] for n, m in data["models"].items() if "training" in m},
+                  "median_step_seconds": {n: m["training"].get("median_step_seconds")
+                                          for n, m in data["models"].items() if "training" in m},
+                  "peak_rss_gb": {n: m["training"].get("peak_rss_gb") for n, m in data["models"].items()
+                                  if "training" in m}})
     (dest / f"{args.name}.json").write_text(json.dumps(data, indent=2))
     if args.merge_into:
         _merge(dest / f"{args.merge_into}.json", data)

@@ -88,6 +88,9 @@ class ExperimentConfig:
     adversarial_steps: int = 0   # safeneuron_adversarial: re-identify the pruned set every N optimizer steps
     lora_r: int = 0              # > 0: LoRA of this rank on every linear layer instead of full parameters
     precompute_ref: bool = False  # reference log-probs computed once before training (trl)
+    device: str | None = None    # e.g. "cuda": models, training and evaluation there (default: CPU)
+    dtype: str = "float32"       # of the evaluated models ("bfloat16" on a GPU); training keeps fp32 master
+    #                              weights, in bf16 mixed precision on a GPU
     identify: dict[str, Any] = field(default_factory=lambda: {"max_prompts": 128})
     progress: bool = True
 
@@ -224,7 +227,7 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if out.is_dir() else []
     path = str(default_model_path()) if cfg.model == "default" else cfg.model
     transformers.set_seed(cfg.seed)
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32 master weights
     peft_config = None
     if cfg.lora_r:  # LoRA on every linear layer; the reference is the policy with its adapter off (trl)
         import peft
@@ -245,10 +248,10 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
         loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight else None, weight_decay=cfg.weight_decay, lr_scheduler_type="cosine",
         max_length=cfg.max_length, logging_steps=1, report_to="none", seed=cfg.seed,
         save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500, save_total_limit=1,
-        use_cpu=not torch.cuda.is_available(), disable_tqdm=not cfg.progress,
-        # trl defaults to bf16; on CPUs without native bf16 that falls back to a slow scalar GEMM (measured
-        # 309 s vs ~20 s per step on this machine)
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        use_cpu=not (cfg.device or "").startswith("cuda"), disable_tqdm=not cfg.progress,
+        # bf16 mixed precision on a GPU only: trl defaults to bf16, and on CPUs without native bf16 that
+        # falls back to a slow scalar GEMM (measured 309 s vs ~20 s per step on this machine)
+        bf16=(cfg.device or "").startswith("cuda") and torch.cuda.is_bf16_supported(),
         precompute_ref_log_probs=cfg.precompute_ref)
     clock = _step_clock()
     trainer = trl.DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tok,
@@ -330,7 +333,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
 
     _check_same_experiment(cfg, out)
     stage(f"loading {cfg.model}")
-    original, tok = load_model(cfg.model)
+    original, tok = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     mask_path = out / "original_mask.safetensors"
     if mask_path.is_file():
         mask = NeuronMask.load(mask_path)
@@ -346,7 +349,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     else:
         if cfg.pairs_model:
             stage(f"{mask.num_neurons} safety neurons; building safety preference pairs from {cfg.pairs_model}'s replies")
-            pairs_from, pairs_tok = load_model(cfg.pairs_model)
+            pairs_from, pairs_tok = load_model(cfg.pairs_model, dtype=cfg.dtype, device=cfg.device)
         else:
             stage(f"{mask.num_neurons} safety neurons; building safety preference pairs from the model's own replies")
             pairs_from, pairs_tok = original, tok
@@ -398,10 +401,10 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         original = None  # training needs the memory (1.5B parameters are 7 GB in fp32); reloaded for the KL
         gc.collect()
         facts = train_variant(cfg, name, pairs_path, mask_path, out / "models" / name, identify_opts)
-        original, _ = load_model(cfg.model)
+        original, _ = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
         stage(f"{name}: {facts['steps']} steps in {facts['train_seconds']}s; attacking it "
               "(safety neurons re-identified on it, as an attacker would)")
-        model, mtok = load_model(str(out / "models" / name))
+        model, mtok = load_model(str(out / "models" / name), dtype=cfg.dtype, device=cfg.device)
         models[name] = evaluate(name, model, mtok, original, frozen_neurons=facts["frozen_neurons"], training=facts)
         del model
         gc.collect()
