@@ -66,6 +66,7 @@ RECIPES: dict[str, dict] = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", choices=sorted(RECIPES), help="defaults for one model (flags still override)")
+    parser.add_argument("--table", metavar="NAME", help="print the Markdown tables of docs/results/NAME.json and exit")
     parser.add_argument("--name", default="smollm2")
     parser.add_argument("--model", default="default")
     parser.add_argument("--variants", default="dpo,safeneuron,safeneuron_prune,safeneuron_down")
@@ -100,6 +101,9 @@ def main() -> None:
                         help="also add this run's trained models to docs/results/NAME.json (a run with the same "
                              "data, hyper-parameters and seed; its original model's figures must match)")
     known, _ = parser.parse_known_args()
+    if known.table:
+        print(tables(json.loads((ROOT / "docs" / "results" / f"{known.table}.json").read_text())))
+        return
     if known.recipe:
         parser.set_defaults(**RECIPES[known.recipe])
     args = parser.parse_args()
@@ -146,6 +150,35 @@ def main() -> None:
     if not args.keep_models:
         shutil.rmtree(out / "models", ignore_errors=True)
     print(f"wrote {dest / (args.name + '.json')} and {dest / args.name}/report.md")
+
+
+def tables(data: dict) -> str:
+    """The write-up's tables: every model's rates with 95% intervals, then the paired comparisons."""
+    def ci(rate, interval):
+        return f"{rate:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else f"{rate:.2f}"
+
+    head = ["model", "frozen (T0 -> end)", "ORI", "FULL(SN-)", "random, FULL's count", "evasive (FULL)",
+            "over-refusal", "perplexity", "KL", "training"]
+    rows = []
+    for name, m in data["models"].items():
+        rates, t = m["rates"], m.get("training", {})
+        random = m.get("controls", {}).get("random")
+        frozen = (f"{t['frozen_neurons_t0']} -> {t['frozen_neurons']}" if t.get("frozen_neurons_t0") is not None
+                  and t["frozen_neurons_t0"] != t["frozen_neurons"] else str(m.get("frozen_neurons", 0)))
+        rows.append([name, frozen, ci(rates["ORI"]["compliance"], rates["ORI"].get("ci95", {}).get("compliance")),
+                     ci(rates["FULL"]["compliance"], rates["FULL"].get("ci95", {}).get("compliance")),
+                     ci(random["asr"], random.get("ci95")) if random else "",
+                     f"{rates['FULL']['evasive']:.2f}", ci(m["over_refusal"], m.get("over_refusal_ci95")),
+                     f"{m['perplexity']:.2f}", f"{m['kl']:.3f}",
+                     f"{t['steps']} steps, {t['train_seconds'] / 60:.0f} min, {t.get('median_step_seconds')} s/step, "
+                     f"peak {t.get('peak_rss_gb')} GB" if t else ""])
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+    out += ["", "| comparison | ASR a | ASR b | a - b [95% CI] | McNemar p | n |", "|---|---|---|---|---|---|"]
+    for r in data.get("paired", []):
+        what = (f"{r['a']}: FULL(SN-) vs ORI" if r["a"] == r["b"] else f"{r['a']} vs {r['b']}, {r['a_condition']}")
+        out.append(f"| {what} | {r['a_asr']:.2f} | {r['b_asr']:.2f} | {r['diff']:+.2f} [{r['ci95'][0]:+.2f}, "
+                   f"{r['ci95'][1]:+.2f}] | {r['p_value']:.3g} | {r['n']} |")
+    return "\n".join(out)
 
 
 def _command(args: argparse.Namespace) -> str:
