@@ -401,6 +401,9 @@ def pruned(model: nn.Module, layers: list[MLPLayer], mask: NeuronMask, *,
     neuron is zeroed with that probability, drawn anew (torch's generator) in every forward pass."""
     handles = []
     by_index = {l.index: l for l in layers}
+    # trl's reference pass of a PEFT model without ref_model is the policy with its adapters disabled;
+    # any LoRA layer tells, also when down_proj itself is not a LoRA target
+    lora = next((m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "disable_adapters")), None)
     try:
         for layer_index, neurons in mask.neurons.items():
             if not neurons:
@@ -408,18 +411,19 @@ def pruned(model: nn.Module, layers: list[MLPLayer], mask: NeuronMask, *,
             layer = by_index[layer_index]
             down = model.get_submodule(layer.down)
             handles.append(down.register_forward_pre_hook(
-                _prune_hook(torch.tensor(neurons, dtype=torch.long), only_training, probability)))
+                _prune_hook(torch.tensor(neurons, dtype=torch.long), only_training, probability, lora)))
         yield
     finally:
         for h in handles:
             h.remove()
 
 
-def _prune_hook(index: torch.Tensor, only_training: bool, probability: float = 1.0):
+def _prune_hook(index: torch.Tensor, only_training: bool, probability: float = 1.0, lora: nn.Module | None = None):
     cache: dict = {}
 
     def hook(module, args):
-        if only_training and (not module.training or getattr(module, "disable_adapters", False)):
+        if only_training and (not module.training or getattr(module, "disable_adapters", False)
+                              or (lora is not None and lora.disable_adapters)):
             return None
         x = args[0]
         idx = cache.get(x.device)

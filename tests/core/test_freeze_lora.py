@@ -161,3 +161,30 @@ def test_freezing_refuses_4bit_weights_already_packed(tmp_path):
     cb = SafeNeuronCallback(safeneuron_freeze=True, **IDENT)
     with pytest.raises(UnsupportedSetupError, match="inference layout"):
         cb.run.begin(model, tok)
+
+
+def test_forward_pruning_spares_the_reference_pass_when_down_proj_is_not_a_lora_target(tmp_path):
+    """trl runs the reference of a PEFT policy without ref_model as the policy with its adapters off;
+    the prune hook sits on down_proj, which need not be a LoRA layer itself."""
+    import transformers
+
+    from safeneuron_plugins import NeuronMask
+    from safeneuron_plugins.architectures import find_mlp_layers
+    from safeneuron_plugins.freeze import pruned
+
+    path = save_tiny_model(tmp_path / "m", "llama")
+    base = transformers.AutoModelForCausalLM.from_pretrained(path)
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    layers = find_mlp_layers(model)
+    idx = [0, 3, 7]
+    down = model.get_submodule(layers[0].down)
+    assert not hasattr(down, "lora_A"), "down_proj is not a LoRA target here"
+    seen = []
+    model.train()
+    with pruned(model, layers, NeuronMask({0: idx}), only_training=True), torch.no_grad():
+        h = down.register_forward_pre_hook(lambda m, a: seen.append(bool(torch.all(a[0][..., idx] == 0))))
+        model(input_ids=torch.tensor([[1, 5, 9, 12]]))
+        with model.disable_adapter():
+            model(input_ids=torch.tensor([[1, 5, 9, 12]]))
+    h.remove()
+    assert seen == [True, False], "the policy pass is pruned, the reference pass (adapters off) is not"
