@@ -13,12 +13,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from .errors import PromptSourceError
 
+logger = logging.getLogger("safeneuron")
 _DEFAULT_FIELDS = ("prompt", "instruction", "question", "text", "goal", "behavior", "query")
 _SUFFIXES = (".jsonl", ".json", ".csv", ".txt")
 
@@ -177,20 +179,26 @@ def format_prompts(tokenizer, prompts: list[str], system_prompt: str | None = No
     """Apply the tokenizer's chat template (generation prompt added); raw text without one."""
     if getattr(tokenizer, "chat_template", None) is None:
         return [f"{system_prompt}\n\n{p}" if system_prompt else p for p in prompts]
+    def render(messages):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    fold = False
+    if system_prompt:
+        try:
+            render([{"role": "system", "content": system_prompt}, {"role": "user", "content": "Hi"}])
+        except Exception as exc:
+            render([{"role": "user", "content": "Hi"}])  # any other template error surfaces here
+            fold = True  # a template without a system role (e.g. Gemma's): put it at the start of the turn
+            logger.warning("The chat template refuses a system turn (%s: %s); the system prompt is put at the "
+                           "start of the user turn instead.", type(exc).__name__, str(exc).splitlines()[0][:120])
     out = []
     for prompt in prompts:
-        messages = [{"role": "user", "content": prompt}]
-        if system_prompt:
-            messages.insert(0, {"role": "system", "content": system_prompt})
-        try:
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception:  # templates without a system role (e.g. Gemma): fold it into the turn
-            if not system_prompt:
-                raise
-            text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": f"{system_prompt}\n\n{prompt}"}], tokenize=False,
-                add_generation_prompt=True)
-        out.append(text)
+        if fold:
+            messages = [{"role": "user", "content": f"{system_prompt}\n\n{prompt}"}]
+        else:
+            messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+                {"role": "user", "content": prompt}]
+        out.append(render(messages))
     return out
 
 

@@ -223,3 +223,28 @@ def test_package_identify_stays_the_function_after_the_submodule_is_imported():
     from safeneuron_plugins import identify as fn
 
     assert isinstance(fn, types.FunctionType) and safeneuron_plugins.identify is fn
+
+
+def test_system_prompt_is_folded_only_for_templates_without_a_system_role(tmp_path, caplog):
+    """A chat template that rejects the system role gets the system prompt in the user turn, with a
+    warning; any other template error is raised, not papered over by folding."""
+    import logging
+
+    import jinja2
+    import transformers
+    from tiny import save_tiny_model
+
+    from safeneuron_plugins.prompts import format_prompts
+
+    tok = transformers.AutoTokenizer.from_pretrained(save_tiny_model(tmp_path / "m", "llama"))
+    no_system = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not "
+                 "supported') }}{% endif %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>")
+    tok.chat_template = no_system
+    with caplog.at_level(logging.WARNING, logger="safeneuron"):
+        assert format_prompts(tok, ["Q?"], system_prompt="Be safe.") == ["<user>Be safe.\n\nQ?<assistant>"]
+    assert "refuses a system turn" in caplog.text
+    tok.chat_template = "<s>{% for m in messages %}{{ m['content'] }}{{ undefined_function() }}{% endfor %}"
+    with pytest.raises(jinja2.exceptions.UndefinedError):  # a broken template: its own error, no folding
+        format_prompts(tok, ["Q?"], system_prompt="Be safe.")
+    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    assert format_prompts(tok, ["Q?"], system_prompt="Be safe.") == ["<system>Be safe.<user>Q?"]
