@@ -108,14 +108,29 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
     names = list(models)
     judge = next(iter(models.values())).get("judge", "?")
 
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    # ES/SAS subsets exist only for the statistics scorer; with attribution they prune nothing (= ORI)
+    shown = [c for c in CONDITIONS if c in ("ORI", "FULL")
+             or any(m.get("pruned_neurons", {}).get(c, 1) for m in models.values())]
+    bars = [(c, {"ORI": "ORI", "ES": "ES(SN-)", "SAS": "SAS(SN-)", "FULL": "FULL(SN-)"}[c]) for c in shown]
+    if any("controls" in m for m in models.values()):
+        bars.append(("random", "random neurons,\nFULL's count"))
+
+    def bar(m, key):
+        if key == "random":
+            r = m.get("controls", {}).get("random")
+            return (r["asr"], r.get("ci95")) if r else (0.0, None)
+        return m["asr"][key], m["rates"][key].get("ci95", {}).get("compliance")
+
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
     width = 0.8 / max(len(names), 1)
     for i, name in enumerate(names):
-        ax.bar([c + i * width for c in range(len(CONDITIONS))], [models[name]["asr"][c] for c in CONDITIONS],
-               width, label=name)
-    ax.set_xticks([c + width * (len(names) - 1) / 2 for c in range(len(CONDITIONS))],
-                  ["ORI", "ES(SN-)", "SAS(SN-)", "FULL(SN-)"])
-    ax.set_ylabel("attack success rate")
+        values = [bar(models[name], key) for key, _ in bars]
+        errors = [[max(v - ci[0], 0) if ci else 0 for v, ci in values],
+                  [max(ci[1] - v, 0) if ci else 0 for v, ci in values]]
+        ax.bar([c + i * width for c in range(len(bars))], [v for v, _ in values], width, label=name,
+               yerr=errors, capsize=2, error_kw={"elinewidth": 0.8})
+    ax.set_xticks([c + width * (len(names) - 1) / 2 for c in range(len(bars))], [label for _, label in bars])
+    ax.set_ylabel("attack success rate (95% CI)")
     ax.set_ylim(0, 1)
     ax.set_title(f"Pruning attack (judge: {judge})")
     ax.legend(fontsize=8)
@@ -129,14 +144,14 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
         return f"{rate:.2f} {format_interval(ci)}" if ci else f"{rate:.2f}"
 
     controlled = any("controls" in m for m in models.values())
-    header = ["model", "ORI", "ES(SN-)", "SAS(SN-)", "FULL(SN-)", *(["random (FULL's count)"] if controlled else []),
+    header = ["model", *(label for _, label in bars if _ != "random"), *(["random (FULL's count)"] if controlled else []),
               "evasive (FULL)", "over-refusal",
               "perplexity", "KL to first", "safety neurons", "frozen neurons"]
     rows = []
     for name, m in models.items():
-        ci = {c: m["rates"][c].get("ci95", {}).get("compliance") for c in CONDITIONS}
+        ci = {c: m["rates"][c].get("ci95", {}).get("compliance") for c in shown}
         random = m.get("controls", {}).get("random")
-        rows.append([name, *(with_ci(m["asr"][c], ci[c]) for c in CONDITIONS),
+        rows.append([name, *(with_ci(m["asr"][c], ci[c]) for c in shown),
                      *([with_ci(random["asr"], random.get("ci95")) if random else ""] if controlled else []),
                      with_ci(m["rates"]["FULL"]["evasive"], m["rates"]["FULL"].get("ci95", {}).get("evasive")),
                      with_ci(m["over_refusal"], m.get("over_refusal_ci95")), f"{m['perplexity']:.2f}", f"{m['kl']:.4f}",

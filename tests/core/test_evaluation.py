@@ -323,3 +323,9 @@ def test_compare_report(tiny_dir, tmp_path):
                  "--method", "safeneuron", "--tau-es", "0.5",
                  "--max-prompts", "24", "--out-dir", str(out / "html"), "--format", "html", "--quiet"]) == 0
     assert "Paired comparisons" in (out / "html" / "report.html").read_text()
+    # ES/SAS conditions are the statistics scorer's subsets: shown with it, left out with attribution
+    assert "ES(SN-)" in text and "SAS(SN-)" in text
+    assert main(["compare", str(tiny_dir), "--limit", "4", "--max-new-tokens", "6", "--max-prompts", "24",
+                 "--out-dir", str(out / "attribution"), "--quiet"]) == 0
+    text = (out / "attribution" / "report.md").read_text()
+    assert "FULL(SN-)" in text and "ES(SN-)" not in text and "SAS(SN-)" not in text
