@@ -47,7 +47,8 @@ RECIPES: dict[str, dict] = {
         # full-parameter fp32 AdamW needs ~28 GB: LoRA r16 on every linear layer, exact freezing of the
         # safety neurons' adapter rows; reference log-probs once before training (the adapter-off policy)
         "lora_r": 16, "precompute_ref": True,
-        "n_train_harmful": 96, "n_train_harmless": 84, "n_eval": 128, "n_eval_harmless": 128,
+        # it refuses most AdvBench prompts, so more of them are needed for ~30% safety pairs
+        "n_train_harmful": 200, "n_train_harmless": 84, "n_eval": 128, "n_eval_harmless": 128,
         "epochs": 2.0, "learning_rate": 1e-4, "sft_weight": 1.0, "max_new_tokens": 32, "batch_size": 8,
         "save_steps": 5, "reidentify_steps": 15, "control_seeds": "0",
     },
