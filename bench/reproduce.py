@@ -104,6 +104,9 @@ def main() -> None:
     known, _ = parser.parse_known_args()
     if known.table:
         print(tables(json.loads((ROOT / "docs" / "results" / f"{known.table}.json").read_text())))
+        masks = ROOT / "docs" / "results" / known.table / "masks"
+        if masks.is_dir():
+            print("\n" + overlaps(masks))
         return
     if known.recipe:
         parser.set_defaults(**RECIPES[known.recipe])
@@ -148,9 +151,40 @@ def main() -> None:
     for f in ("report.md", "asr.png", "layers.png"):
         if (out / f).exists():
             shutil.copy(out / f, dest / args.name / f)
+    _keep_masks(out, dest / args.name / "masks")
     if not args.keep_models:
         shutil.rmtree(out / "models", ignore_errors=True)
     print(f"wrote {dest / (args.name + '.json')} and {dest / args.name}/report.md")
+
+
+def _keep_masks(out: Path, masks: Path) -> None:
+    """The masks behind the figures (a few KB each): T0, each model's frozen set, each attacker's set."""
+    masks.mkdir(parents=True, exist_ok=True)
+    shutil.copy(out / "original_mask.safetensors", masks / "t0.safetensors")
+    for f in (out / "evaluations").glob("*.safetensors"):
+        shutil.copy(f, masks / f"attacker_{f.stem}.safetensors")
+    for f in (out / "models").glob("*/safeneuron_mask.safetensors"):
+        shutil.copy(f, masks / f"frozen_{f.parent.name}.safetensors")
+
+
+def overlaps(masks: Path) -> str:
+    """Where the attacker's neurons on each model lie: in T0, in that model's frozen set, elsewhere."""
+    from safeneuron_plugins import NeuronMask
+
+    def cells(path):
+        return {(layer, i) for layer, idx in NeuronMask.load(path).neurons.items() for i in idx}
+
+    t0 = cells(masks / "t0.safetensors")
+    lines = ["| model | attacker's neurons | of them in T0 | in the model's frozen set | in any frozen set |",
+             "|---|---|---|---|---|"]
+    frozen = {f.stem.removeprefix("frozen_"): cells(f) for f in sorted(masks.glob("frozen_*.safetensors"))}
+    anywhere = set().union(t0, *frozen.values())
+    for f in sorted(masks.glob("attacker_*.safetensors")):
+        name = f.stem.removeprefix("attacker_")
+        a = cells(f)
+        own = frozen.get(name, set())
+        lines.append(f"| {name} | {len(a)} | {len(a & t0)} | {len(a & own) if own else '-'} | {len(a & anywhere)} |")
+    return "\n".join(lines)
 
 
 def tables(data: dict) -> str:
