@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tiny import FAMILIES, make_tokenizer, tiny_model
 
 from safeneuron_plugins import identify
@@ -11,7 +12,7 @@ from safeneuron_plugins.activations import recording
 from safeneuron_plugins.architectures import find_mlp_layers
 from safeneuron_plugins.errors import UnsupportedArchitectureError
 from safeneuron_plugins.freeze import pruned
-from safeneuron_plugins.identify import collect_matrix
+from safeneuron_plugins.identify import collect_matrix, collect_statistics
 from safeneuron_plugins.mask import NeuronMask
 from safeneuron_plugins.prompts import format_prompts
 
@@ -77,6 +78,60 @@ def test_input_slices_produce_the_recorded_neuron(family):
     assert torch.all(seen["up"][..., 5] == 0)
     assert torch.all(seen["up"][..., 4] != 0)
 
+
+@pytest.mark.parametrize("family", ["llama", "phi3"])
+def test_recorded_signals_are_the_mlp_quantities_by_hand(family):
+    """What identification records, computed by hand from each MLP's input for a few prompts (one batch with
+    padding): ``gate`` is the gate projection's output before the activation function (Phi-3: the FIRST half of
+    the fused gate_up_proj), ``up`` the up projection's output (Phi-3: the second half), ``product`` =
+    act(gate) * up, the down projection's input; pooled over each prompt's real tokens (max / mean / last).
+    The streamed per-neuron mean and variance of those pooled values are the plain ones."""
+    model, tok = tiny_model(family), make_tokenizer()
+    assert model.config.hidden_act == "silu"
+    layers = find_mlp_layers(model)
+    size = layers[0].intermediate_size
+    prompts = ["Hi", *PROMPTS_S[:3], PROMPTS_U[0]]
+    texts = format_prompts(tok, prompts)
+    decoder = model.model.layers
+    hand = {signal: {l.index: [] for l in layers} for signal in ("gate", "up", "product")}
+    for text in texts:  # each prompt alone (no padding); the MLP's input and output from hooks on the MLP itself
+        seen = {}
+        hooks = [decoder[i].mlp.register_forward_hook(
+            lambda mod, args, out, i=i, seen=seen: seen.__setitem__(i, (args[0][0].double(), out[0].double())))
+            for i in range(len(decoder))]
+        ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            model(input_ids=ids)
+        for h in hooks:
+            h.remove()
+        for i, (x, y) in seen.items():
+            mlp = decoder[i].mlp
+            if family == "phi3":
+                w = mlp.gate_up_proj.weight.double()
+                gate, up = x @ w[:size].T, x @ w[size:].T
+            else:
+                gate, up = x @ mlp.gate_proj.weight.double().T, x @ mlp.up_proj.weight.double().T
+            product = F.silu(gate) * up
+            # the hand-made halves and product are the model's own: down_proj(product) is the MLP's output
+            assert torch.allclose(product @ mlp.down_proj.weight.double().T, y, atol=1e-4)
+            for signal, value in (("gate", gate), ("up", up), ("product", product)):
+                hand[signal][i].append(value)  # [tokens, neurons]
+    pools = {"max": lambda v: v.amax(0), "mean": lambda v: v.mean(0), "last": lambda v: v[-1]}
+    for signal in ("gate", "up", "product"):
+        for pooling, pool in pools.items():
+            recorded = collect_matrix(model, tok, layers, texts, signal=signal, pooling=pooling, batch_size=8,
+                                      max_length=256, templated=True, desc="", progress=False)
+            for layer in layers:
+                expected = torch.stack([pool(v) for v in hand[signal][layer.index]])
+                assert torch.allclose(recorded[layer.index].double(), expected, atol=1e-4), (signal, pooling, layer)
+        stats = collect_statistics(model, tok, layers, texts, signal=signal, pooling="max", batch_size=2,
+                                   progress=False)
+        for layer in layers:
+            values = torch.stack([v.amax(0) for v in hand[signal][layer.index]])
+            assert stats[layer.index].count == len(prompts)
+            assert torch.allclose(stats[layer.index].mean, values.mean(0), atol=1e-4)
+            assert torch.allclose(stats[layer.index].var, values.var(0), atol=1e-4)
+    assert not torch.allclose(hand["gate"][0][0], hand["up"][0][0], atol=1e-2), "the two halves differ"
 
 def test_empty_mask_changes_nothing_and_pruning_changes_output():
     model = tiny_model("llama")
