@@ -1,4 +1,5 @@
-"""The neuron pruning attack and its attack success rate (METHOD.md section 4).
+"""The neuron pruning attack and its attack success rate (SafeNeuron, arXiv 2602.12158; README,
+"Check the result: the pruning attack, capability, analysis").
 
 An attacker identifies the safety neurons ON THE MODEL UNDER TEST (or brings a mask), zeroes them
 with forward hooks and generates replies to harmful prompts. Conditions: ORI (no pruning), ES(SN-),

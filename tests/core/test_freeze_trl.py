@@ -33,7 +33,7 @@ def load(path):
             transformers.AutoTokenizer.from_pretrained(path))
 
 
-def train(path, out, callback, steps=4, ref=True, **kw):
+def train(path, out, callback, steps=4, ref=True, extra_callbacks=(), **kw):
     model, tok = load(path)
     ref_model = transformers.AutoModelForCausalLM.from_pretrained(path) if ref else None
     args = dict(output_dir=str(out), per_device_train_batch_size=4, max_steps=steps, learning_rate=5e-3,
@@ -42,7 +42,7 @@ def train(path, out, callback, steps=4, ref=True, **kw):
     args.update(kw)
     trainer = trl.DPOTrainer(model=model, ref_model=ref_model, args=trl.DPOConfig(**args),
                              train_dataset=preference_data(), processing_class=tok,
-                             callbacks=[callback] if callback else [])
+                             callbacks=([callback] if callback else []) + list(extra_callbacks))
     trainer.train(**({"resume_from_checkpoint": kw.pop("resume")} if "resume" in kw else {}))
     return trainer, model
 
@@ -300,14 +300,39 @@ def test_adversarial_reidentification_trains_under_the_attack(tmp_path):
     assert all(not model.get_submodule(l.down)._forward_pre_hooks for l in find_mlp_layers(model))
 
 
-def test_iterative_keeps_original_values_of_first_round(tmp_path):
+def test_iterative_keeps_original_values_of_first_round(tmp_path, caplog):
     path = save_tiny_model(tmp_path / "m", "llama")
     first = SafeNeuronCallback(safeneuron_freeze=True, **IDENT)
-    initial, _ = load(path)
+    initial, tok = load(path)
     train(path, tmp_path / "probe", first, steps=1)
     cb = SafeNeuronCallback(safeneuron_freeze=True, safeneuron_reidentify_steps=2, **IDENT)
-    _, model = train(path, tmp_path / "out", cb, steps=4)
-    assert set(first.mask.neurons[0]) <= set(cb.mask.neurons[0])
+    seen = []  # (step, mask in force after the step, what identification finds on the weights of that step)
+
+    class Probe(transformers.TrainerCallback):  # after cb's hooks: sees the mask cb left in force
+        def on_train_begin(self, args, state, control, **kw):
+            seen.append((0, cb.mask, None))
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            changed = cb.mask is not seen[-1][1]
+            seen.append((state.global_step, cb.mask,
+                         identify(model, tok, options=cb.options, progress=False) if changed else None))
+
+    caplog.set_level("INFO", logger="safeneuron")
+    _, model = train(path, tmp_path / "out", cb, steps=5, extra_callbacks=[Probe()])
+    # re-identified after optimizer steps 2 and 4 (not after the last step, 5), each time on the current weights,
+    # freezing the union with the set before
+    assert [(step, mask.metadata["rounds"]) for step, mask, _ in seen] == [(0, 1), (1, 1), (2, 2), (3, 2), (4, 3),
+                                                                           (5, 3)]
+    assert seen[0][1].neurons == first.mask.neurons
+    for (_, before, _), (step, after, found) in zip(seen, seen[1:]):
+        if step in (2, 4):
+            assert after.neurons == before.union(found).neurons, step
+    assert any(found is not None and found.neurons != first.mask.neurons for _, _, found in seen), \
+        "training moved the identified set, so re-identifying on the initial weights would show"
+    assert sum("re-identified" in r.getMessage() for r in caplog.records) == 2
+    saved = NeuronMask.load(tmp_path / "out" / "safeneuron_mask.safetensors")
+    assert saved.neurons == cb.mask.neurons and saved.metadata["rounds"] == 3
+    assert all(set(first.mask.neurons[l]) <= set(cb.mask.neurons[l]) for l in first.mask.neurons)
     assert_frozen_exactly(frozen_rows(initial, first.mask), frozen_rows(model, first.mask))
 
 

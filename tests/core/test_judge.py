@@ -137,10 +137,18 @@ def test_harmless_answer_ending_with_a_question_is_compliance():
     assert v.label == "compliance"
 
 
+#: the one labelled reply refusal-patterns-v1 gets wrong (a first-person ramble it calls compliance)
+KNOWN_MISS = "\"I'm so sorry to inform you that I'm committed to a life of suffering."
+
+
 def test_verdict_invariants_on_labelled_set():
     rows = load_labelled()
-    for v in RefusalJudge().judge([r["prompt"] for r in rows], [r["response"] for r in rows]):
-        assert v.label in LABELS and v.detail
+    for r, v in zip(rows, RefusalJudge().judge([r["prompt"] for r in rows], [r["response"] for r in rows])):
+        if r["response"].startswith(KNOWN_MISS):
+            assert (r["label"], v.label) == ("evasive", "compliance")
+        else:
+            assert v.label == r["label"], (r, v)
+        assert v.detail
         assert v.refused == (v.label == "refusal")
         assert v.success == (v.label == "compliance")
         assert not (v.refused and v.success)
@@ -294,10 +302,14 @@ def test_classifier_judge_runs_on_random_tiny_model(tmp_path):
     verdicts = judge.judge(PROMPTS, RESPONSES)
     assert len(raw) == len(verdicts) == len(PROMPTS)
     patterns = RefusalJudge().judge(PROMPTS, RESPONSES)
-    for out, v, p in zip(raw, verdicts, patterns):
-        assert v.label in LABELS and v.success == (v.label == "compliance")
-        if parse_guard_output(out) is None:  # a random model says neither: fall back, and say so
-            assert "neither safe nor unsafe" in v.detail and v.label == p.label
+    assert [p.label for p in patterns] == ["refusal", "compliance", "evasive"]
+    # this random model says neither safe nor unsafe (the forced-word models below cover those): every verdict
+    # falls back to the rules' verdict, and says so
+    assert [parse_guard_output(out) for out in raw] == [None, None, None], raw
+    assert [v.label for v in verdicts] == ["refusal", "compliance", "evasive"]
+    assert [v.success for v in verdicts] == [False, True, False]
+    for v, p in zip(verdicts, patterns):
+        assert "neither safe nor unsafe" in v.detail and p.detail in v.detail
 
 
 def _forced_guard(path, word: str):

@@ -2,6 +2,7 @@
 better than random neurons do (measured on held-out shared prompts, not the ones used to select)."""
 
 import json
+import math
 import random
 
 import pytest
@@ -55,8 +56,16 @@ def test_attack_on_real_model_handful_of_prompts(smollm2, shared_data):
     mask = identify(model, tok, max_prompts=64, progress=False)
     prompts = _read(shared_data / "harmful_harmbench.jsonl", 6)
     res = run_attack(model, tok, prompts, mask, max_new_tokens=24, batch_size=6, sweep=(50,), progress=False)
-    assert set(res["asr"]) == set(CONDITIONS) and all(0 <= v <= 1 for v in res["asr"].values())
-    assert res["pruned_neurons"]["FULL"] == mask.num_neurons > 0
+    assert set(res["asr"]) == set(CONDITIONS)
+    for condition in CONDITIONS:  # ASR: the share of the condition's replies judged compliance
+        wins = [g["success"] for g in res["generations"] if g["condition"] == condition]
+        assert len(wins) == 6 and res["asr"][condition] == pytest.approx(sum(wins) / 6), condition
+    assert all(g["success"] == (g["label"] == "compliance") for g in res["generations"])
+    layers = len(find_mlp_layers(model))
+    assert res["pruned_neurons"] == {"ORI": 0, "ES": mask.subset("es").num_neurons,
+                                     "SAS": mask.subset("sas").num_neurons, "FULL": mask.num_neurons,
+                                     "FULL@50%": mask.restrict_layers(set(range(math.ceil(layers / 2)))).num_neurons}
+    assert mask.num_neurons > 0
     ori = [g["response"] for g in res["generations"] if g["condition"] == "ORI"]
     full = [g["response"] for g in res["generations"] if g["condition"] == "FULL"]
     assert len(ori) == len(full) == 6 and all(ori)

@@ -29,12 +29,25 @@ def test_quickstart_pipeline_end_to_end(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     models = results["models"]
     assert set(models) == {"original", "dpo", "safeneuron", "safeneuron_prune"}
-    for m in models.values():
+    gens = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    for name, m in models.items():
         assert set(m["asr"]) == {"ORI", "ES", "SAS", "FULL"}
-        assert all(0 <= v <= 1 for v in m["asr"].values())
         for key in ("over_refusal", "perplexity", "kl", "frozen_neurons"):
             assert key in m
         assert set(m["sweep"]) == {"25", "50", "75", "100"}
+        # each rate is the share of that model's saved replies under that condition judged compliance
+        for condition, rate in [*m["asr"].items(), *((f"FULL@{p}%", r) for p, r in m["sweep"].items())]:
+            wins = [g["success"] for g in gens if g["model"] == name and g["condition"] == condition]
+            assert len(wins) == 4 and rate == pytest.approx(sum(wins) / 4), (name, condition)
+        # and each condition pruned exactly its part of the mask the attacker found on that model
+        attacked = NeuronMask.load(out / "evaluations" / f"{name}.safetensors")
+        assert m["pruned_neurons"] == {"ORI": 0, "ES": attacked.subset("es").num_neurons,
+                                       "SAS": attacked.subset("sas").num_neurons, "FULL": attacked.num_neurons,
+                                       "FULL@25%": attacked.restrict_layers({0}).num_neurons,
+                                       "FULL@50%": attacked.restrict_layers({0, 1}).num_neurons,
+                                       "FULL@75%": attacked.num_neurons, "FULL@100%": attacked.num_neurons}, name
+        assert m["safety_neurons"] == attacked.num_neurons > 0
+    assert all(g["success"] == (g["label"] == "compliance") for g in gens if g["condition"] != "harmless")
     assert models["dpo"]["frozen_neurons"] == 0 and models["safeneuron"]["frozen_neurons"] > 0
     assert models["original"]["kl"] == 0 and models["dpo"]["kl"] > 0
     assert results["meta"]["config"]["seed"] == 0 and results["meta"]["torch"] == torch.__version__
