@@ -175,7 +175,7 @@ def overlaps(masks: Path) -> str:
         return {(layer, i) for layer, idx in NeuronMask.load(path).neurons.items() for i in idx}
 
     t0 = cells(masks / "t0.safetensors")
-    lines = ["| model | attacker's neurons | of them in T0 | in the model's frozen set | in any frozen set |",
+    lines = ["| model | attacker's neurons | of them in T0 | in the model's frozen set | in any run's frozen set |",
              "|---|---|---|---|---|"]
     frozen = {f.stem.removeprefix("frozen_"): cells(f) for f in sorted(masks.glob("frozen_*.safetensors"))}
     anywhere = set().union(t0, *frozen.values())
