@@ -112,7 +112,8 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
     shown = [c for c in CONDITIONS if c in ("ORI", "FULL")
              or any(m.get("pruned_neurons", {}).get(c, 1) for m in models.values())]
     bars = [(c, {"ORI": "ORI", "ES": "ES(SN-)", "SAS": "SAS(SN-)", "FULL": "FULL(SN-)"}[c]) for c in shown]
-    if any("controls" in m for m in models.values()):
+    controlled = any("controls" in m for m in models.values())
+    if controlled:
         bars.append(("random", "random neurons,\nFULL's count"))
 
     def bar(m, key):
@@ -143,8 +144,8 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
     def with_ci(rate: float, ci) -> str:
         return f"{rate:.2f} {format_interval(ci)}" if ci else f"{rate:.2f}"
 
-    controlled = any("controls" in m for m in models.values())
-    header = ["model", *(label for _, label in bars if _ != "random"), *(["random (FULL's count)"] if controlled else []),
+    header = ["model", *(label for key, label in bars if key != "random"),
+              *(["random (FULL's count)"] if controlled else []),
               "evasive (FULL)", "over-refusal",
               "perplexity", "KL to first", "safety neurons", "frozen neurons"]
     rows = []

@@ -430,7 +430,7 @@ def _prune_hook(index: torch.Tensor, only_training: bool, probability: float = 1
         if idx is None:
             idx = cache[x.device] = index.to(x.device)
         if probability < 1.0:
-            idx = idx[torch.rand(idx.numel()) < probability].to(x.device)
+            idx = idx[torch.rand(idx.numel(), device=x.device) < probability]
         return (x.index_fill(-1, idx, 0),) + tuple(args[1:])
 
     return hook

@@ -194,14 +194,21 @@ def variant_options(cfg: ExperimentConfig, name: str, mask_path: Path,
 
 def _check_same_variant(name: str, recorded: dict[str, Any], options: dict[str, Any], where: Path) -> None:
     """A variant trained by an earlier invocation is reused only with the options it was trained with."""
-    now = {k: v for k, v in options.items() if k != "safeneuron_mask"}
-    changed = sorted(k for k in set(now) | set(recorded) if now.get(k) != recorded.get(k))
+    changed = _differences(recorded, {k: v for k, v in options.items() if k != "safeneuron_mask"})
     if changed:
         from .errors import OptionsError
         raise OptionsError(
-            f"{where}: variant {name} was trained with other options ({', '.join(changed)}: "
-            f"{', '.join(f'{recorded.get(k)!r} -> {now.get(k)!r}' for k in changed[:3])}). Give another output "
+            f"{where}: variant {name} was trained with other options ({changed}). Give another output "
             "directory (--name), or delete that variant's model and evaluation to train it again.")
+
+
+def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
+    """'' when equal; else the changed keys and the first three changes, ``old -> new``."""
+    changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+    if not changed:
+        return ""
+    return (f"{', '.join(changed)}: "
+            f"{', '.join(f'{before.get(k)!r} -> {now.get(k)!r}' for k in changed[:3])}")
 
 
 def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path: Path, out: Path,
@@ -241,6 +248,7 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
     data = datasets.load_dataset("json", data_files=str(pairs_path), split="train").remove_columns("kind")
     options = variant_options(cfg, name, mask_path, identify)
     callback = SafeNeuronCallback(**options)
+    on_gpu = (cfg.device or "").startswith("cuda")
     args = trl.DPOConfig(
         output_dir=str(out), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, beta=cfg.beta,
@@ -248,10 +256,10 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
         loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight else None, weight_decay=cfg.weight_decay, lr_scheduler_type="cosine",
         max_length=cfg.max_length, logging_steps=1, report_to="none", seed=cfg.seed,
         save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500, save_total_limit=1,
-        use_cpu=not (cfg.device or "").startswith("cuda"), disable_tqdm=not cfg.progress,
+        use_cpu=not on_gpu, disable_tqdm=not cfg.progress,
         # bf16 mixed precision on a GPU only: trl defaults to bf16, and on CPUs without native bf16 that
         # falls back to a slow scalar GEMM (measured 309 s vs ~20 s per step on this machine)
-        bf16=(cfg.device or "").startswith("cuda") and torch.cuda.is_bf16_supported(),
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
         precompute_ref_log_probs=cfg.precompute_ref)
     clock = _step_clock()
     trainer = trl.DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tok,
@@ -436,12 +444,11 @@ def _check_same_experiment(cfg: ExperimentConfig, out: Path) -> None:
         # settings added to ExperimentConfig since that run was made count as their defaults
         theirs = {k: v for k, v in {**asdict(ExperimentConfig()), **json.loads(path.read_text())}.items()
                   if k not in _RESUMABLE}
-        changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        changed = _differences(theirs, mine)
         if changed:
             from .errors import OptionsError
             raise OptionsError(
-                f"{out} holds an earlier run of this experiment made with other settings ({', '.join(changed)}: "
-                f"{', '.join(f'{theirs.get(k)!r} -> {mine.get(k)!r}' for k in changed[:3])}); its mask, pairs, "
+                f"{out} holds an earlier run of this experiment made with other settings ({changed}); its mask, pairs, "
                 "models and evaluations would not match. Give another output directory (--name), or delete it "
                 "to start over.")
     else:

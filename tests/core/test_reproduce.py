@@ -123,14 +123,12 @@ class _CutOff(transformers.TrainerCallback):
             raise KeyboardInterrupt(f"cut at step {self.step}")
 
 
-def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
-    """The reproduction's runs are cut off on small machines: a SafeNeuron run with re-identification
-    (variant safeneuron_rounds) resumed from its last checkpoint ends bit-identical to one that ran
-    through, frozen rows included, with the same union of re-identified neurons."""
+def _variant_setup(tmp_path):
+    """A tiny model, 16 preference pairs in the experiment's format and its T0 mask: what
+    train_variant needs. Returns (model_dir, pairs, identification options, original model, mask path)."""
     from test_freeze_trl import preference_data
 
     from safeneuron_plugins import identify
-    from safeneuron_plugins.reproduce import train_variant
 
     model_dir = save_tiny_model(tmp_path / "m", "llama")
     pairs = tmp_path / "pairs.jsonl"
@@ -139,6 +137,16 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
     original = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
     tok = transformers.AutoTokenizer.from_pretrained(model_dir)
     mask_path = identify(original, tok, **ident).save(tmp_path / "mask.safetensors")
+    return model_dir, pairs, ident, original, mask_path
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """The reproduction's runs are cut off on small machines: a SafeNeuron run with re-identification
+    (variant safeneuron_rounds) resumed from its last checkpoint ends bit-identical to one that ran
+    through, frozen rows included, with the same union of re-identified neurons."""
+    from safeneuron_plugins.reproduce import train_variant
+
+    model_dir, pairs, ident, original, mask_path = _variant_setup(tmp_path)
     cfg = ExperimentConfig(model=str(model_dir), batch_size=4, max_steps=6, learning_rate=5e-3, save_steps=2,
                            reidentify_steps=3, identify=ident, progress=False)
 
@@ -176,19 +184,10 @@ def test_lora_recipe_saves_a_merged_model_with_the_frozen_rows_exact(tmp_path):
     """The 1.5B recipe trains LoRA (full-parameter AdamW does not fit the machine) with reference
     log-probs precomputed; the saved model is the merged one, and merging the adapter leaves the safety
     neurons' rows exactly as they were while the other rows moved."""
-    from test_freeze_trl import preference_data
-
-    from safeneuron_plugins import identify
     from safeneuron_plugins.reproduce import train_variant
 
-    model_dir = save_tiny_model(tmp_path / "m", "llama")
-    pairs = tmp_path / "pairs.jsonl"
-    preference_data(16).add_column("kind", ["harmless"] * 16).to_json(pairs)
-    ident = {"method": "safeneuron", "tau_es": 0.5, "tau_sas": 1.0, "max_prompts": 24}
-    original = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
-    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
-    mask = identify(original, tok, **ident)
-    mask_path = mask.save(tmp_path / "mask.safetensors")
+    model_dir, pairs, ident, original, mask_path = _variant_setup(tmp_path)
+    mask = NeuronMask.load(mask_path)
     cfg = ExperimentConfig(model=str(model_dir), batch_size=4, max_steps=3, learning_rate=5e-2, lora_r=4,
                            precompute_ref=True, identify=ident, progress=False)
     facts = train_variant(cfg, "safeneuron", pairs, mask_path, tmp_path / "lora")
