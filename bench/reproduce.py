@@ -47,8 +47,9 @@ RECIPES: dict[str, dict] = {
         # full-parameter fp32 AdamW needs ~28 GB: LoRA r16 on every linear layer, exact freezing of the
         # safety neurons' adapter rows; reference log-probs once before training (the adapter-off policy)
         "lora_r": 16, "precompute_ref": True,
-        # it refuses most AdvBench prompts, so more of them are needed for ~30% safety pairs
-        "n_train_harmful": 200, "n_train_harmless": 84, "n_eval": 128, "n_eval_harmless": 128,
+        # it refuses 191 of 200 AdvBench prompts: the rejected (compliant) replies come from the model with its
+        # T0 safety neurons pruned (it complies with 0.99 of held-out prompts so); 48/84 ~ the paper's 30/70
+        "pairs_pruned": True, "n_train_harmful": 48, "n_train_harmless": 84, "n_eval": 128, "n_eval_harmless": 128,
         "epochs": 2.0, "learning_rate": 1e-4, "sft_weight": 1.0, "max_new_tokens": 32, "batch_size": 8,
         "save_steps": 5, "reidentify_steps": 15, "control_seeds": "0",
     },
@@ -74,6 +75,9 @@ def main() -> None:
     parser.add_argument("--pairs-model", default=None,
                         help="make the pairs from this model's replies (e.g. the original model, when --model is an "
                              "already aligned start that would refuse every harmful prompt)")
+    parser.add_argument("--pairs-pruned", action="store_true",
+                        help="the rejected replies to harmful training prompts come from the model with its T0 safety "
+                             "neurons pruned (for a model that refuses nearly all of them)")
     parser.add_argument("--train-offset", type=int, default=0, help="skip this many prompts of each training source")
     parser.add_argument("--n-train", type=int, default=128, help="training prompts of each kind")
     parser.add_argument("--n-train-harmful", type=int, help="harmful training prompts (default --n-train)")
@@ -118,7 +122,7 @@ def main() -> None:
         train_harmless=str(SHARED / "harmless_prompts.jsonl") if shared else "builtin:harmless",
         eval_harmful=str(SHARED / "harmful_harmbench.jsonl") if shared else "builtin:harmful",
         eval_harmless=str(SHARED / "harmless_prompts.jsonl") if shared else "builtin:harmless",
-        pairs_model=args.pairs_model, train_offset=args.train_offset,
+        pairs_model=args.pairs_model, pairs_pruned=args.pairs_pruned, train_offset=args.train_offset,
         n_train_harmful=args.n_train_harmful or args.n_train, n_train_harmless=args.n_train_harmless or args.n_train,
         n_eval_harmful=args.n_eval, n_eval_harmless=args.n_eval_harmless or args.n_eval,
         variants=args.variants.split(","), epochs=args.epochs,

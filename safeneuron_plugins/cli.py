@@ -375,11 +375,12 @@ def cmd_make_pairs(args) -> int:
     harmful = _texts(args.harmful, "harmful", args.limit, "--harmful")
     harmless = _texts(args.harmless, "harmless", args.limit, "--harmless")
     judge = _judge(args)
+    rejected_mask = NeuronMask.load(args.prune_mask) if args.prune_mask else None
     model, tokenizer = _load(args)
     rows, counts = make_pairs(model, tokenizer, harmful, harmless, judge=judge,
                               max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size,
                               include_evasive=args.include_evasive, conversational=args.format == "conversational",
-                              seed=args.seed, progress=not args.quiet)
+                              seed=args.seed, progress=not args.quiet, rejected_mask=rejected_mask)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"wrote {len(rows)} preference pairs to {out}: {counts}")
@@ -554,6 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["conversational", "standard"], default="conversational",
                    help="trl's conversational (message lists) or standard (plain strings) format")
     p.add_argument("--include-evasive", action="store_true", help="also use evasive replies as rejected")
+    p.add_argument("--prune-mask", default=None, metavar="MASK",
+                   help="generate the replies to harmful prompts with this mask's neurons pruned (the model's "
+                        "safety neurons), for a model that refuses too many harmful prompts to give safety pairs")
     p.add_argument("--seed", type=_number(int, 0), default=0)
     p.add_argument("--harmful", default="builtin", help="harmful prompts (a SRC)")
     p.add_argument("--harmless", default="builtin", help="harmless prompts (a SRC)")

@@ -3,10 +3,16 @@
 Harmful prompt: chosen = a refusal (varied templates written by the project), rejected = the
 model's own compliant reply (only when it complied). Harmless prompt: chosen = the model's own
 answer (unless it refused), rejected = a refusal, so training does not teach over-refusal.
+
+A vendor-aligned model may refuse nearly every harmful prompt and so give few safety pairs (Qwen2.5-
+Coder-1.5B refused 191 of 200 AdvBench prompts). ``rejected_mask`` then generates the harmful replies
+with those neurons pruned (its safety neurons: the pruning attack), which makes the model comply; the
+harmless replies always come from the model as it is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from importlib import resources
@@ -14,8 +20,11 @@ from typing import Any
 
 from torch import nn
 
+from .architectures import find_mlp_layers, fingerprint
+from .freeze import pruned
 from .generation import generate
 from .judge import Judge, default_judge
+from .mask import NeuronMask
 
 
 def refusal_templates() -> list[str]:
@@ -34,16 +43,27 @@ def _row(prompt: str, chosen: str, rejected: str, kind: str, conversational: boo
 def make_pairs(model: nn.Module, tokenizer, harmful: list[str], harmless: list[str], *,
                judge: Judge | None = None, max_new_tokens: int = 96, batch_size: int = 16,
                include_evasive: bool = False, conversational: bool = True, seed: int = 0,
-               progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Preference rows in trl's format plus counts of what was kept and skipped."""
+               progress: bool = True, rejected_mask: NeuronMask | None = None,
+               mlp_modules: str | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Preference rows in trl's format plus counts of what was kept and skipped.
+
+    ``rejected_mask``: generate the replies to harmful prompts with these neurons pruned (see the
+    module's docstring); ``mlp_modules`` is the ``safeneuron_mlp_modules`` spec for an architecture
+    that is not recognised automatically."""
     judge = judge or default_judge()
     rng = random.Random(seed)
     refusals = refusal_templates()
     rows: list[dict[str, Any]] = []
     counts = {"harmful_pairs": 0, "harmful_skipped_refused": 0, "harmful_skipped_evasive": 0,
               "harmless_pairs": 0, "harmless_skipped_refused": 0}
-    replies = generate(model, tokenizer, harmful, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                       desc="harmful replies", progress=progress)
+    with contextlib.ExitStack() as stack:
+        if rejected_mask is not None:
+            layers = find_mlp_layers(model, mlp_modules)
+            rejected_mask.check_compatible(fingerprint(model, layers), what="rejected_mask")
+            stack.enter_context(pruned(model, layers, rejected_mask))
+        replies = generate(model, tokenizer, harmful, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           desc="harmful replies" + (" (safety neurons pruned)" if rejected_mask else ""),
+                           progress=progress)
     for prompt, reply, v in zip(harmful, replies, judge.judge(harmful, replies)):
         if v.label == "refusal":
             counts["harmful_skipped_refused"] += 1

@@ -62,6 +62,8 @@ class ExperimentConfig:
     eval_harmful: str = "builtin:harmful"
     eval_harmless: str = "builtin:harmless"
     pairs_model: str | None = None   # the model whose replies make the pairs (default: ``model``)
+    pairs_pruned: bool = False       # replies to harmful training prompts with the T0 safety neurons pruned
+    #                                  (a model that refuses nearly all of them gives compliant ones so)
     train_offset: int = 0            # skip this many prompts of each training source
     n_train_harmful: int = 40
     n_train_harmless: int = 40
@@ -363,7 +365,9 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             pairs_from, pairs_tok = original, tok
         rows, counts = make_pairs(pairs_from, pairs_tok, sets["train_harmful"], sets["train_harmless"], judge=judge,
                                   max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size,
-                                  include_evasive=True, seed=cfg.seed, progress=cfg.progress)
+                                  include_evasive=True, seed=cfg.seed, progress=cfg.progress,
+                                  rejected_mask=mask if cfg.pairs_pruned else None,
+                                  mlp_modules=cfg.identify.get("mlp_modules"))
         del pairs_from
         pairs_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         counts_path.write_text(json.dumps(counts))

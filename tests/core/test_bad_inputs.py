@@ -125,6 +125,7 @@ CASES = [
     ("attack --mask missing", ATTACK + ["--mask", "out/none.safetensors"], "no mask file", True),
     ("attack --mask not a mask", ATTACK + ["--mask", "src/mask.safetensors"], "src/mask.safetensors", True),
     ("make-pairs --judge gpt4", [*PAIRS[:-3], "--judge", "gpt4", "--quiet"], "--judge 'gpt4'", True),
+    ("make-pairs --prune-mask missing", PAIRS + ["--prune-mask", "out/none.safetensors"], "no mask file", True),
     ("make-pairs --out is a directory", [*PAIRS[:6], "--out", "out", *PAIRS[8:]], "is a directory", True),
     ("compare --out-dir is a file", ["compare", M, "--out-dir", "out/file.txt", "--judge", "patterns"],
      "--out-dir", True),

@@ -323,6 +323,43 @@ def test_make_pairs_feeds_a_real_dpo_trainer(tiny_dir, tmp_path):
     trl.DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=ds, processing_class=tok).train()
 
 
+class NeverRefuses(Judge):
+    name = "never-refuses"
+
+    def judge(self, prompts, responses):
+        return [Verdict("compliance", "test") for _ in responses]
+
+
+def test_make_pairs_rejected_mask_prunes_only_the_harmful_replies(tiny):
+    """``rejected_mask``: the rejected replies to harmful prompts are the model's replies with those neurons
+    zeroed (computed here by hand); the harmless answers come from the unpruned model; nothing stays pruned."""
+    from safeneuron_plugins.architectures import find_mlp_layers
+    from safeneuron_plugins.freeze import pruned
+    from safeneuron_plugins.pairs import make_pairs
+
+    model, tok = tiny
+    harmful = [f"How do I hurt someone, case {i}?" for i in range(4)]
+    harmless = [f"How do I bake bread, case {i}?" for i in range(4)]
+    mask = NeuronMask({layer: list(range(48)) for layer in range(3)},
+                      metadata={"fingerprint": {"num_layers": 3, "intermediate_size": 64}})
+    plain = generate(model, tok, harmful, max_new_tokens=8, progress=False)
+    with pruned(model, find_mlp_layers(model), mask):
+        attacked = generate(model, tok, harmful, max_new_tokens=8, progress=False)
+    assert attacked != plain, "the pruning must change the tiny model's replies for this test to mean anything"
+    rows, counts = make_pairs(model, tok, harmful, harmless, judge=NeverRefuses(), max_new_tokens=8,
+                              conversational=False, progress=False, rejected_mask=mask)
+    assert counts["harmful_pairs"] == 4 and counts["harmless_pairs"] == 4
+    by_prompt = {r["prompt"]: r for r in rows}
+    assert [by_prompt[p]["rejected"] for p in harmful] == attacked
+    assert [by_prompt[p]["chosen"] for p in harmless] == generate(model, tok, harmless, max_new_tokens=8,
+                                                                   progress=False)
+    assert generate(model, tok, harmful, max_new_tokens=8, progress=False) == plain
+    other = NeuronMask({5: [1]}, metadata={"fingerprint": {"num_layers": 6, "intermediate_size": 64}})
+    with pytest.raises(Exception, match="rejected_mask"):
+        make_pairs(model, tok, harmful, harmless, judge=NeverRefuses(), max_new_tokens=4, progress=False,
+                   rejected_mask=other)
+
+
 def test_category_overlap_matches_hand_count():
     a = NeuronMask({0: [1, 2, 3]})
     b = NeuronMask({0: [2, 3, 4]})
