@@ -2,6 +2,7 @@
 
     safeneuron identify MODEL --out mask.safetensors [--harmful SRC] [--harmless SRC] [...]
     safeneuron attack MODEL [--mask FILE] --harmful SRC --out results.json [--control random] [--attacker best]
+    safeneuron attack MODEL --family direction|finetune --harmful SRC --out results.json [...]
     safeneuron judge --input replies.jsonl --output verdicts.jsonl
     safeneuron make-pairs MODEL --out pairs.jsonl
     safeneuron analyze MASK [MASK ...] | --model MODEL --by-category
