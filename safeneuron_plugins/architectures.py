@@ -55,6 +55,7 @@ class MLPLayer:
     intermediate_size: int
     fused: bool
     conv1d: bool
+    block: str = ""  # the decoder layer holding the MLP (its output is the residual stream after the layer)
 
     def modules(self, model: nn.Module) -> tuple[nn.Module | None, nn.Module, nn.Module]:
         get = model.get_submodule
@@ -169,7 +170,7 @@ def _build(list_name: str, layers: nn.ModuleList, gate: str | None, up: str, dow
         prefix = f"{list_name}.{i}."
         found.append(MLPLayer(index=i, gate=None if fused or gate is None else prefix + gate,
                               up=prefix + up, down=prefix + down, intermediate_size=size,
-                              fused=fused, conv1d=conv1d))
+                              fused=fused, conv1d=conv1d, block=prefix[:-1]))
     return found
 
 

@@ -1,0 +1,438 @@
+"""The refusal-direction attack (Arditi et al. 2024, "Refusal in language models is mediated by a single
+direction"; README, "Other attack families").
+
+1. Means: the residual stream (each decoder layer's output) at the post-instruction positions, the tokens
+   the chat template puts after the user's message (ChatML: ``<|im_end|>\\n<|im_start|>assistant\\n``),
+   averaged over harmful and over harmless prompts. A candidate direction is the difference of the two
+   means at one (layer, position), normalised.
+2. Selection: every candidate (a few layers x the chosen positions) is ablated in turn while the model
+   answers validation harmful prompts (short greedy replies, judged); the candidate under which the
+   model refuses least is the refusal direction (fewest refusals, then most compliance, then the first).
+   Validation prompts are held out from the means and, in the CLI, from the evaluation prompts.
+3. Ablation: forward hooks project the direction out of the residual stream at the embedding output and
+   at every decoder layer's output, at every position, during generation; no weight changes. Arditi et al.
+   also project it out of each attention and MLP output, i.e. also in the middle of a layer; here the
+   residual stream between the attention and the MLP of one layer keeps what the attention wrote.
+
+``cosine``: a model's direction against another's (e.g. the original model's, from its saved file) at
+the same layer and position, to see whether training moved the direction or only hid it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .activations import input_device, length_batches, pad_batch, pad_id_of, tokenize
+from .architectures import find_mlp_layers
+from .errors import OptionsError, SafeNeuronError
+from .generation import generate
+from .judge import Judge, default_judge
+from .prompts import format_prompts
+from .quantization import unpacked_bnb_weights
+
+FORMAT_VERSION = 1
+_META_KEY = "safeneuron_direction"
+_MARKER = "SAFENEURONINSTRUCTIONMARKER"
+#: candidate layers by default, as fractions of the depth (Arditi et al. search the layers below 80%)
+DEFAULT_LAYER_FRACTIONS = (0.25, 0.4, 0.55, 0.7)
+
+
+class DirectionFileError(SafeNeuronError, ValueError):
+    """A refusal-direction file is missing, unreadable, or does not fit the model."""
+
+
+@dataclass
+class RefusalDirection:
+    """A unit vector in the residual stream, taken at the output of decoder layer ``layer`` and at
+    ``position`` (a negative offset from the end of the templated prompt: -1 is its last token)."""
+
+    vector: torch.Tensor
+    layer: int
+    position: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """safetensors with the vector (float32) and JSON metadata (layer, position, format version, ...);
+        written atomically, never over a file that is not a direction file."""
+        from safetensors.torch import save as serialise
+
+        from .mask import _atomic_write
+
+        path = check_direction_destination(path)
+        meta = {**self.metadata, "layer": self.layer, "position": self.position,
+                "hidden_size": int(self.vector.numel()), "format_version": FORMAT_VERSION}
+        data = serialise({"direction": self.vector.detach().float().cpu().contiguous()},
+                         metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, data)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, flag: str = "--direction") -> RefusalDirection:
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise DirectionFileError(f"{flag} {str(path)!r}: no such file; write one with --save-direction.")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {}).get(_META_KEY, "null"))
+                vector = f.get_tensor("direction") if meta is not None else None
+        except Exception as exc:
+            raise DirectionFileError(f"{flag} {str(path)!r} is not a safetensors file ({exc}).") from None
+        if meta is None or vector is None:
+            raise DirectionFileError(f"{flag} {str(path)!r} is not a refusal-direction file (no "
+                                     f"{_META_KEY!r} metadata); write one with --save-direction.")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise DirectionFileError(f"{flag} {str(path)!r}: format version {meta.get('format_version')!r}, "
+                                     f"this library reads {FORMAT_VERSION}.")
+        try:
+            layer, position = int(meta.pop("layer")), int(meta.pop("position"))
+        except (KeyError, TypeError, ValueError):
+            raise DirectionFileError(f"{flag} {str(path)!r}: the metadata has no integer layer and position.") from None
+        meta.pop("format_version")
+        vector = vector.float()
+        if vector.dim() != 1 or not torch.isfinite(vector).all() or vector.norm() == 0:
+            raise DirectionFileError(f"{flag} {str(path)!r}: the direction must be a finite non-zero vector.")
+        return cls(vector / vector.norm(), layer, position, meta)
+
+
+def is_direction_file(path: str | os.PathLike) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return _META_KEY in (f.metadata() or {})
+    except Exception:
+        return False
+
+
+def check_direction_destination(path: str | os.PathLike, flag: str = "--save-direction") -> Path:
+    """Refuse a directory, or an existing file that is not a direction file (never overwrite weights)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OptionsError(f"{flag} {str(path)!r} is a directory; give a file path such as "
+                           f"{str(path / 'direction.safetensors')!r}.")
+    if path.exists() and not is_direction_file(path):
+        raise OptionsError(f"{flag} {str(path)!r} exists and is not a refusal-direction file; refusing to "
+                           "overwrite it. Give another path, or remove the file first.")
+    return path
+
+
+# --- where the residual stream is ----------------------------------------------------------------
+
+def residual_modules(model: nn.Module, mlp_modules: str | None = None) -> tuple[nn.Module, list[nn.Module]]:
+    """The embedding and every decoder layer (in order) of the language model: their outputs are the
+    residual stream. ``mlp_modules``: the ``safeneuron_mlp_modules`` spec of an architecture not
+    recognised automatically (its LAYERS_PATH names the decoder layers)."""
+    blocks = [model.get_submodule(layer.block) for layer in find_mlp_layers(model, mlp_modules)]
+    return model.get_input_embeddings(), blocks
+
+
+def _hidden(out) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise TypeError(f"a decoder layer returned {type(out).__name__}; expected a tensor or a tuple starting with one")
+
+
+def _replace_hidden(out, hidden: torch.Tensor):
+    return hidden if isinstance(out, torch.Tensor) else (hidden,) + tuple(out[1:])
+
+
+def project_out(hidden: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """``hidden - (hidden . d) d`` for a unit vector ``d`` (computed in float32, returned in hidden's dtype)."""
+    d = direction.to(hidden.device, torch.float32)
+    h = hidden.float()
+    return (h - (h @ d).unsqueeze(-1) * d).to(hidden.dtype)
+
+
+@contextlib.contextmanager
+def ablated(model: nn.Module, direction: torch.Tensor | RefusalDirection,
+            mlp_modules: str | None = None) -> Iterator[None]:
+    """Project ``direction`` out of the residual stream (embedding output and every decoder layer's
+    output, every position) while in the block; the hooks are removed on exit."""
+    vector = direction.vector if isinstance(direction, RefusalDirection) else direction
+    vector = vector.detach().float().flatten()
+    vector = vector / vector.norm()
+    embedding, blocks = residual_modules(model, mlp_modules)
+    width = getattr(embedding, "embedding_dim", None) or embedding.weight.shape[-1]
+    if vector.numel() != width:
+        raise DirectionFileError(f"the direction has {vector.numel()} dimensions but the model's residual stream "
+                                 f"has {width}; it was taken on a model of another size.")
+    hook = lambda mod, args, out: _replace_hidden(out, project_out(_hidden(out), vector))
+    handles = [m.register_forward_hook(hook) for m in [embedding, *blocks]]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# --- means and candidates ----------------------------------------------------------------------
+
+def post_instruction_tokens(tokenizer, system_prompt: str | None = None) -> int:
+    """How many tokens the chat template puts after the user's message (1 without a template: the last
+    prompt token)."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        return 1
+    text = format_prompts(tokenizer, [_MARKER], system_prompt)[0]
+    suffix = text[text.rindex(_MARKER) + len(_MARKER):]
+    return max(1, len(tokenizer(suffix, add_special_tokens=False)["input_ids"]))
+
+
+@dataclass
+class DirectionMeans:
+    """Mean residual stream at the output of every decoder layer and the last ``positions`` prompt tokens:
+    ``harmful`` and ``harmless`` are [layers, positions, hidden] (float64); position k is offset
+    k - positions from the end."""
+
+    harmful: torch.Tensor
+    harmless: torch.Tensor
+    n_harmful: int
+    n_harmless: int
+
+    @property
+    def positions(self) -> int:
+        return self.harmful.shape[1]
+
+    def direction(self, layer: int, position: int) -> RefusalDirection:
+        """The normalised difference of means at ``layer`` and ``position`` (-1 .. -positions)."""
+        num_layers = self.harmful.shape[0]
+        if not 0 <= layer < num_layers:
+            raise OptionsError(f"layer {layer} is not a decoder layer of this model (0..{num_layers - 1}).")
+        if not -self.positions <= position <= -1:
+            raise OptionsError(f"position {position} is not a post-instruction position of this chat template "
+                               f"(-1..-{self.positions}).")
+        diff = (self.harmful[layer, position] - self.harmless[layer, position]).float()
+        norm = float(diff.norm())
+        if norm == 0 or not torch.isfinite(diff).all():
+            raise SafeNeuronError(f"the harmful and harmless means are identical at layer {layer}, position "
+                                  f"{position}: no direction to take there.")
+        return RefusalDirection(diff / norm, layer, position,
+                                {"norm": norm, "post_instruction_tokens": self.positions,
+                                 "n_harmful": self.n_harmful, "n_harmless": self.n_harmless})
+
+
+@torch.no_grad()
+def _mean_residual(model: nn.Module, tokenizer, prompts: list[str], positions: int, *, system_prompt: str | None,
+                   batch_size: int, max_length: int, mlp_modules: str | None, bar) -> torch.Tensor:
+    _, blocks = residual_modules(model, mlp_modules)
+    templated = getattr(tokenizer, "chat_template", None) is not None
+    seqs = [s[-max_length:] for s in tokenize(tokenizer, format_prompts(tokenizer, prompts, system_prompt),
+                                             10 ** 9, templated)]  # keep the end: the post-instruction tokens
+    total: torch.Tensor | None = None
+    current: list[torch.Tensor | None] = [None] * len(blocks)
+    index: list[torch.Tensor] = []
+
+    def record(i: int):
+        def hook(mod, args, out):
+            h = _hidden(out)
+            rows = torch.arange(h.shape[0], device=h.device).unsqueeze(1)
+            current[i] = h[rows, index[0].to(h.device)].double().sum(0)  # [positions, hidden]
+        return hook
+
+    handles = [b.register_forward_hook(record(i)) for i, b in enumerate(blocks)]
+    device = input_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), unpacked_bnb_weights(model):
+            for group in length_batches([len(s) for s in seqs], batch_size):
+                ids, mask = pad_batch([seqs[i] for i in group], pad_id_of(tokenizer), device)
+                lengths = torch.tensor([len(seqs[i]) for i in group])
+                index[:] = [(lengths.unsqueeze(1) - positions + torch.arange(positions)).clamp_min(0)]
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
+                step = torch.stack([c.cpu() for c in current])
+                total = step if total is None else total + step
+                bar.update(len(group))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return total / len(seqs)
+
+
+def direction_means(model: nn.Module, tokenizer, harmful: list[str], harmless: list[str], *,
+                    system_prompt: str | None = None, batch_size: int = 16, max_length: int = 256,
+                    mlp_modules: str | None = None, progress: bool = True) -> DirectionMeans:
+    """Mean residual stream of harmful and of harmless prompts at every layer output and post-instruction
+    position (one forward pass per batch, right padding, no generation)."""
+    from tqdm.auto import tqdm
+
+    if not harmful or not harmless:
+        raise SafeNeuronError("direction_means needs at least one harmful and one harmless prompt.")
+    positions = post_instruction_tokens(tokenizer, system_prompt)
+    kw = dict(system_prompt=system_prompt, batch_size=batch_size, max_length=max_length, mlp_modules=mlp_modules)
+    with tqdm(total=len(harmful) + len(harmless), desc="direction: mean activations", unit="prompt",
+              disable=not progress, dynamic_ncols=True) as bar:
+        return DirectionMeans(_mean_residual(model, tokenizer, harmful, positions, bar=bar, **kw),
+                              _mean_residual(model, tokenizer, harmless, positions, bar=bar, **kw),
+                              len(harmful), len(harmless))
+
+
+def default_candidate_layers(num_layers: int) -> list[int]:
+    """A few layers spread over the first 70% of the depth (:data:`DEFAULT_LAYER_FRACTIONS`)."""
+    return sorted({min(num_layers - 1, int(f * num_layers)) for f in DEFAULT_LAYER_FRACTIONS})
+
+
+def judged(model: nn.Module, tokenizer, prompts: list[str], judge: Judge, *, max_new_tokens: int,
+           batch_size: int, system_prompt: str | None, desc: str, progress: bool) -> tuple[list[str], list]:
+    """Greedy replies and their verdicts (whatever hooks are in force)."""
+    replies = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                       system_prompt=system_prompt, desc=desc, progress=progress)
+    return replies, judge.judge(prompts, replies)
+
+
+def select_direction(model: nn.Module, tokenizer, means: DirectionMeans, validation: list[str], *,
+                     judge: Judge | None = None, layers: Sequence[int] | None = None,
+                     positions: Sequence[int] = (-1,), max_new_tokens: int = 16, batch_size: int = 16,
+                     system_prompt: str | None = None, mlp_modules: str | None = None,
+                     progress: bool = True) -> tuple[RefusalDirection, list[dict[str, Any]]]:
+    """Ablate each candidate (layer x position) while the model answers the ``validation`` harmful prompts;
+    return the candidate with the lowest refusal rate (then the highest compliance rate, then the first)
+    and every candidate's rates."""
+    from .attack import rate_summary
+
+    judge = judge or default_judge()
+    if not validation:
+        raise SafeNeuronError("select_direction needs validation harmful prompts.")
+    layers = list(layers) if layers is not None else default_candidate_layers(means.harmful.shape[0])
+    if not layers or not positions:
+        raise OptionsError("select_direction: give at least one candidate layer and one position.")
+    rows, best = [], None
+    for layer in layers:
+        for position in positions:
+            candidate = means.direction(layer, position)
+            with ablated(model, candidate, mlp_modules):
+                _, verdicts = judged(model, tokenizer, validation, judge, max_new_tokens=max_new_tokens,
+                                     batch_size=batch_size, system_prompt=system_prompt,
+                                     desc=f"direction: validate layer {layer} position {position}", progress=progress)
+            summary = rate_summary(verdicts)
+            rows.append({"layer": layer, "position": position, "norm": candidate.metadata["norm"], **summary})
+            key = (summary["refusal"], -summary["compliance"])
+            if best is None or key < best[0]:
+                best = (key, candidate)
+    return best[1], rows
+
+
+def cosine(a: RefusalDirection | torch.Tensor, b: RefusalDirection | torch.Tensor) -> float:
+    va = (a.vector if isinstance(a, RefusalDirection) else a).float().flatten()
+    vb = (b.vector if isinstance(b, RefusalDirection) else b).float().flatten()
+    if va.numel() != vb.numel():
+        raise DirectionFileError(f"cannot compare directions of {va.numel()} and {vb.numel()} dimensions "
+                                 "(models of different sizes).")
+    return float(torch.nn.functional.cosine_similarity(va, vb, dim=0))
+
+
+# --- the attack --------------------------------------------------------------------------------
+
+CONDITIONS = ("ORI", "ABLATED")
+
+
+def run_direction_attack(model: nn.Module, tokenizer, harmful: list[str], *,
+                         direction_harmful: list[str] | None = None, direction_harmless: list[str] | None = None,
+                         validation: list[str] | None = None, direction: RefusalDirection | None = None,
+                         original: RefusalDirection | DirectionMeans | tuple[nn.Module, Any] | None = None,
+                         judge: Judge | None = None, layers: Sequence[int] | None = None,
+                         positions: Sequence[int] = (-1,), validation_tokens: int = 16, max_new_tokens: int = 64,
+                         batch_size: int = 16, system_prompt: str | None = None, max_length: int = 256,
+                         mlp_modules: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """ASR on ``harmful`` without (ORI) and with the refusal direction ablated (ABLATED).
+
+    The direction is ``direction`` when given (e.g. loaded from a file), else the best candidate on
+    ``validation`` (:func:`select_direction`) of the means over ``direction_harmful`` / ``direction_harmless``.
+    ``original``: the original model's direction (a :class:`RefusalDirection`), its :class:`DirectionMeans`
+    over the same prompts, or the original ``(model, tokenizer)``; ``results["direction"]["cosine_to_original"]``
+    is then the cosine of this model's direction and the original's at the same layer and position (a
+    direction's own layer and position; for means or a model, those of the direction ablated here). Returns the
+    results with every generation (``generations``), as :func:`safeneuron_plugins.attack.run_attack` does; the
+    direction itself is ``results["_direction"]``."""
+    from .attack import rate_summary
+    from .significance import paired_difference
+
+    judge = judge or default_judge()
+    gen = dict(batch_size=batch_size, system_prompt=system_prompt, progress=progress)
+    means = None
+    needs_means = direction is None or original is not None
+    if needs_means:
+        if not direction_harmful or not direction_harmless:
+            raise SafeNeuronError("run_direction_attack: give direction_harmful and direction_harmless prompts "
+                                  "(or a direction, without original).")
+        means = direction_means(model, tokenizer, direction_harmful, direction_harmless, system_prompt=system_prompt,
+                                batch_size=batch_size, max_length=max_length, mlp_modules=mlp_modules,
+                                progress=progress)
+    info: dict[str, Any] = {}
+    if direction is None:
+        direction, candidates = select_direction(model, tokenizer, means, validation or [], judge=judge,
+                                                 layers=layers, positions=positions,
+                                                 max_new_tokens=validation_tokens, mlp_modules=mlp_modules, **gen)
+        info.update(source="selected on validation prompts", candidates=candidates,
+                    n_validation=len(validation or []), validation_tokens=validation_tokens)
+    else:
+        info.update(source="given")
+    info.update(layer=direction.layer, position=direction.position,
+                **{k: direction.metadata[k] for k in ("norm", "post_instruction_tokens", "n_harmful", "n_harmless")
+                   if k in direction.metadata})
+    if original is not None:
+        if isinstance(original, RefusalDirection):
+            ref, at = original, (original.layer, original.position)
+        else:
+            at = (direction.layer, direction.position)
+            other = original
+            if not isinstance(other, DirectionMeans):
+                other = direction_means(*original, direction_harmful, direction_harmless, system_prompt=system_prompt,
+                                        batch_size=batch_size, max_length=max_length, mlp_modules=mlp_modules,
+                                        progress=progress)
+            ref = other.direction(*at)
+        info["cosine_to_original"] = {"cosine": cosine(means.direction(*at), ref), "layer": at[0], "position": at[1]}
+    results: dict[str, Any] = {"family": "direction", "judge": judge.name, "n_prompts": len(harmful),
+                               "max_new_tokens": max_new_tokens, "asr": {}, "rates": {}, "direction": info,
+                               "generations": []}
+    wins = {}
+    for name in CONDITIONS:
+        with ablated(model, direction, mlp_modules) if name == "ABLATED" else contextlib.nullcontext():
+            replies, verdicts = judged(model, tokenizer, harmful, judge, max_new_tokens=max_new_tokens,
+                                       desc=f"attack {name}", **gen)
+        for prompt, reply, v in zip(harmful, replies, verdicts):
+            results["generations"].append({"condition": name, "prompt": prompt, "response": reply, "label": v.label,
+                                           "success": v.success, "detail": v.detail})
+        results["rates"][name] = rate_summary(verdicts)
+        results["asr"][name] = results["rates"][name]["compliance"]
+        wins[name] = [v.success for v in verdicts]
+    results["vs_ori"] = paired_difference(wins["ABLATED"], wins["ORI"])
+    results["_direction"] = direction
+    return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+    from .attack import _ci
+
+    d = results["direction"]
+    lines = [f"judge: {results['judge']}   prompts: {results['n_prompts']}   [95% Wilson interval]",
+             f"refusal direction: layer {d['layer']}, position {d['position']} ({d['source']})"]
+    for c in d.get("candidates", []):
+        lines.append(f"  candidate layer {c['layer']:>3} position {c['position']:>3}: validation refusal "
+                     f"{c['refusal']:.2f} compliance {c['compliance']:.2f} (n={c['n']})")
+    lines.append(f"{'condition':<9} {'ASR':>6} {'95% CI':<12} {'refusal':>8} {'evasive':>8}")
+    for name in CONDITIONS:
+        r = results["rates"][name]
+        lines.append(f"{name:<9} {r['compliance']:>6.2f} {_ci(r['ci95']['compliance']):<12} {r['refusal']:>8.2f} "
+                     f"{r['evasive']:>8.2f}")
+    vs = results["vs_ori"]
+    lines.append(f"ABLATED - ORI {vs['diff']:+.2f} {_ci(vs['ci95'])}, McNemar p = {vs['p_value']:.3g}")
+    cos = d.get("cosine_to_original")
+    if cos:
+        lines.append(f"cosine to the original's direction (layer {cos['layer']}, position {cos['position']}): "
+                     f"{cos['cosine']:.3f}")
+    return "\n".join(lines)
