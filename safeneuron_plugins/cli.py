@@ -151,7 +151,7 @@ def check_identification(options: SafeNeuronOptions, harmful_flag: str = "--harm
                          harmless_flag: str = "--harmless") -> None:
     """Read the identification prompt sources and check --mlp-modules' form, before any model is loaded."""
     from .architectures import parse_mlp_modules
-    from .prompts import load_prompts
+    from .identify.prompts import load_prompts
 
     if options.safeneuron_mlp_modules:
         parse_mlp_modules(options.safeneuron_mlp_modules)
@@ -161,9 +161,9 @@ def check_identification(options: SafeNeuronOptions, harmful_flag: str = "--harm
 
 
 def cmd_identify(args) -> int:
+    from .evaluate.analysis import layer_table, plot_layers
     from .identify import identify
     from .mask import check_mask_destination
-    from .report import layer_table, plot_layers
 
     opts = options_from_args(args)
     check_mask_destination(check_output(args.out, "--out"), "--out")
@@ -183,14 +183,14 @@ def cmd_identify(args) -> int:
 
 
 def _texts(source: str, kind: str, limit: int | None, option: str) -> list[str]:
-    from .prompts import load_prompts
+    from .identify.prompts import load_prompts
 
     return [p.text for p in load_prompts(source, kind=kind, max_prompts=limit, option=option, min_prompts=1)]
 
 
 def _judge(args):
     """The --judge, loaded before any other work; a bad name or an unloadable classifier is a clear error."""
-    from .judge import load_judge
+    from .evaluate.judges import load_judge
 
     try:
         return load_judge(args.judge)
@@ -220,8 +220,8 @@ def parse_sweep(text: str) -> tuple[int, ...]:
 
 def parse_control(text: str | None) -> tuple[int, ...] | None:
     """``--control``: ``random`` (seeds 0,1,2), ``random:N`` (seeds 0..N-1) or ``random:S1,S2,...``."""
-    from .attack import CONTROL_SEEDS
     from .errors import OptionsError
+    from .evaluate.attack import CONTROL_SEEDS
 
     if text is None or text.strip().lower() == "none":
         return None
@@ -245,7 +245,7 @@ def parse_control(text: str | None) -> tuple[int, ...] | None:
 
 def _overlap_warning(options: SafeNeuronOptions, harmful: list[str]) -> int:
     """How many evaluation prompts the attacker also identifies on; warns when any (not held out)."""
-    from .prompts import load_prompts
+    from .identify.prompts import load_prompts
 
     ident = {p.text for p in load_prompts(options.safeneuron_harmful, kind="harmful",
                                           max_prompts=options.safeneuron_max_prompts, option="--identify-harmful")}
@@ -261,7 +261,7 @@ def cmd_attack(args) -> int:
     """Identify (as an attacker would) or load a mask, prune, generate, judge."""
     import json
 
-    from .attack import BEST_ATTACKER_GRID, format_table, run_attack
+    from .evaluate.attack import BEST_ATTACKER_GRID, format_table, run_attack
     from .identify import identify
 
     sweep = parse_sweep(args.sweep)
@@ -390,7 +390,7 @@ def cmd_make_pairs(args) -> int:
 def cmd_analyze(args) -> int:
     import json
 
-    from .analysis import category_overlap, plot_depth_heatmap, plot_overlap
+    from .evaluate.analysis import category_overlap, plot_depth_heatmap, plot_overlap
 
     out = check_output(args.out_dir, "--out-dir", directory=True)
     if not args.masks and not args.model:
@@ -398,7 +398,7 @@ def cmd_analyze(args) -> int:
     masks = {Path(p).stem: NeuronMask.load(p) for p in args.masks}
     by_cat: dict[str, list[str]] = {}
     if args.model:
-        from .prompts import load_prompts
+        from .identify.prompts import load_prompts
 
         check_model_args(args)
         opts = options_from_args(args)
@@ -430,8 +430,8 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .capability import load_reference_pairs
-    from .compare import evaluate_model, write_report
+    from .evaluate.capability import load_reference_pairs
+    from .evaluate.report import evaluate_model, write_report
     from .models import load_model
 
     check_output(args.out_dir, "--out-dir", directory=True)
@@ -460,7 +460,7 @@ def cmd_compare(args) -> int:
 
 def cmd_quickstart(args) -> int:
     """The main job: identify, short SafeNeuron DPO and plain DPO, attack all, print the table."""
-    from .reproduce import ExperimentConfig, print_summary, run_experiment
+    from .experiment import ExperimentConfig, print_summary, run_experiment
 
     opts = options_from_args(args)
     check_output(args.output_dir, "--output-dir", directory=True)
