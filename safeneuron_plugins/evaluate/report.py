@@ -35,7 +35,7 @@ def evaluate_model(model: nn.Module, tokenizer, *, harmful: list[str], harmless:
     """Attack (neurons re-identified on this model unless ``mask``), over-refusal, perplexity, KL.
 
     ``control_seeds``: also prune random neurons at FULL(SN-)'s per-layer counts, once per seed
-    (``controls.random``, see :func:`~safeneuron_plugins.attack.run_attack`).
+    (``controls.random``, see :func:`~safeneuron_plugins.evaluate.attack.run_attack`).
     ``identify_harmful`` / ``identify_harmless``: the attacker's identification prompts (default: the
     sources in ``options``); keep them apart from ``harmful`` so the attack is measured on held-out prompts."""
     judge = judge or default_judge()

@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 from ...errors import SafeNeuronError
+from ...identify.batching import pad_batch, pad_id_of, tokenize
 from .base import Judge, Verdict
 from .patterns import RefusalJudge, RefusalJudgeV2
 
@@ -97,11 +98,12 @@ class MiniLMEmbedder:
 
         out = []
         for i in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer([t if t.strip() else "." for t in texts[i:i + self.batch_size]], padding=True,
-                                 truncation=True, max_length=self.max_length, return_tensors="pt").to(self.device)
-            with torch.inference_mode():
-                hidden = self.model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            seqs = tokenize(self.tokenizer, [t if t.strip() else "." for t in texts[i:i + self.batch_size]],
+                            self.max_length, templated=False)
+            ids, attention = pad_batch(seqs, pad_id_of(self.tokenizer), self.device)
+            with torch.inference_mode():  # token_type_ids left out: all zeros, the model's default
+                hidden = self.model(input_ids=ids, attention_mask=attention).last_hidden_state
+            mask = attention.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, 384)
