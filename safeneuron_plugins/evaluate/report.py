@@ -2,7 +2,7 @@
 
 Every rate carries n and a 95% Wilson interval. Because every model answers the same harmful prompts,
 models are also compared prompt by prompt (:func:`paired_comparisons`): the difference of ASR with
-Newcombe's paired interval and the exact McNemar p-value (see :mod:`safeneuron_plugins.significance`).
+Newcombe's paired interval and the exact McNemar p-value (see :mod:`safeneuron_plugins.evaluate.significance`).
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def identify(model: nn.Module, tokenizer, harmful: str | list[str] | None = None
              progress: bool = True, **overrides: Any) -> NeuronMask:
     """Identify the safety neurons of ``model``.
 
-    ``harmful`` / ``harmless`` are prompt sources (see :mod:`safeneuron_plugins.prompts`) or lists
+    ``harmful`` / ``harmless`` are prompt sources (see :mod:`safeneuron_plugins.identify.prompts`) or lists
     of prompt strings; unset, the options' sources are used (default: the built-in set). Other
     options are the identification fields of :class:`SafeNeuronOptions`
     without their ``safeneuron_`` prefix (``tau_es=2.0``, ``signal="up"``, ...) or an ``options``

@@ -127,9 +127,9 @@ class RelevanceJudge(Judge):
     compliance here, as in the rules; telling harmful content from a dodge is a classifier's job.
 
     ``threshold`` is fitted on the dev splits of ``data/judge_relevance.jsonl`` and
-    ``data/judge_labelled.jsonl`` only (``fit_relevance_threshold``; ``python -m safeneuron_plugins.judge
-    --fit``): midway between the highest off-topic and the lowest on-topic answer score there. A
-    threshold other than the fitted one changes the judge's name.
+    ``data/judge_labelled.jsonl`` only (``fit_relevance_threshold``; ``python -m
+    safeneuron_plugins.evaluate.judges --fit``): midway between the highest off-topic and the lowest
+    on-topic answer score there. A threshold other than the fitted one changes the judge's name.
     """
 
     name = "refusal-patterns-v2+relevance-minilm"
