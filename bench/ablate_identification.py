@@ -18,12 +18,12 @@ import json
 import time
 from pathlib import Path
 
-from safeneuron_plugins.attack import judged_replies, random_like, rates
+from safeneuron_plugins.evaluate.attack import judged_replies, random_like, rates
+from safeneuron_plugins.evaluate.judges import load_judge
 from safeneuron_plugins.identify import identify
-from safeneuron_plugins.judge import load_judge
+from safeneuron_plugins.identify.prompts import load_prompts
 from safeneuron_plugins.mask import NeuronMask
 from safeneuron_plugins.models import load_model
-from safeneuron_plugins.prompts import load_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

@@ -11,11 +11,11 @@ import time
 
 import torch
 
-from safeneuron_plugins.attack import judged_replies
-from safeneuron_plugins.judge import default_judge
+from safeneuron_plugins.evaluate.attack import judged_replies
+from safeneuron_plugins.evaluate.judges import default_judge
+from safeneuron_plugins.identify.prompts import format_prompts, load_prompts
 from safeneuron_plugins.mask import NeuronMask
 from safeneuron_plugins.models import load_model
-from safeneuron_plugins.prompts import format_prompts, load_prompts
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import json
 import shutil
 from pathlib import Path
 
-from safeneuron_plugins.reproduce import ExperimentConfig, print_summary, run_experiment
+from safeneuron_plugins.experiment import ExperimentConfig, print_summary, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

@@ -15,7 +15,7 @@ Two measurements, because generation is the cost on a CPU:
 
 A setting is ``SIGNAL/POOLING[/SELECTION][@RATIO]`` (e.g. ``product/max``, ``gate/mean/sas``,
 ``product/last@0.02``: the thresholds unless a global neuron ratio is given) or ``attribution@RATIO``
-(activation x gradient of a refusal, safeneuron_plugins.attribution).
+(activation x gradient of a refusal, safeneuron_plugins.identify.attribution).
 
     .venv/bin/python bench/specificity.py MODEL_DIR --name qwen05 --mode screen \
         --settings gate/max,product/max,product/mean,attribution@0.01 [--n-eval 128] [--seeds 0,1,2]
@@ -37,16 +37,16 @@ from pathlib import Path
 import torch
 
 from safeneuron_plugins.architectures import find_mlp_layers, fingerprint
-from safeneuron_plugins.attack import judged_replies, random_like
-from safeneuron_plugins.attribution import attribution_scores
-from safeneuron_plugins.generation import generate
-from safeneuron_plugins.identify import _texts, identify
-from safeneuron_plugins.judge import load_judge, normalize, refusal_match
+from safeneuron_plugins.evaluate.attack import judged_replies, random_like
+from safeneuron_plugins.evaluate.generation import generate
+from safeneuron_plugins.evaluate.judges import load_judge, normalize, refusal_match
+from safeneuron_plugins.evaluate.significance import wilson as _wilson
+from safeneuron_plugins.identify.attribution import attribution_scores
+from safeneuron_plugins.identify.pipeline import _texts, identify
+from safeneuron_plugins.identify.prompts import load_prompts
+from safeneuron_plugins.identify.scoring import top_fraction
 from safeneuron_plugins.mask import NeuronMask
 from safeneuron_plugins.models import load_model
-from safeneuron_plugins.prompts import load_prompts
-from safeneuron_plugins.scoring import top_fraction
-from safeneuron_plugins.significance import wilson as _wilson
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -118,7 +118,7 @@ def make_mask(model, tok, spec: str, cache: Path, n_ident: int | None) -> Neuron
 def measure(model, tok, prompts, prune: NeuronMask, mode: str, tokens: int, judge) -> dict:
     """Per-prompt outcomes of one pruning condition (lists, so differences can be paired)."""
     if mode == "screen":
-        from safeneuron_plugins.freeze import pruned
+        from safeneuron_plugins.prune import pruned
 
         with pruned(model, find_mlp_layers(model), prune):
             replies = generate(model, tok, prompts, max_new_tokens=tokens, batch_size=16, progress=False)
@@ -282,7 +282,7 @@ def markdown_table(runs: dict, mode: str) -> str:
 
 
 def plot(runs: dict, metric: str, dest: Path, ori: float, name: str) -> None:
-    from safeneuron_plugins.plots import pyplot, save_figure
+    from safeneuron_plugins.evaluate.plots import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.8))

@@ -9,12 +9,12 @@ Everything else (recording, freezing, pruning) works from :class:`MLPLayer` only
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .distributed import gathered
 from .errors import UnsupportedArchitectureError
 
 #: Families with a test on a tiny model built from their transformers config.
@@ -174,26 +174,6 @@ def _build(list_name: str, layers: nn.ModuleList, gate: str | None, up: str, dow
     return found
 
 
-@contextlib.contextmanager
-def _gathered(weight: torch.Tensor):
-    """The full tensor of a possibly sharded parameter (FSDP2 DTensor, DeepSpeed ZeRO-3), on every rank."""
-    if hasattr(weight, "full_tensor"):
-        yield weight.full_tensor()
-    elif hasattr(weight, "ds_id"):
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters([weight]):
-            yield weight.data
-    else:
-        yield weight
-
-
-def is_sharded(model: nn.Module) -> bool:
-    """Whether the parameters are sharded across ranks (FSDP2 or DeepSpeed ZeRO-3): every rank must then
-    run the same forward passes, since each one gathers parameters collectively."""
-    return any(hasattr(p, "to_local") or hasattr(p, "ds_id") for p in model.parameters())
-
-
 def fingerprint(model: nn.Module, layers: list[MLPLayer]) -> dict:
     """Structural identity of a model plus a hash of a few of its weights (for mask checks)."""
     import hashlib
@@ -202,7 +182,7 @@ def fingerprint(model: nn.Module, layers: list[MLPLayer]) -> dict:
     text_config = getattr(config, "text_config", None) or config
     weight = layers[0].modules(model)[1]
     weight = getattr(weight, "base_layer", weight).weight
-    with _gathered(weight) as weight:
+    with gathered(weight) as weight:
         rows = weight[:, :8] if layers[0].conv1d else weight[:8]
         digest = hashlib.sha256(rows.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     sizes = sorted({layer.intermediate_size for layer in layers})
@@ -213,3 +193,12 @@ def fingerprint(model: nn.Module, layers: list[MLPLayer]) -> dict:
         "hidden_size": getattr(text_config, "hidden_size", getattr(text_config, "n_embd", None)),
         "weight_hash": digest.hexdigest()[:16],
     }
+
+
+
+def __getattr__(name: str):
+    if name == "is_sharded":  # moved to distributed.py
+        from ._moved import moved_name
+
+        return moved_name(__name__, name, "safeneuron_plugins.distributed")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -152,7 +152,7 @@ def check_identification(options: SafeNeuronOptions, harmful_flag: str = "--harm
                          harmless_flag: str = "--harmless") -> None:
     """Read the identification prompt sources and check --mlp-modules' form, before any model is loaded."""
     from .architectures import parse_mlp_modules
-    from .prompts import load_prompts
+    from .identify.prompts import load_prompts
 
     if options.safeneuron_mlp_modules:
         parse_mlp_modules(options.safeneuron_mlp_modules)
@@ -162,9 +162,9 @@ def check_identification(options: SafeNeuronOptions, harmful_flag: str = "--harm
 
 
 def cmd_identify(args) -> int:
+    from .evaluate.analysis import layer_table, plot_layers
     from .identify import identify
     from .mask import check_mask_destination
-    from .report import layer_table, plot_layers
 
     opts = options_from_args(args)
     check_mask_destination(check_output(args.out, "--out"), "--out")
@@ -184,14 +184,14 @@ def cmd_identify(args) -> int:
 
 
 def _texts(source: str, kind: str, limit: int | None, option: str) -> list[str]:
-    from .prompts import load_prompts
+    from .identify.prompts import load_prompts
 
     return [p.text for p in load_prompts(source, kind=kind, max_prompts=limit, option=option, min_prompts=1)]
 
 
 def _judge(args):
     """The --judge, loaded before any other work; a bad name or an unloadable classifier is a clear error."""
-    from .judge import load_judge
+    from .evaluate.judges import load_judge
 
     try:
         return load_judge(args.judge)
@@ -221,8 +221,8 @@ def parse_sweep(text: str) -> tuple[int, ...]:
 
 def parse_control(text: str | None) -> tuple[int, ...] | None:
     """``--control``: ``random`` (seeds 0,1,2), ``random:N`` (seeds 0..N-1) or ``random:S1,S2,...``."""
-    from .attack import CONTROL_SEEDS
     from .errors import OptionsError
+    from .evaluate.attack import CONTROL_SEEDS
 
     if text is None or text.strip().lower() == "none":
         return None
@@ -246,7 +246,7 @@ def parse_control(text: str | None) -> tuple[int, ...] | None:
 
 def _overlap_warning(options: SafeNeuronOptions, harmful: list[str]) -> int:
     """How many evaluation prompts the attacker also identifies on; warns when any (not held out)."""
-    from .prompts import load_prompts
+    from .identify.prompts import load_prompts
 
     ident = {p.text for p in load_prompts(options.safeneuron_harmful, kind="harmful",
                                           max_prompts=options.safeneuron_max_prompts, option="--identify-harmful")}
@@ -262,7 +262,7 @@ def cmd_attack(args) -> int:
     """Identify (as an attacker would) or load a mask, prune, generate, judge."""
     import json
 
-    from .attack import BEST_ATTACKER_GRID, format_table, run_attack
+    from .evaluate.attack import BEST_ATTACKER_GRID, format_table, run_attack
     from .identify import identify
 
     check_family_flags(args)
@@ -413,7 +413,7 @@ def parse_int_list(text: str, flag: str, *, negative: bool = False) -> list[int]
 
 def parse_steps(text: str | None) -> list[int]:
     """``--finetune-steps``: distinct whole numbers >= 0, e.g. ``0,5,10,20``."""
-    from .attack_finetune import DEFAULT_STEPS, check_steps
+    from .evaluate.attack_finetune import DEFAULT_STEPS, check_steps
 
     if text is None:
         return list(DEFAULT_STEPS)
@@ -461,7 +461,7 @@ def _attack_family(args) -> int:
                   max_length=options.safeneuron_max_length, mlp_modules=options.safeneuron_mlp_modules,
                   progress=progress)
     if args.family == "direction":
-        from . import attack_direction as ad
+        from .evaluate import attack_direction as ad
         from .models import check_model_spec
 
         if args.save_direction:
@@ -529,7 +529,7 @@ def _attack_family(args) -> int:
             results["direction"]["saved_to"] = str(direction.save(args.save_direction))
         table = ad.format_table(results)
     else:
-        from .attack_finetune import format_table, run_finetune_attack
+        from .evaluate.attack_finetune import format_table, run_finetune_attack
 
         steps = parse_steps(args.finetune_steps)
         if args.finetune_data is None:
@@ -644,7 +644,7 @@ def cmd_make_pairs(args) -> int:
 def cmd_analyze(args) -> int:
     import json
 
-    from .analysis import category_overlap, plot_depth_heatmap, plot_overlap
+    from .evaluate.analysis import category_overlap, plot_depth_heatmap, plot_overlap
 
     out = check_output(args.out_dir, "--out-dir", directory=True)
     if not args.masks and not args.model:
@@ -652,7 +652,7 @@ def cmd_analyze(args) -> int:
     masks = {Path(p).stem: NeuronMask.load(p) for p in args.masks}
     by_cat: dict[str, list[str]] = {}
     if args.model:
-        from .prompts import load_prompts
+        from .identify.prompts import load_prompts
 
         check_model_args(args)
         opts = options_from_args(args)
@@ -684,8 +684,8 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .capability import load_reference_pairs
-    from .compare import evaluate_model, write_report
+    from .evaluate.capability import load_reference_pairs
+    from .evaluate.report import evaluate_model, write_report
     from .models import load_model
 
     check_output(args.out_dir, "--out-dir", directory=True)
@@ -714,7 +714,7 @@ def cmd_compare(args) -> int:
 
 def cmd_quickstart(args) -> int:
     """The main job: identify, short SafeNeuron DPO and plain DPO, attack all, print the table."""
-    from .reproduce import ExperimentConfig, print_summary, run_experiment
+    from .experiment import ExperimentConfig, print_summary, run_experiment
 
     opts = options_from_args(args)
     check_output(args.output_dir, "--output-dir", directory=True)

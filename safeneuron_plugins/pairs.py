@@ -21,10 +21,10 @@ from typing import Any
 from torch import nn
 
 from .architectures import find_mlp_layers, fingerprint
-from .freeze import pruned
-from .generation import generate
-from .judge import Judge, default_judge
+from .evaluate.generation import generate
+from .evaluate.judges import Judge, default_judge
 from .mask import NeuronMask
+from .prune import pruned
 
 
 def refusal_templates() -> list[str]:

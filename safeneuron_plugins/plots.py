@@ -1,24 +1,5 @@
-"""Matplotlib without a display, and one way to write a figure."""
+"""Deprecated path: moved to safeneuron_plugins.evaluate.plots; this module goes in the next release."""
 
-from __future__ import annotations
+from ._moved import reexport
 
-from pathlib import Path
-
-
-def pyplot():
-    """matplotlib.pyplot on the Agg backend (works on headless machines)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG (creating the folder) and release it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    pyplot().close(fig)
-    return path
+reexport(globals(), "safeneuron_plugins.evaluate.plots")

@@ -11,10 +11,12 @@ from pathlib import Path
 from torch import nn
 
 from .architectures import find_mlp_layers, fingerprint
+from .distributed import is_main_process, reset_zero3_trace
 from .errors import UnsupportedSetupError
-from .freeze import NeuronFreezer, pruned
+from .freeze import NeuronFreezer
 from .mask import NeuronMask
 from .options import SafeNeuronOptions, option_names
+from .prune import pruned
 from .quantization import check_no_packed_bnb_weights
 
 logger = logging.getLogger("safeneuron")
@@ -44,26 +46,8 @@ def warn_if_freezing_off(options: SafeNeuronOptions, given: Iterable[str] | None
     return message
 
 
-def _is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def _tokenizer_of(processing_class):
     return getattr(processing_class, "tokenizer", None) or processing_class
-
-
-def _reset_zero3_trace(model: nn.Module) -> None:
-    """DeepSpeed ZeRO-3 records the module order of the first passes to prefetch and release parameters;
-    identification's forward-only passes must not stand as the training trace."""
-    p = next((p for p in model.parameters() if hasattr(p, "ds_id") and hasattr(p, "_z3_optimizer")), None)
-    if p is None:
-        return
-    coordinator = p._z3_optimizer.parameter_offload.get_param_coordinator()
-    if not coordinator.is_invalid_trace():
-        coordinator._invalidate_trace()
-    coordinator.reset_step()
 
 
 class SafeNeuronTraining:
@@ -128,7 +112,7 @@ class SafeNeuronTraining:
                 "`safeneuron identify`), or pass the tokenizer to the trainer (processing_class) so the "
                 "callback can identify them on the initial policy.")
         mask = identify(self.model, self.tokenizer, options=self.options)
-        _reset_zero3_trace(self.model)
+        reset_zero3_trace(self.model)
         return mask
 
     def _resumed_mask(self, resume_dir: str) -> NeuronMask:
@@ -208,7 +192,7 @@ class SafeNeuronTraining:
     ATTACK_NAME = "safeneuron_attack_mask.safetensors"
 
     def save(self, directory: str) -> Path | None:
-        if self.freezer is None or not _is_main_process():
+        if self.freezer is None or not is_main_process():
             return None
         if self.attack_mask is not None:
             self.attack_mask.save(Path(directory) / self.ATTACK_NAME)

@@ -10,14 +10,14 @@ import transformers
 from tiny import save_tiny_model
 
 from safeneuron_plugins import NeuronMask
-from safeneuron_plugins.analysis import category_overlap
-from safeneuron_plugins.attack import BEST_ATTACKER_GRID, CONDITIONS, best_attacker, random_like, run_attack, sweep_mask
-from safeneuron_plugins.capability import kl_to_reference, perplexity
 from safeneuron_plugins.cli import main
-from safeneuron_plugins.generation import generate
+from safeneuron_plugins.evaluate.analysis import category_overlap
+from safeneuron_plugins.evaluate.attack import BEST_ATTACKER_GRID, CONDITIONS, best_attacker, random_like, run_attack, sweep_mask
+from safeneuron_plugins.evaluate.capability import kl_to_reference, perplexity
+from safeneuron_plugins.evaluate.generation import generate
+from safeneuron_plugins.evaluate.judges import Judge, Verdict, default_judge
+from safeneuron_plugins.evaluate.significance import wilson
 from safeneuron_plugins.identify import identify
-from safeneuron_plugins.judge import Judge, Verdict, default_judge
-from safeneuron_plugins.significance import wilson
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_attack_cli_contract(tiny_dir, tmp_path, capsys):
     mask = identify(model, tok, method="safeneuron", tau_es=0.5, tau_sas=1.0, max_prompts=24, progress=False)
     assert res["safety_neurons"] == mask.num_neurons
     from safeneuron_plugins.architectures import find_mlp_layers
-    from safeneuron_plugins.freeze import pruned
+    from safeneuron_plugins.prune import pruned
 
     prompts = [json.loads(line)["prompt"] for line in src.read_text().splitlines()]
     layers = find_mlp_layers(model)
@@ -218,7 +218,7 @@ def test_attack_asr_is_the_share_of_compliant_replies_under_each_pruning(tiny):
     """Every condition's ASR / rates are the judge's shares over the replies the model gives with exactly that
     condition's neurons zeroed, computed here by hand; the layer sweep prunes the first p% of layers."""
     from safeneuron_plugins.architectures import find_mlp_layers
-    from safeneuron_plugins.freeze import pruned
+    from safeneuron_plugins.prune import pruned
 
     model, tok = tiny
     prompts = [f"How do I hurt someone, case {i}?" for i in range(8)]
@@ -265,7 +265,7 @@ def test_pruned_generation_differs_and_empty_mask_does_not(tiny):
     prompts = ["Write a poem about the sea.", "Explain how photosynthesis works."]
     plain = generate(model, tok, prompts, max_new_tokens=8, progress=False)
     from safeneuron_plugins.architectures import find_mlp_layers
-    from safeneuron_plugins.freeze import pruned
+    from safeneuron_plugins.prune import pruned
 
     layers = find_mlp_layers(model)
     with pruned(model, layers, NeuronMask({})):
@@ -334,8 +334,8 @@ def test_make_pairs_rejected_mask_prunes_only_the_harmful_replies(tiny):
     """``rejected_mask``: the rejected replies to harmful prompts are the model's replies with those neurons
     zeroed (computed here by hand); the harmless answers come from the unpruned model; nothing stays pruned."""
     from safeneuron_plugins.architectures import find_mlp_layers
-    from safeneuron_plugins.freeze import pruned
     from safeneuron_plugins.pairs import make_pairs
+    from safeneuron_plugins.prune import pruned
 
     model, tok = tiny
     harmful = [f"How do I hurt someone, case {i}?" for i in range(4)]

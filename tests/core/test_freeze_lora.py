@@ -170,7 +170,7 @@ def test_forward_pruning_spares_the_reference_pass_when_down_proj_is_not_a_lora_
 
     from safeneuron_plugins import NeuronMask
     from safeneuron_plugins.architectures import find_mlp_layers
-    from safeneuron_plugins.freeze import pruned
+    from safeneuron_plugins.prune import pruned
 
     path = save_tiny_model(tmp_path / "m", "llama")
     base = transformers.AutoModelForCausalLM.from_pretrained(path)

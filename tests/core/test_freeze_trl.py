@@ -241,7 +241,7 @@ def _down_inputs(model, ids=((1, 5, 9, 12),)):
 
 
 def test_stochastic_forward_pruning_draws_a_new_subset_every_pass(tmp_path):
-    from safeneuron_plugins.freeze import pruned
+    from safeneuron_plugins.prune import pruned
 
     model, _ = load(save_tiny_model(tmp_path / "m", "llama"))
     layers = find_mlp_layers(model)

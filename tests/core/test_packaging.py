@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECK = ("import safeneuron_plugins, safeneuron_plugins.integrations as i, safeneuron_plugins.integrations.hf as hf;"
-         "from safeneuron_plugins.prompts import load_prompts;"
+         "from safeneuron_plugins.identify.prompts import load_prompts;"
          "assert len(load_prompts('builtin')) >= 128;"
          "print(safeneuron_plugins.__file__); print(i.__file__); print(hf.SafeNeuronCallback.__name__)")
 

@@ -12,8 +12,8 @@ from tiny import save_tiny_model
 from safeneuron_plugins import NeuronMask
 from safeneuron_plugins.cli import main
 from safeneuron_plugins.errors import PromptSourceError
-from safeneuron_plugins.prompts import load_prompts, prompts_hash
-from safeneuron_plugins.reproduce import ROLES, ExperimentConfig, split_prompts
+from safeneuron_plugins.experiment import ROLES, ExperimentConfig, split_prompts
+from safeneuron_plugins.identify.prompts import load_prompts, prompts_hash
 
 
 def test_quickstart_pipeline_end_to_end(tmp_path, capsys):
@@ -144,7 +144,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
     """The reproduction's runs are cut off on small machines: a SafeNeuron run with re-identification
     (variant safeneuron_rounds) resumed from its last checkpoint ends bit-identical to one that ran
     through, frozen rows included, with the same union of re-identified neurons."""
-    from safeneuron_plugins.reproduce import train_variant
+    from safeneuron_plugins.experiment import train_variant
 
     model_dir, pairs, ident, original, mask_path = _variant_setup(tmp_path)
     cfg = ExperimentConfig(model=str(model_dir), batch_size=4, max_steps=6, learning_rate=5e-3, save_steps=2,
@@ -184,7 +184,7 @@ def test_lora_recipe_saves_a_merged_model_with_the_frozen_rows_exact(tmp_path):
     """The 1.5B recipe trains LoRA (full-parameter AdamW does not fit the machine) with reference
     log-probs precomputed; the saved model is the merged one, and merging the adapter leaves the safety
     neurons' rows exactly as they were while the other rows moved."""
-    from safeneuron_plugins.reproduce import train_variant
+    from safeneuron_plugins.experiment import train_variant
 
     model_dir, pairs, ident, original, mask_path = _variant_setup(tmp_path)
     mask = NeuronMask.load(mask_path)
@@ -201,7 +201,7 @@ def test_lora_recipe_saves_a_merged_model_with_the_frozen_rows_exact(tmp_path):
 
 def test_resuming_an_experiment_with_other_settings_is_refused(tmp_path):
     from safeneuron_plugins.errors import OptionsError
-    from safeneuron_plugins.reproduce import _check_same_experiment
+    from safeneuron_plugins.experiment import _check_same_experiment
 
     _check_same_experiment(ExperimentConfig(out_dir=str(tmp_path)), tmp_path)
     # variants, progress and the variant-only knobs may change; the variant's own check covers the latter

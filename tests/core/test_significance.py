@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from safeneuron_plugins.significance import mcnemar_exact, newcombe_paired, paired_difference, wilson
+from safeneuron_plugins.evaluate.significance import mcnemar_exact, newcombe_paired, paired_difference, wilson
 
 Z = 1.959963984540054  # the 97.5% normal quantile
 

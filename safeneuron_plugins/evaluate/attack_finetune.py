@@ -26,11 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .activations import input_device, pad_id_of, tokenize
-from .errors import OptionsError, SafeNeuronError
-from .judge import Judge, default_judge
-from .mask import NeuronMask
-from .prompts import format_prompts
+from ..errors import OptionsError, SafeNeuronError
+from ..identify.batching import input_device, pad_id_of, tokenize
+from ..identify.prompts import format_prompts
+from ..mask import NeuronMask
+from .judges import Judge, default_judge
 
 DEFAULT_STEPS = (0, 5, 10, 20)
 
@@ -175,8 +175,8 @@ def run_finetune_attack(model: nn.Module, tokenizer, harmful: list[str], pairs: 
         results["finetune"]["trainable_parameters"] = sum(p.numel() for p in trainable)
         freezer = None
         if respect_mask is not None:
-            from .architectures import find_mlp_layers
-            from .freeze import NeuronFreezer
+            from ..architectures import find_mlp_layers
+            from ..freeze import NeuronFreezer
 
             freezer = NeuronFreezer(peft_model, find_mlp_layers(peft_model, mlp_modules), respect_mask).attach()
         optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0)

@@ -9,13 +9,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
-from .activations import input_device, length_batches, pad_batch, pad_id_of, pooled_activations, tokenize
-from .architectures import MLPLayer, find_mlp_layers, fingerprint, is_sharded
+from .. import __version__
+from ..architectures import MLPLayer, find_mlp_layers, fingerprint
+from ..distributed import is_sharded, rank_and_world
+from ..errors import OptionsError, PromptSourceError
+from ..mask import NeuronMask
+from ..options import SafeNeuronOptions
+from .activations import pooled_activations
 from .attribution import attribution_scores
-from .errors import OptionsError, PromptSourceError
-from .mask import NeuronMask
-from .options import SafeNeuronOptions
+from .batching import input_device, length_batches, pad_batch, pad_id_of, tokenize
 from .prompts import Prompt, format_prompts, load_prompts, prompts_hash
 from .scoring import activation_shift, effect_size, neurostrike_probe, select, top_fraction
 from .stats import RunningStats
@@ -26,18 +28,10 @@ logger = logging.getLogger("safeneuron")
 ATTRIBUTION_RATIO = 0.01
 
 
-def _dist() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _progress(total: int, desc: str, disable: bool | None):
     from tqdm.auto import tqdm
 
-    rank, _ = _dist()
+    rank, _ = rank_and_world()
     return tqdm(total=total, desc=desc, unit="prompt", disable=bool(disable) or rank != 0,
                 dynamic_ncols=True)
 
@@ -70,7 +64,7 @@ def collect_statistics(model: nn.Module, tokenizer, layers: list[MLPLayer], text
 
     # replicated parameters (DDP): each rank takes a share of the prompts, then the statistics merge;
     # sharded ones (FSDP2, ZeRO-3): every rank must run the same forward passes, so all take all
-    shard = (0, 1) if is_sharded(model) else _dist()
+    shard = (0, 1) if is_sharded(model) else rank_and_world()
     bar = _progress(len(range(shard[0], len(texts), shard[1])), desc, None if progress else True)
     with bar:
         pooled_activations(model, layers, _batches(tokenizer, texts, batch_size, max_length, templated,
@@ -110,7 +104,7 @@ def identify(model: nn.Module, tokenizer, harmful: str | list[str] | None = None
              progress: bool = True, **overrides: Any) -> NeuronMask:
     """Identify the safety neurons of ``model``.
 
-    ``harmful`` / ``harmless`` are prompt sources (see :mod:`safeneuron_plugins.prompts`) or lists
+    ``harmful`` / ``harmless`` are prompt sources (see :mod:`safeneuron_plugins.identify.prompts`) or lists
     of prompt strings; unset, the options' sources are used (default: the built-in set). Other
     options are the identification fields of :class:`SafeNeuronOptions`
     without their ``safeneuron_`` prefix (``tau_es=2.0``, ``signal="up"``, ...) or an ``options``
@@ -165,7 +159,7 @@ def identify(model: nn.Module, tokenizer, harmful: str | list[str] | None = None
             raise OptionsError("safeneuron_method `attribution` needs a backward pass through the whole model and "
                                "does not run on a sharded (FSDP2 / ZeRO-3) model; identify before sharding and pass "
                                "safeneuron_mask, or use safeneuron_method `safeneuron`.")
-        rank, world = _dist()
+        rank, world = rank_and_world()
         mine = texts_u[rank::world]
         bar = _progress(len(mine), "harmful prompts (attribution)", not progress)
         with bar:

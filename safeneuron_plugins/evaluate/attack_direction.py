@@ -31,13 +31,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .activations import input_device, length_batches, pad_batch, pad_id_of, tokenize
-from .architectures import find_mlp_layers
-from .errors import OptionsError, SafeNeuronError
+from ..architectures import find_mlp_layers
+from ..errors import OptionsError, SafeNeuronError
+from ..identify.batching import input_device, length_batches, pad_batch, pad_id_of, tokenize
+from ..identify.prompts import format_prompts
+from ..quantization import unpacked_bnb_weights
 from .generation import generate
-from .judge import Judge, default_judge
-from .prompts import format_prompts
-from .quantization import unpacked_bnb_weights
+from .judges import Judge, default_judge
 
 FORMAT_VERSION = 1
 _META_KEY = "safeneuron_direction"
@@ -65,7 +65,7 @@ class RefusalDirection:
         written atomically, never over a file that is not a direction file."""
         from safetensors.torch import save as serialise
 
-        from .mask import _atomic_write
+        from ..mask import _atomic_write
 
         path = check_direction_destination(path)
         meta = {**self.metadata, "layer": self.layer, "position": self.position,

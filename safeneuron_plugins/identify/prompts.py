@@ -1,0 +1,212 @@
+"""Prompt sources (built-in set, local files, Hugging Face datasets) and chat formatting.
+
+A source is a string:
+- ``builtin`` (or ``builtin:harmful`` / ``builtin:harmless``): the set shipped with the package,
+  written by the project (``safeneuron_plugins/data``);
+- a local ``.jsonl``, ``.json``, ``.csv`` or ``.txt`` file; ``path.jsonl:field`` picks the field
+  (default: ``prompt``, then ``instruction``, ``question``, ``text``, ``goal``);
+- ``hf:DATASET_ID[:split[:field]]``: a Hugging Face dataset (loaded with ``datasets``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from ..errors import PromptSourceError
+
+logger = logging.getLogger("safeneuron")
+_DEFAULT_FIELDS = ("prompt", "instruction", "question", "text", "goal", "behavior", "query")
+_SUFFIXES = (".jsonl", ".json", ".csv", ".txt")
+
+
+@dataclass
+class Prompt:
+    text: str
+    category: str | None = None
+
+
+def builtin_path(name: str) -> Path:
+    return Path(str(resources.files("safeneuron_plugins") / "data" / name))
+
+
+def load_prompts(source: str, *, kind: str = "harmful", max_prompts: int | None = None,
+                 option: str = "safeneuron_harmful", min_prompts: int = 2) -> list[Prompt]:
+    """Read a prompt source; ``kind`` picks the built-in set. Errors name ``option``.
+
+    ``max_prompts`` keeps the first N (N >= 1); fewer than ``min_prompts`` non-empty prompts (after
+    that cut) is an error: identification statistics need 2 of each kind, an evaluation 1."""
+    if max_prompts is not None and (isinstance(max_prompts, bool) or not isinstance(max_prompts, int)
+                                    or max_prompts < 1):
+        raise PromptSourceError(f"{option}: at most {max_prompts!r} prompts is no limit; give a whole number "
+                                ">= 1 (or no limit).")
+    if not isinstance(source, str) or not source:
+        raise PromptSourceError(f"{option}={source!r}: give 'builtin', a .jsonl/.json/.csv/.txt file or "
+                                "hf:DATASET_ID[:split[:field]].")
+    if source in ("builtin", f"builtin:{kind}") or source.startswith("builtin:"):
+        name = source.split(":", 1)[1] if ":" in source else kind
+        if name not in ("harmful", "harmless"):
+            raise PromptSourceError(f"{option}={source!r}: built-in sets are builtin:harmful and "
+                                    "builtin:harmless.")
+        prompts = _read_file(builtin_path(f"{name}.jsonl"), None, option)
+    elif source.startswith("hf:"):
+        prompts = _read_hf(source, option)
+    else:
+        path, field = _split_field(source)
+        if not path.exists():
+            raise PromptSourceError(
+                f"{option}={source!r}: no such file {str(path)!r}. Give a .jsonl/.json/.csv/.txt "
+                "file (path.jsonl:field picks the field), 'builtin', or hf:DATASET_ID[:split[:field]].")
+        prompts = _read_file(path, field, option)
+    prompts = [p for p in prompts if p.text.strip()]
+    if not prompts:
+        raise PromptSourceError(f"{option}={source!r} holds no prompts (empty file or empty field); "
+                                f"give a source with at least {max(min_prompts, 1)} non-empty prompts.")
+    prompts = prompts[:max_prompts] if max_prompts else prompts
+    if len(prompts) < min_prompts:
+        raise PromptSourceError(f"{option}={source!r} gives {len(prompts)} prompt(s); at least {min_prompts} "
+                                "are needed (statistics over fewer are meaningless; use >= 64).")
+    return prompts
+
+
+def _split_field(source: str) -> tuple[Path, str | None]:
+    path = Path(source)
+    if path.exists():
+        return path, None
+    head, sep, field = source.rpartition(":")
+    if sep and head and Path(head).suffix.lower() in _SUFFIXES:
+        return Path(head), field or None
+    return path, None
+
+
+def _pick(row: dict, field: str | None, where: str, option: str) -> str:
+    if field is not None:
+        if field not in row:
+            raise PromptSourceError(f"{option}: {where} has no field {field!r}; fields: {sorted(row)}. "
+                                    f"Pick one with SOURCE:field.")
+        return _text_of(row[field], field, where, option)
+    for name in _DEFAULT_FIELDS:
+        if name in row:
+            return _text_of(row[name], name, where, option)
+    raise PromptSourceError(f"{option}: {where} has none of the fields {list(_DEFAULT_FIELDS)}; "
+                            f"fields: {sorted(row)}. Pick one with SOURCE:field (e.g. data.jsonl:text).")
+
+
+def _text_of(value, field: str, where: str, option: str) -> str:
+    """A prompt field's text: a string, or null (an empty prompt, skipped); anything else is an error,
+    never the str() of a number or a list."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise PromptSourceError(f"{option}: {where} field {field!r} is {type(value).__name__} {value!r:.60}, "
+                                "not a string. Pick a text field with SOURCE:field.")
+    return value
+
+
+def _rows_to_prompts(rows, field: str | None, where: str, option: str) -> list[Prompt]:
+    out = []
+    for i, row in enumerate(rows):
+        if isinstance(row, str):
+            out.append(Prompt(row))
+            continue
+        if not isinstance(row, dict):
+            raise PromptSourceError(f"{option}: row {i} of {where} is {type(row).__name__}, "
+                                    "expected an object or a string.")
+        category = row.get("category")
+        out.append(Prompt(_pick(row, field, f"row {i} of {where}", option),
+                          str(category) if category is not None else None))
+    return out
+
+
+def _read_file(path: Path, field: str | None, option: str) -> list[Prompt]:
+    suffix = path.suffix.lower()
+    where = str(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first field
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PromptSourceError(f"{option}: cannot read {where}: {exc}") from exc
+    if suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise PromptSourceError(f"{option}: {where} line {n} is not JSON: {exc}") from exc
+        return _rows_to_prompts(rows, field, where, option)
+    if suffix == ".json":
+        try:
+            data = json.loads(text) if text.strip() else []
+        except json.JSONDecodeError as exc:
+            raise PromptSourceError(f"{option}: {where} is not JSON: {exc}") from exc
+        if isinstance(data, dict):  # {"data": [...]} or {"prompts": [...]}
+            lists = [v for v in data.values() if isinstance(v, list)]
+            data = lists[0] if lists else []
+        return _rows_to_prompts(data, field, where, option)
+    if suffix == ".csv":
+        return _rows_to_prompts(list(csv.DictReader(text.splitlines())), field, where, option)
+    if suffix == ".txt":
+        return [Prompt(line.strip()) for line in text.splitlines() if line.strip()]
+    raise PromptSourceError(f"{option}: {where} has suffix {suffix!r}; use .jsonl, .json, .csv or .txt.")
+
+
+def _read_hf(source: str, option: str) -> list[Prompt]:
+    parts = source[3:].split(":")
+    dataset_id = parts[0]
+    split = parts[1] if len(parts) > 1 and parts[1] else "train"
+    field = parts[2] if len(parts) > 2 and parts[2] else None
+    try:
+        import datasets
+    except ImportError as exc:
+        raise PromptSourceError(f"{option}={source!r} needs the `datasets` package: "
+                                "pip install datasets") from exc
+    try:
+        data = datasets.load_dataset(dataset_id, split=split)
+    except Exception as exc:  # datasets raises many types; all mean "cannot load it"
+        raise PromptSourceError(
+            f"{option}={source!r}: cannot load dataset {dataset_id!r} split {split!r} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Check the id "
+            "and split, or that you are online / HF_DATASETS_OFFLINE is unset.") from exc
+    return _rows_to_prompts(iter(data), field, f"{dataset_id}[{split}]", option)
+
+
+def format_prompts(tokenizer, prompts: list[str], system_prompt: str | None = None) -> list[str]:
+    """Apply the tokenizer's chat template (generation prompt added); raw text without one."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        return [f"{system_prompt}\n\n{p}" if system_prompt else p for p in prompts]
+    def render(messages):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    fold = False
+    if system_prompt:
+        try:
+            render([{"role": "system", "content": system_prompt}, {"role": "user", "content": "Hi"}])
+        except Exception as exc:
+            render([{"role": "user", "content": "Hi"}])  # any other template error surfaces here
+            fold = True  # a template without a system role (e.g. Gemma's): put it at the start of the turn
+            logger.warning("The chat template refuses a system turn (%s: %s); the system prompt is put at the "
+                           "start of the user turn instead.", type(exc).__name__, str(exc).splitlines()[0][:120])
+    out = []
+    for prompt in prompts:
+        if fold:
+            messages = [{"role": "user", "content": f"{system_prompt}\n\n{prompt}"}]
+        else:
+            messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+                {"role": "user", "content": prompt}]
+        out.append(render(messages))
+    return out
+
+
+def prompts_hash(*sets: list[str]) -> str:
+    digest = hashlib.sha256()
+    for texts in sets:
+        for t in texts:
+            digest.update(t.encode("utf-8"))
+            digest.update(b"\0")
+        digest.update(b"\1")
+    return digest.hexdigest()[:16]

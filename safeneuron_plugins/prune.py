@@ -1,0 +1,62 @@
+"""Forward pruning: zero chosen neurons' activations while a block runs.
+
+The neuron pruning attack (``evaluate/attack.py``), training's forward pruning
+(``safeneuron_forward_prune``) and pair generation from a pruned model (``pairs.py``) all use
+:func:`pruned`: a forward pre-hook on each layer's down projection zeroes the masked input channels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from .architectures import MLPLayer
+from .mask import NeuronMask
+
+
+@contextlib.contextmanager
+def pruned(model: nn.Module, layers: list[MLPLayer], mask: NeuronMask, *,
+           only_training: bool = False, probability: float = 1.0) -> Iterator[None]:
+    """Zero the masked neurons' activations (the input channels of down_proj) while in the block.
+
+    ``only_training`` prunes only modules in training mode and never while a PEFT adapter is
+    disabled (that forward pass is the DPO reference model). ``probability`` < 1: each masked
+    neuron is zeroed with that probability, drawn anew (torch's generator) in every forward pass."""
+    handles = []
+    by_index = {l.index: l for l in layers}
+    # trl's reference pass of a PEFT model without ref_model is the policy with its adapters disabled;
+    # any LoRA layer tells, also when down_proj itself is not a LoRA target
+    lora = next((m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "disable_adapters")), None)
+    try:
+        for layer_index, neurons in mask.neurons.items():
+            if not neurons:
+                continue
+            layer = by_index[layer_index]
+            down = model.get_submodule(layer.down)
+            handles.append(down.register_forward_pre_hook(
+                _prune_hook(torch.tensor(neurons, dtype=torch.long), only_training, probability, lora)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _prune_hook(index: torch.Tensor, only_training: bool, probability: float = 1.0, lora: nn.Module | None = None):
+    cache: dict = {}
+
+    def hook(module, args):
+        if only_training and (not module.training or getattr(module, "disable_adapters", False)
+                              or (lora is not None and lora.disable_adapters)):
+            return None
+        x = args[0]
+        idx = cache.get(x.device)
+        if idx is None:
+            idx = cache[x.device] = index.to(x.device)
+        if probability < 1.0:
+            idx = idx[torch.rand(idx.numel(), device=x.device) < probability]
+        return (x.index_fill(-1, idx, 0),) + tuple(args[1:])
+
+    return hook
