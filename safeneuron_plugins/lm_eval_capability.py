@@ -211,14 +211,19 @@ def lm_eval_scores(model: nn.Module, tokenizer, tasks: str | list[str], *, mask:
         layers = find_mlp_layers(model, mlp_modules)
         for warning in mask.check_compatible(fingerprint(model, layers), what="--mask"):
             logging.getLogger("safeneuron").warning(warning)
-    was_training = model.training
-    with _quiet_lm_eval(quiet):
-        lm = _LM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-        with _pruned(model, layers, mask):
-            raw = simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit, num_fewshot=num_fewshot,
-                                  batch_size=batch_size, apply_chat_template=apply_chat_template,
-                                  bootstrap_iters=bootstrap_iters, log_samples=True, confirm_run_unsafe_code=False)
-    model.train(was_training)
+    was_training = model.training  # HFLM puts the model in eval mode; put it back as it was
+    rng = _rng_state()  # simple_evaluate seeds python, numpy and torch (for reproducible scores); restored after
+    try:
+        with _quiet_lm_eval(quiet):
+            lm = _LM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+            with _pruned(model, layers, mask):
+                raw = simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit,
+                                      num_fewshot=num_fewshot, batch_size=batch_size,
+                                      apply_chat_template=apply_chat_template, bootstrap_iters=bootstrap_iters,
+                                      log_samples=True, confirm_run_unsafe_code=False)
+    finally:
+        model.train(was_training)
+        _set_rng_state(rng)
     task_results: dict[str, Any] = {}
     for name, result in raw["results"].items():
         docs = raw.get("samples", {}).get(name, [])
@@ -246,6 +251,26 @@ def lm_eval_scores(model: nn.Module, tokenizer, tasks: str | list[str], *, mask:
         "include_path": str(include_path) if include_path is not None else None,
         "pruned_neurons": mask.num_neurons if mask is not None else 0,
     }
+
+
+def _rng_state():
+    import random
+
+    import numpy as np
+    import torch
+
+    return random.getstate(), np.random.get_state(), torch.get_rng_state()
+
+
+def _set_rng_state(state) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.setstate(state[0])
+    np.random.set_state(state[1])
+    torch.set_rng_state(state[2])
 
 
 @contextlib.contextmanager
@@ -324,10 +349,11 @@ def report_intro(models: dict[str, dict[str, Any]]) -> str:
         return ""
     first = scored[0]
     shots = first.get("num_fewshot")
+    limit = f", at most {first['limit']}" if first.get("limit") else ""
+    fewshot = "each task's own few-shot setting" if shots is None else f"{shots}-shot"
     return (f"Scored by lm-evaluation-harness {first['lm_eval_version']} in this process (value ± lm_eval's "
-            f"standard error; n documents per task{f', at most {first['limit']}' if first.get('limit') else ''}; "
-            f"{'the tasks’ own few-shot setting' if shots is None else f'{shots}-shot'}). \"FULL(SN-)\": with the "
-            "model's safety neurons (the attack's FULL(SN-) mask) pruned: capability under the pruning attack.")
+            f"standard error; n documents per task{limit}; {fewshot}). \"FULL(SN-)\": with the model's safety "
+            "neurons (the attack's FULL(SN-) mask) pruned: capability under the pruning attack.")
 
 
 def report_section(models: dict[str, dict[str, Any]], fmt: str = "md") -> str:

@@ -39,12 +39,12 @@ def tiny(tiny_dir):
 
 @pytest.fixture(scope="module")
 def heavy_mask(tiny, tmp_path_factory):
-    """Half of every layer's MLP neurons, saved with this model's fingerprint."""
+    """Every MLP neuron of the first layer (a mask that changes this model's choices on the first items),
+    saved with this model's fingerprint."""
     model, _ = tiny
     layers = find_mlp_layers(model)
-    mask = NeuronMask({l.index: list(range(0, 64, 2)) for l in layers},
-                      metadata={"fingerprint": fingerprint(model, layers)})
-    path = tmp_path_factory.mktemp("mask") / "half.safetensors"
+    mask = NeuronMask({0: list(range(64))}, metadata={"fingerprint": fingerprint(model, layers)})
+    path = tmp_path_factory.mktemp("mask") / "layer0.safetensors"
     mask.save(path)
     return mask, path
 
@@ -126,7 +126,7 @@ def test_capability_cli(tiny, tiny_dir, heavy_mask, tmp_path, capsys):
     assert main(["capability", str(tiny_dir), "--lm-eval", TASK, "--lm-eval-include", str(TASKS),
                  "--limit", str(LIMIT), "--mask", str(mask_path), "--out", str(pruned_out), "--quiet"]) == 0
     res = json.loads(pruned_out.read_text())
-    assert res["pruned_neurons"] == mask.num_neurons == 96 and res["mask"] == str(mask_path)
+    assert res["pruned_neurons"] == mask.num_neurons == 64 and res["mask"] == str(mask_path)
     assert res["tasks"][TASK]["metrics"]["acc"]["value"] == pytest.approx(by_hand(model, tok, mask)[1])
     assert res["tasks"][TASK]["metrics"]["acc"]["value"] != pytest.approx(plain)
 
