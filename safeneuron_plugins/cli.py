@@ -6,7 +6,8 @@
     safeneuron judge --input replies.jsonl --output verdicts.jsonl
     safeneuron make-pairs MODEL --out pairs.jsonl
     safeneuron analyze MASK [MASK ...] | --model MODEL --by-category
-    safeneuron compare ORIGINAL BASELINE SAFENEURON ... --out-dir report/
+    safeneuron compare ORIGINAL BASELINE SAFENEURON ... --out-dir report/ [--lm-eval TASKS]
+    safeneuron capability MODEL --lm-eval TASKS [--lm-eval-include DIR] [--mask M] --out results.json
     safeneuron quickstart            # the README's main job on the default model
     safeneuron options [--markdown]  # every safeneuron_* option with its documentation
 
@@ -428,7 +429,7 @@ def _direction_prompts(options: SafeNeuronOptions, harmful: list[str], n_val: in
     """The direction's harmful (means), validation and harmless prompts; evaluation prompts are left out."""
     import random
 
-    from .prompts import load_prompts
+    from .identify.prompts import load_prompts
 
     evaluation = set(harmful)
     pool = [p.text for p in load_prompts(options.safeneuron_harmful, kind="harmful",
@@ -697,6 +698,7 @@ def cmd_compare(args) -> int:
     check_identification(opts, "--identify-harmful", "--identify-harmless")
     _overlap_warning(opts, harmful)
     judge = _judge(args)
+    lm_tasks = _check_lm_eval_args(args)
     reference = None
     results = {}
     for spec in args.models:
@@ -705,11 +707,85 @@ def cmd_compare(args) -> int:
                                        reference_pairs=pairs, reference=reference, options=opts, judge=judge,
                                        max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size,
                                        progress=not args.quiet)
+        if lm_tasks:
+            results[spec].update(_compare_lm_eval(args, model, tokenizer, lm_tasks, results[spec]["_mask"],
+                                                  opts.safeneuron_mlp_modules))
         if reference is None:
             reference = model
     path = write_report(results, args.out_dir, fmt=args.format)
     print(f"report: {path}")
     return 0
+
+
+def _check_lm_eval_args(args) -> list[str] | None:
+    """--lm-eval's task names, checked (lm_eval installed, names known, --lm-eval-include a task directory)
+    before any model is loaded; None without --lm-eval (its companion flags are then an error)."""
+    if args.lm_eval is None:
+        for dest, flag in (("lm_eval_include", "--lm-eval-include"), ("lm_eval_limit", "--lm-eval-limit"),
+                           ("lm_eval_pruned", "--lm-eval-pruned")):
+            if getattr(args, dest, None):
+                raise OptionsError(f"{flag} belongs to --lm-eval TASKS; add --lm-eval or drop {flag}.")
+        return None
+    from .evaluate.lm_eval_capability import check_tasks, parse_tasks, require_lm_eval
+
+    require_lm_eval("--lm-eval")
+    tasks = parse_tasks(args.lm_eval)
+    check_tasks(tasks, args.lm_eval_include)
+    return tasks
+
+
+def _compare_lm_eval(args, model, tokenizer, tasks: list[str], mask: NeuronMask, mlp_modules: str | None) -> dict:
+    """compare --lm-eval: the model's lm-evaluation-harness scores, and with --lm-eval-pruned also under the
+    attack's FULL(SN-) mask (its safety neurons re-identified on it)."""
+    from .evaluate.lm_eval_capability import lm_eval_scores
+
+    kw = dict(include_path=args.lm_eval_include, limit=args.lm_eval_limit, mlp_modules=mlp_modules,
+              progress=not args.quiet)
+    scores = {"lm_eval": lm_eval_scores(model, tokenizer, tasks, **kw)}
+    if args.lm_eval_pruned:
+        scores["lm_eval_full"] = lm_eval_scores(model, tokenizer, tasks, mask=mask.subset("full"), **kw)
+    return scores
+
+
+def cmd_capability(args) -> int:
+    """lm-evaluation-harness scores of a model, optionally with a mask's neurons pruned while it runs."""
+    import json
+
+    from .evaluate.lm_eval_capability import format_scores, lm_eval_scores
+
+    out = check_output(args.out, "--out")
+    check_model_args(args)
+    tasks = _check_lm_eval_args(args)
+    if args.mlp_modules:
+        from .architectures import parse_mlp_modules
+
+        parse_mlp_modules(args.mlp_modules)
+    mask = NeuronMask.load(args.mask) if args.mask else None
+    model, tokenizer = _load(args)
+    if mask is not None:
+        for warning in mask.check_compatible(_fingerprint(model, args.mlp_modules), what="--mask"):
+            print(f"warning: {warning}", file=sys.stderr)
+    start = time.perf_counter()
+    scores = lm_eval_scores(model, tokenizer, tasks, mask=mask, include_path=args.lm_eval_include,
+                            limit=args.limit, batch_size=args.batch_size, num_fewshot=args.num_fewshot,
+                            apply_chat_template=args.chat_template, mlp_modules=args.mlp_modules,
+                            progress=not args.quiet)
+    result = {"model": args.model, "mask": args.mask, **scores, "seconds": round(time.perf_counter() - start, 1)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    pruned = f", {scores['pruned_neurons']} neurons of {args.mask} pruned" if mask is not None else ""
+    print(format_scores(scores, f"{args.model}{pruned} (lm-evaluation-harness {scores['lm_eval_version']}):"))
+    print(f"wrote {out}")
+    return 0
+
+
+def add_lm_eval_flags(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    g = parser.add_argument_group("capability through lm-evaluation-harness (pip install 'safeneuron-plugins[lm-eval]')")
+    g.add_argument("--lm-eval", default=None, required=required, metavar="TASKS",
+                   help="comma-separated lm-evaluation-harness tasks, e.g. arc_easy,truthfulqa_mc2,gsm8k (their data "
+                        "come from the Hugging Face hub or its cache), or tasks of --lm-eval-include")
+    g.add_argument("--lm-eval-include", default=None, metavar="DIR",
+                   help="a directory of lm-evaluation-harness task YAML files (local tasks, e.g. tests/data/lm_eval_tasks)")
 
 
 def cmd_quickstart(args) -> int:
@@ -845,8 +921,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default=None)
     add_eval_flags(p)
+    add_lm_eval_flags(p)
+    p.add_argument("--lm-eval-limit", type=_POSITIVE, default=None, metavar="N",
+                   help="with --lm-eval: at most N documents per task")
+    p.add_argument("--lm-eval-pruned", action="store_true",
+                   help="with --lm-eval: also score each model with its FULL(SN-) safety neurons pruned (as many "
+                        "lm_eval runs again)")
     add_identify_flags(p, _ATTACKER_FLAGS)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("capability", help="capability through lm-evaluation-harness, optionally with a mask pruned")
+    add_model_flags(p)
+    add_lm_eval_flags(p, required=True)
+    p.add_argument("--mask", default=None, help="prune this mask's neurons while lm_eval runs (capability under the "
+                                                "pruning attack); the weights are left as they were")
+    p.add_argument("--mlp-modules", default=None, help="where the MLP neurons are, for --mask on an architecture "
+                                                       "not recognised (as in identify)")
+    p.add_argument("--limit", type=_POSITIVE, default=None, metavar="N", help="at most N documents per task")
+    p.add_argument("--num-fewshot", type=_number(int, 0), default=None,
+                   help="few-shot examples per prompt (default: each task's own setting, else 0)")
+    p.add_argument("--batch-size", type=_POSITIVE, default=8, help="lm_eval's batch size (default: 8)")
+    p.add_argument("--chat-template", action="store_true",
+                   help="format prompts with the model's chat template (lm_eval's --apply_chat_template)")
+    p.add_argument("--out", required=True, help="results JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, lm_eval logs errors only")
+    p.set_defaults(func=cmd_capability)
 
     p = sub.add_parser("quickstart", help="the main job: SafeNeuron DPO vs plain DPO under the pruning attack")
     add_model_flags(p, default="default")

@@ -176,6 +176,8 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
             for g in m.get("generations", []):
                 f.write(json.dumps({"model": name, **g}) + "\n")
 
+    from .lm_eval_capability import report_section  # lm-evaluation-harness scores (compare --lm-eval)
+
     if fmt == "html":
         def table(head, body):
             cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
@@ -186,6 +188,7 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
                f"judge <b>{html.escape(judge)}</b>.{html.escape(counts)}</p>{table(header, rows)}"
                + (f"<h2>Paired comparisons</h2><p>{html.escape(paired_intro)}</p>{table(paired_head, paired_body)}"
                   if paired_body else "")
+               + report_section(models, "html")
                + (f"<h2>Layer sweep (FULL(SN-) in the first p% of layers)</h2>"
                   f"{table(['model', *[k + '%' for k in sweep_keys]], sweep_rows)}" if sweep_keys else "")
                + "<p><img src='asr.png'></p>" + ("<p><img src='layers.png'></p>" if masks else "") +
@@ -197,6 +200,7 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
         doc = (f"# {title}\n\nASR = share of harmful prompts answered with compliance, judged by "
                f"`{judge}` (refusals and evasive replies are not successes).{counts}\n\n{md(header, rows)}\n\n"
                + (f"## Paired comparisons\n\n{paired_intro}\n\n{md(paired_head, paired_body)}\n\n" if paired_body else "")
+               + report_section(models, "md")
                + (f"## Layer sweep: FULL(SN-) pruned in the first p% of layers\n\n"
                   f"{md(['model', *[k + '%' for k in sweep_keys]], sweep_rows)}\n\n" if sweep_keys else "")
                + "![ASR](asr.png)\n\n" +
