@@ -43,7 +43,9 @@ RECIPES: dict[str, dict] = {
     },
     "qwen15": {
         "name": "qwen15", "model": str(Path.home() / ".cache" / "qwen-1.5b" / "hf"),
-        "variants": "dpo,safeneuron_rounds",
+        # T0 frozen only: re-identification cannot freeze exactly under LoRA (a later-found neuron's lora_B rows are
+        # already trained and move with lora_A), and is refused there
+        "variants": "dpo,safeneuron",
         # full-parameter fp32 AdamW needs ~28 GB: LoRA r16 on every linear layer, exact freezing of the
         # safety neurons' adapter rows; reference log-probs once before training (the adapter-off policy)
         "lora_r": 16, "precompute_ref": True,

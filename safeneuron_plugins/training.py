@@ -77,6 +77,15 @@ class SafeNeuronTraining:
         self.tokenizer = _tokenizer_of(processing_class)
         layers = find_mlp_layers(model, o.safeneuron_mlp_modules)
         check_no_packed_bnb_weights(model)
+        if (o.safeneuron_reidentify_steps or o.safeneuron_reidentify_on_epoch_end) and any(
+                hasattr(m, "lora_A") for m in model.modules()):
+            # a neuron found in a later round already has non-zero lora_B rows; B[i] @ A moves with lora_A, which
+            # keeps training for the other neurons, so its weights could not be held exactly
+            raise UnsupportedSetupError(
+                "safeneuron_reidentify_steps / safeneuron_reidentify_on_epoch_end with a LoRA adapter: a neuron "
+                "found after training started has adapter rows the training already changed, and their update "
+                "keeps moving with lora_A, so it cannot be frozen exactly. Freeze the initial mask only (unset "
+                "the re-identification options), or train full parameters to re-identify.")
         fp = fingerprint(model, layers)
         mask = self._resumed_mask(resume_dir) if resume_dir else None
         if mask is None and o.safeneuron_mask:

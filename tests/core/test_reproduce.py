@@ -197,6 +197,14 @@ def test_lora_recipe_saves_a_merged_model_with_the_frozen_rows_exact(tmp_path):
     before, after = frozen_rows(original, mask), frozen_rows(trained, mask)
     assert all(torch.equal(before[k][0], after[k][0]) for k in before)
     assert all(not torch.equal(before[k][1], after[k][1]) for k in before), "LoRA moved the other rows"
+    # re-identifying under LoRA is refused before the first step: a neuron found later already has trained
+    # lora_B rows whose update moves with lora_A (the qwen15 run crashed at its first re-identification)
+    from dataclasses import replace
+
+    from safeneuron_plugins.errors import UnsupportedSetupError
+    with pytest.raises(UnsupportedSetupError, match="safeneuron_reidentify_steps.*LoRA"):
+        train_variant(replace(cfg, reidentify_steps=2), "safeneuron_rounds", pairs, mask_path, tmp_path / "rounds")
+    assert not list((tmp_path / "rounds").glob("checkpoint-*"))
 
 
 def test_resuming_an_experiment_with_other_settings_is_refused(tmp_path):
