@@ -67,9 +67,11 @@ class SafeNeuronOptions:
     safeneuron_reidentify_steps: int | None = _opt(
         None,
         "Iterative mode: every N optimizer steps, re-identify on the current model and freeze the "
-        "union with the earlier set (already frozen rows keep their original values).", low=1)
+        "union with the earlier set (already frozen rows keep their original values). Full parameters "
+        "only: refused with a LoRA adapter, whose rows of a neuron found later are already trained.", low=1)
     safeneuron_reidentify_on_epoch_end: bool = _opt(
-        False, "Iterative mode: re-identify at the end of every epoch (union with the earlier set).")
+        False, "Iterative mode: re-identify at the end of every epoch (union with the earlier set); full "
+        "parameters only, as safeneuron_reidentify_steps.")
     safeneuron_output_name: str = _opt(
         "safeneuron_mask.safetensors",
         "File name of the mask in force, written to output_dir and to every checkpoint.")
