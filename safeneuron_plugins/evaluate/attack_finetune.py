@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import OptionsError, SafeNeuronError
-from ..identify.batching import input_device, pad_id_of, tokenize
+from ..identify.batching import input_device, pad_batch, pad_id_of, tokenize
 from ..identify.prompts import format_prompts
 from ..mask import NeuronMask
 from .judges import Judge, default_judge
@@ -94,15 +94,10 @@ def lora_adapter(model: nn.Module, *, r: int = 8, alpha: int | None = None, targ
 
 
 def _batch(examples: list[tuple[list[int], list[int]]], pad: int, device):
-    width = max(len(s) for s, _ in examples)
-    ids = torch.full((len(examples), width), pad, dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, (seq, lab) in enumerate(examples):
-        ids[row, :len(seq)] = torch.tensor(seq)
-        labels[row, :len(lab)] = torch.tensor(lab)
-        mask[row, :len(seq)] = 1
-    return ids.to(device), mask.to(device), labels.to(device)
+    """Right-padded input ids, attention mask and labels (-100 on padding and prompt tokens)."""
+    ids, mask = pad_batch([seq for seq, _ in examples], pad, device)
+    labels, _ = pad_batch([lab for _, lab in examples], -100, device)
+    return ids, mask, labels
 
 
 def run_finetune_attack(model: nn.Module, tokenizer, harmful: list[str], pairs: Sequence[Mapping[str, str]], *,

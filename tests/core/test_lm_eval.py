@@ -19,8 +19,8 @@ from tiny import save_tiny_model
 from safeneuron_plugins import NeuronMask
 from safeneuron_plugins.architectures import find_mlp_layers, fingerprint
 from safeneuron_plugins.cli import main
-from safeneuron_plugins.freeze import pruned
 from safeneuron_plugins.models import load_model
+from safeneuron_plugins.prune import pruned
 
 TASKS = Path(__file__).resolve().parents[1] / "data" / "lm_eval_tasks"
 TASK = "safeneuron_everyday"
