@@ -209,7 +209,7 @@ def test_lora_recipe_saves_a_merged_model_with_the_frozen_rows_exact(tmp_path):
 
 def test_resuming_an_experiment_with_other_settings_is_refused(tmp_path):
     from safeneuron_plugins.errors import OptionsError
-    from safeneuron_plugins.experiment import _check_same_experiment
+    from safeneuron_plugins.experiment.config import _check_same_experiment
 
     _check_same_experiment(ExperimentConfig(out_dir=str(tmp_path)), tmp_path)
     # variants, progress and the variant-only knobs may change; the variant's own check covers the latter
