@@ -206,24 +206,36 @@ def _check_fingerprint(fp: Any, where: str) -> dict[str, Any]:
 def check_mask_destination(path: str | os.PathLike, flag: str = "mask") -> Path:
     """Raise :class:`MaskFormatError` when ``path`` cannot take a mask: a directory, or an existing file
     that is not a SafeNeuron mask (never overwrite a model's weights or anything else with a mask)."""
+    return check_destination(path, flag, kind="a SafeNeuron mask", example="mask.safetensors",
+                             is_kind=_is_mask_file, error=MaskFormatError, hint=" (is it a model's weights?)")
+
+
+def check_destination(path: str | os.PathLike, flag: str, *, kind: str, example: str, is_kind,
+                      error: type[Exception], hint: str = "") -> Path:
+    """``path`` as a Path when it can take a file of ``kind``: not a directory, and not an existing file
+    that ``is_kind`` rejects (never overwrite anything else); else ``error`` naming ``flag``."""
     path = Path(path)
     if path.is_dir():
-        raise MaskFormatError(f"{flag} {str(path)!r} is a directory; give a file path such as "
-                              f"{str(path / 'mask.safetensors')!r}.")
-    if path.exists() and not _is_mask_file(path):
-        raise MaskFormatError(f"{flag} {str(path)!r} exists and is not a SafeNeuron mask; refusing to overwrite "
-                              "it (is it a model's weights?). Give another path, or remove the file first.")
+        raise error(f"{flag} {str(path)!r} is a directory; give a file path such as {str(path / example)!r}.")
+    if path.exists() and not is_kind(path):
+        raise error(f"{flag} {str(path)!r} exists and is not {kind}; refusing to overwrite it{hint}. Give "
+                    "another path, or remove the file first.")
     return path
 
 
-def _is_mask_file(path: Path) -> bool:
+def has_metadata_key(path: str | os.PathLike, key: str) -> bool:
+    """Whether ``path`` is a safetensors file whose metadata has ``key``."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return "safeneuron" in (f.metadata() or {})
+            return key in (f.metadata() or {})
     except Exception:
         return False
+
+
+def _is_mask_file(path: Path) -> bool:
+    return has_metadata_key(path, "safeneuron")
 
 
 def _umask() -> int:

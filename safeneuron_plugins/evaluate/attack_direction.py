@@ -107,25 +107,17 @@ class RefusalDirection:
 
 
 def is_direction_file(path: str | os.PathLike) -> bool:
-    from safetensors import safe_open
+    from ..mask import has_metadata_key
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return _META_KEY in (f.metadata() or {})
-    except Exception:
-        return False
+    return has_metadata_key(path, _META_KEY)
 
 
 def check_direction_destination(path: str | os.PathLike, flag: str = "--save-direction") -> Path:
     """Refuse a directory, or an existing file that is not a direction file (never overwrite weights)."""
-    path = Path(path)
-    if path.is_dir():
-        raise OptionsError(f"{flag} {str(path)!r} is a directory; give a file path such as "
-                           f"{str(path / 'direction.safetensors')!r}.")
-    if path.exists() and not is_direction_file(path):
-        raise OptionsError(f"{flag} {str(path)!r} exists and is not a refusal-direction file; refusing to "
-                           "overwrite it. Give another path, or remove the file first.")
-    return path
+    from ..mask import check_destination
+
+    return check_destination(path, flag, kind="a refusal-direction file", example="direction.safetensors",
+                             is_kind=is_direction_file, error=OptionsError)
 
 
 # --- where the residual stream is ----------------------------------------------------------------
