@@ -202,3 +202,15 @@ def __getattr__(name: str):
 
         return moved_name(__name__, name, "safeneuron_plugins.distributed")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def checked_layers(model: nn.Module, mask, mlp_modules: str | None = None, *, what: str) -> list[MLPLayer]:
+    """The model's MLP layers, after checking that ``mask`` (a NeuronMask) was made for this architecture
+    (raises MaskMismatchError naming ``what``); a mask made on other weights of it is logged as a warning."""
+    import logging
+
+    layers = find_mlp_layers(model, mlp_modules)
+    for warning in mask.check_compatible(fingerprint(model, layers), what=what):
+        logging.getLogger("safeneuron").warning(warning)
+    return layers
+

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from .architectures import find_mlp_layers, fingerprint
+from .architectures import checked_layers
 from .evaluate.generation import generate
 from .evaluate.judges import Judge, default_judge
 from .mask import NeuronMask
@@ -58,8 +58,7 @@ def make_pairs(model: nn.Module, tokenizer, harmful: list[str], harmless: list[s
               "harmless_pairs": 0, "harmless_skipped_refused": 0}
     with contextlib.ExitStack() as stack:
         if rejected_mask is not None:
-            layers = find_mlp_layers(model, mlp_modules)
-            rejected_mask.check_compatible(fingerprint(model, layers), what="rejected_mask")
+            layers = checked_layers(model, rejected_mask, mlp_modules, what="rejected_mask")
             stack.enter_context(pruned(model, layers, rejected_mask))
         replies = generate(model, tokenizer, harmful, max_new_tokens=max_new_tokens, batch_size=batch_size,
                            desc="harmful replies" + (" (safety neurons pruned)" if rejected_mask else ""),

@@ -14,6 +14,7 @@ from .architectures import find_mlp_layers, fingerprint
 from .distributed import is_main_process, reset_zero3_trace
 from .errors import UnsupportedSetupError
 from .freeze import NeuronFreezer
+from .freeze.lora import is_lora
 from .mask import NeuronMask
 from .options import SafeNeuronOptions, option_names
 from .prune import pruned
@@ -78,7 +79,7 @@ class SafeNeuronTraining:
         layers = find_mlp_layers(model, o.safeneuron_mlp_modules)
         check_no_packed_bnb_weights(model)
         if (o.safeneuron_reidentify_steps or o.safeneuron_reidentify_on_epoch_end) and any(
-                hasattr(m, "lora_A") for m in model.modules()):
+                is_lora(m) for m in model.modules()):
             # a neuron found in a later round already has non-zero lora_B rows; B[i] @ A moves with lora_A, which
             # keeps training for the other neurons, so its weights could not be held exactly
             raise UnsupportedSetupError(

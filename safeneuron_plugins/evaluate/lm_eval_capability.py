@@ -206,11 +206,9 @@ def lm_eval_scores(model: nn.Module, tokenizer, tasks: str | list[str], *, mask:
 
     layers = None
     if mask is not None:
-        from ..architectures import find_mlp_layers, fingerprint
+        from ..architectures import checked_layers
 
-        layers = find_mlp_layers(model, mlp_modules)
-        for warning in mask.check_compatible(fingerprint(model, layers), what="--mask"):
-            logging.getLogger("safeneuron").warning(warning)
+        layers = checked_layers(model, mask, mlp_modules, what="--mask")
     was_training = model.training  # HFLM puts the model in eval mode; put it back as it was
     rng = _rng_state()  # simple_evaluate seeds python, numpy and torch (for reproducible scores); restored after
     try:
