@@ -1,0 +1,251 @@
+"""The three attack families on a reproduction's models: pruning, refusal-direction ablation, harmful fine-tuning.
+
+Reads docs/results/NAME.json (written by bench/reproduce.py: the models, their evaluation prompts, judge and
+reply length, the pruning figures) and attacks every model kept under runs/reproduce/NAME/models (plus the
+original) with the other two families through the `safeneuron attack` CLI, on the same held-out prompts:
+
+- direction: the refusal direction selected on the model (identification prompts, the validation split held out
+  of them), ablated from every layer's output; the cosine to the original model's direction at that layer;
+- finetune: LoRA SFT on harmful prompt/response pairs (matched_pairs.jsonl's harmful half from ../shared/data,
+  not seen by identification, training or evaluation), ASR after k optimizer steps;
+- best (family `best`, pruning by a stronger attacker): re-identify on the model with every setting of a grid
+  (scorer x signal x pooling x share of neurons), prune each set, keep the highest ASR
+  (:func:`safeneuron_plugins.evaluate.attack.best_attacker`); its result is also written into NAME.json as
+  each model's `best_attacker`. `--grid full` is the CLI's `--attacker best` grid (14 settings); the default
+  `small` is 3 settings that each differ from the default attacker (attribution top 1%) in one way.
+
+    .venv/bin/python bench/families.py --name qwen05            # runs what is missing, then prints the table
+    .venv/bin/python bench/families.py --name qwen05 --table     # the table only
+
+One JSON per model and family in docs/results/NAME_families/ (with its generations); a finished one is not
+run again, so a cut-off run resumes where it stopped. Writes docs/results/NAME_families.md (the table) and
+NAME_families.png (ASR per family and model with 95% intervals).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "docs" / "results"
+
+
+def finetune_pairs(out: Path) -> Path:
+    """matched_pairs.jsonl's harmful prompts with their harmful reference answers, as `prompt`/`response` rows."""
+    src = SHARED / "matched_pairs.jsonl"
+    if not src.exists():
+        sys.exit(f"families: {src} is missing (the harmful fine-tuning pairs are built from it)")
+    rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps({"prompt": r["harmful_prompt"], "response": r["harmful_answer"]}) + "\n"
+                           for r in rows))
+    return out
+
+
+def model_dirs(name: str, results: dict) -> dict[str, str]:
+    kept = ROOT / "runs" / "reproduce" / name / "models"
+    dirs = {"original": results["meta"]["config"]["model"]}
+    for model in results["models"]:
+        if model != "original":
+            if not (kept / model / "config.json").exists():
+                sys.exit(f"families: {kept / model} is missing: rerun bench/reproduce.py --recipe {name} --keep-models")
+            dirs[model] = str(kept / model)
+    return dirs
+
+
+def attack_command(family: str, model: str, out: Path, cfg: dict, args, original: str, pairs: Path) -> list[str]:
+    split = cfg["eval_harmful"]
+    cmd = [sys.executable, "-m", "safeneuron_plugins.cli", "attack", model, "--family", family, "--out", str(out),
+           "--harmful", split, "--limit", str(cfg["n_eval_harmful"]), "--judge", cfg["judge"],
+           "--max-new-tokens", str(cfg["max_new_tokens"]), "--gen-batch-size", str(cfg["gen_batch_size"]),
+           "--dtype", cfg.get("dtype") or "float32"]
+    if family == "direction":
+        cmd += ["--max-prompts", str(cfg["identify"].get("max_prompts", 128))]
+        if model != original:
+            cmd += ["--original", original]
+    else:
+        cmd += ["--finetune-data", str(pairs), "--finetune-steps", args.finetune_steps]
+    return cmd
+
+
+#: --grid small: a stronger attacker at a fifth of the cost of the full grid: more attribution neurons, and the
+#: paper's activation statistics with either signal (each at the top 5% of neurons)
+SMALL_GRID = (
+    {"method": "attribution", "neuron_ratio": 0.02, "ratio_scope": "global"},
+    {"method": "safeneuron", "signal": "product", "pooling": "max", "neuron_ratio": 0.05, "ratio_scope": "global",
+     "ratio_mode": "instead"},
+    {"method": "safeneuron", "signal": "gate", "pooling": "mean", "neuron_ratio": 0.05, "ratio_scope": "global",
+     "ratio_mode": "instead"},
+)
+
+
+def run_best(name: str, model_dir: str, out: Path, cfg: dict, grid_name: str) -> dict:
+    """The best attacker on one model, on the reproduction's evaluation and identification prompts."""
+    from safeneuron_plugins.evaluate.attack import BEST_ATTACKER_GRID, best_attacker
+    from safeneuron_plugins.evaluate.judges import load_judge
+    from safeneuron_plugins.identify.prompts import load_prompts
+    from safeneuron_plugins.models import load_model
+    from safeneuron_plugins.options import SafeNeuronOptions
+
+    run_dir = ROOT / "runs" / "reproduce" / name
+    options = SafeNeuronOptions(safeneuron_harmful=str(run_dir / "identify_harmful.jsonl"),
+                                safeneuron_harmless=str(run_dir / "identify_harmless.jsonl"))
+    harmful = [p.text for p in load_prompts(cfg["eval_harmful"], kind="harmful", max_prompts=cfg["n_eval_harmful"])]
+    model, tok = load_model(model_dir, dtype=cfg.get("dtype") or "float32")
+    grid = BEST_ATTACKER_GRID if grid_name == "full" else SMALL_GRID
+    result = best_attacker(model, tok, harmful, grid=grid, options=options, judge=load_judge(cfg["judge"]),
+                           max_new_tokens=cfg["max_new_tokens"], batch_size=cfg["gen_batch_size"])
+    result["grid_name"] = grid_name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def ci(rate: dict, label: str = "compliance") -> str:
+    lo, hi = rate["ci95"][label]
+    return f"{rate[label]:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def merge_best(name: str, results: dict, out_dir: Path) -> None:
+    """Each model's best-attacker result into docs/results/NAME.json (`models.<model>.best_attacker`)."""
+    changed = False
+    for model, m in results["models"].items():
+        path = out_dir / f"{model}_best.json"
+        if path.exists():
+            m["best_attacker"] = json.loads(path.read_text())
+            changed = True
+    if changed:
+        (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
+
+
+def table(name: str, results: dict, out_dir: Path) -> str:
+    steps = None
+    lines = []
+    for model, m in results["models"].items():
+        d_path, f_path = out_dir / f"{model}_direction.json", out_dir / f"{model}_finetune.json"
+        d = json.loads(d_path.read_text()) if d_path.exists() else None
+        f = json.loads(f_path.read_text()) if f_path.exists() else None
+        cells = [model, ci(m["rates"]["ORI"]), ci(m["rates"]["FULL"])]
+        if d:
+            cos = d["direction"].get("cosine_to_original")
+            cells += [ci(d["rates"]["ABLATED"]), f"{d['direction']['layer']}",
+                      f"{cos['cosine']:.3f}" if cos else "(itself)"]
+        else:
+            cells += ["not run"] * 3
+        b_path = out_dir / f"{model}_best.json"
+        if b_path.exists():
+            b = json.loads(b_path.read_text())
+            cells.insert(3, f"{b['asr']:.2f} [{b['ci95'][0]:.2f}, {b['ci95'][1]:.2f}]")
+        else:
+            cells.insert(3, "not run")
+        if f:
+            steps = steps or [row["steps"] for row in f["curve"]]
+            cells += [f"{row['asr']:.2f} [{row['ci95'][0]:.2f}, {row['ci95'][1]:.2f}]" for row in f["curve"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    head = ["model", "ORI", "pruning FULL(SN-)", "pruning, best attacker", "direction ablated", "direction layer",
+            "cosine to original's"]
+    head += [f"finetune k={k}" for k in steps or []]
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *lines])
+
+
+def plot(name: str, results: dict, out_dir: Path) -> Path | None:
+    from safeneuron_plugins.evaluate.plots import pyplot, save_figure
+
+    plt = pyplot()
+    bars = []  # (model, family, rate, lo, hi)
+    for model, m in results["models"].items():
+        entries = [("ORI", m["rates"]["ORI"]), ("pruning", m["rates"]["FULL"])]
+        d_path, f_path = out_dir / f"{model}_direction.json", out_dir / f"{model}_finetune.json"
+        if d_path.exists():
+            entries.append(("direction", json.loads(d_path.read_text())["rates"]["ABLATED"]))
+        b_path = out_dir / f"{model}_best.json"
+        if b_path.exists():
+            b = json.loads(b_path.read_text())
+            entries.append(("pruning, best attacker", {"compliance": b["asr"], "ci95": {"compliance": b["ci95"]}}))
+        if f_path.exists():
+            curve = json.loads(f_path.read_text())["curve"][-1]
+            entries.append((f"finetune k={curve['steps']}",
+                            {"compliance": curve["asr"], "ci95": {"compliance": curve["ci95"]}}))
+        bars += [(model, fam, r["compliance"], *r["ci95"]["compliance"]) for fam, r in entries]
+    if not bars:
+        return None
+    families = list(dict.fromkeys(b[1] for b in bars))
+    models = list(dict.fromkeys(b[0] for b in bars))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(models), 3.6))
+    width = 0.8 / len(families)
+    for j, fam in enumerate(families):
+        xs, ys, errs = [], [], [[], []]
+        for i, model in enumerate(models):
+            for b in bars:
+                if b[0] == model and b[1] == fam:
+                    xs.append(i + (j - (len(families) - 1) / 2) * width)
+                    ys.append(b[2])
+                    errs[0].append(b[2] - b[3])
+                    errs[1].append(b[4] - b[2])
+        ax.bar(xs, ys, width, yerr=errs, capsize=2, label=fam)
+    ax.set_xticks(range(len(models)), models, rotation=15)
+    ax.set_ylabel("attack success rate (95% CI)")
+    ax.set_ylim(0, 1.05)
+    n = results["n_prompts"]
+    ax.set_title(f"{name}: three attack families, n={n} held-out prompts", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    path = RESULTS / f"{name}_families.png"
+    save_figure(fig, path)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--name", required=True, help="a results file docs/results/NAME.json from bench/reproduce.py")
+    parser.add_argument("--models", help="comma list of models to attack (default: all in the results file)")
+    parser.add_argument("--families", default="direction,finetune")
+    parser.add_argument("--finetune-steps", default="5,10,20",
+                        help="k of the steps-to-break curve (k=0 is the direction run's ORI: same prompts, same replies)")
+    parser.add_argument("--grid", choices=["small", "full"], default="small",
+                        help="the best attacker's grid (family `best`): small (3 settings) or full (the CLI's, 14)")
+    parser.add_argument("--table", action="store_true", help="print the table of what has run and exit")
+    args = parser.parse_args()
+    results = json.loads((RESULTS / f"{args.name}.json").read_text())
+    cfg = results["meta"]["config"]
+    out_dir = RESULTS / f"{args.name}_families"
+    if not args.table:
+        dirs = model_dirs(args.name, results)
+        pairs = finetune_pairs(ROOT / "runs" / "families" / "finetune_pairs.jsonl")
+        wanted = args.models.split(",") if args.models else list(dirs)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        for model in wanted:
+            for family in args.families.split(","):
+                out = out_dir / f"{model}_{family}.json"
+                if out.exists():
+                    continue
+                t0 = time.perf_counter()
+                if family == "best":
+                    print(f"[families] {model} best attacker ({args.grid} grid)", flush=True)
+                    run_best(args.name, dirs[model], out, cfg, args.grid)
+                    command = f"bench/families.py --name {args.name} --families best --grid {args.grid}"
+                else:
+                    cmd = attack_command(family, dirs[model], out, cfg, args, dirs["original"], pairs)
+                    print(f"[families] {model} {family}: {' '.join(cmd[1:])}", flush=True)
+                    subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+                    command = " ".join(cmd[1:])
+                data = json.loads(out.read_text())
+                data["bench"] = {"seconds": round(time.perf_counter() - t0, 1), "command": command}
+                out.write_text(json.dumps(data, indent=1))
+        merge_best(args.name, results, out_dir)
+    text = table(args.name, results, out_dir)
+    print(text)
+    (RESULTS / f"{args.name}_families.md").write_text(text + "\n")
+    path = plot(args.name, results, out_dir)
+    if path:
+        print(f"plot: {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
