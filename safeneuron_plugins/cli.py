@@ -207,7 +207,12 @@ def cmd_identify(args) -> int:
 def _texts(source: str, kind: str, limit: int | None, option: str) -> list[str]:
     from .identify.prompts import load_prompts
 
-    return [p.text for p in load_prompts(source, kind=kind, max_prompts=limit, option=option, min_prompts=1)]
+    prompts = load_prompts(source, kind=kind, max_prompts=limit, option=option, min_prompts=1)
+    if any(p.image is not None for p in prompts):
+        raise PromptSourceError(f"{option} {source!r}: its rows carry images, and {option} takes text-only prompts; "
+                                "give the image prompts with --image-prompts FILE (attack: text and image ASR side by "
+                                f"side), and text-only prompts with {option}.")
+    return [p.text for p in prompts]
 
 
 def _judge(args):

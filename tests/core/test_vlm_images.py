@@ -239,6 +239,7 @@ def test_bad_image_inputs_are_clear_errors(image_prompt_dir, tmp_path, capsys):
         ([str(vlm), "--image-prompts", str(empty)], ["--image-prompts", "holds no prompts"]),
         ([str(vlm), "--image-prompts", str(no_images)], ["--image-prompts", "no row has an `image` column"]),
         ([str(text_model), "--image-prompts", images], ["--image-prompts", "text-only model", "vision-language"]),
+        ([str(vlm), "--harmful", images], ["--harmful", "carry images", "--image-prompts FILE"]),
     ]
     for args, needles in cases:
         code = main(["attack", *args, "--judge", "patterns", "--limit", "2", "--out", str(tmp_path / "r.json"),
