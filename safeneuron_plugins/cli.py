@@ -4,6 +4,8 @@
     safeneuron attack MODEL [--mask FILE] --harmful SRC --out results.json [--control random] [--attacker best]
     safeneuron attack MODEL --family direction|finetune --harmful SRC --out results.json [...]
     safeneuron judge --input replies.jsonl --output verdicts.jsonl
+    safeneuron attack MODEL --harmful SRC --image-prompts FILE --out results.json   # a VLM: text vs image ASR
+    safeneuron make-image-prompts --out-dir DIR [--harmful SRC] [--harmless SRC]     # typographic images
     safeneuron make-pairs MODEL --out pairs.jsonl
     safeneuron analyze MASK [MASK ...] | --model MODEL --by-category
     safeneuron compare ORIGINAL BASELINE SAFENEURON ... --out-dir report/ [--lm-eval TASKS]
@@ -150,16 +152,33 @@ def check_model_args(args) -> None:
 
 
 def check_identification(options: SafeNeuronOptions, harmful_flag: str = "--harmful",
-                         harmless_flag: str = "--harmless") -> None:
-    """Read the identification prompt sources and check --mlp-modules' form, before any model is loaded."""
+                         harmless_flag: str = "--harmless") -> dict[str, int]:
+    """Read the identification prompt sources and check --mlp-modules' form, before any model is loaded.
+    Returns, per flag, how many of its prompts carry an image."""
     from .architectures import parse_mlp_modules
     from .identify.prompts import load_prompts
 
     if options.safeneuron_mlp_modules:
         parse_mlp_modules(options.safeneuron_mlp_modules)
+    images = {}
     for kind, flag in (("harmful", harmful_flag), ("harmless", harmless_flag)):
-        load_prompts(getattr(options, f"safeneuron_{kind}"), kind=kind, max_prompts=options.safeneuron_max_prompts,
-                     option=flag)
+        prompts = load_prompts(getattr(options, f"safeneuron_{kind}"), kind=kind,
+                               max_prompts=options.safeneuron_max_prompts, option=flag)
+        images[flag] = sum(p.image is not None for p in prompts)
+    return images
+
+
+def _image_processor(args, model, images: dict[str, int]):
+    """The model's processor when any prompt (counted per flag in ``images``) carries an image, else None;
+    image prompts on a text-only model are an error naming the flag."""
+    from .identify.images import check_image_prompts
+    from .models import load_processor
+
+    if not any(images.values()):
+        return None
+    for flag, n in images.items():
+        check_image_prompts(model, None, flag, n, need_processor=False)
+    return load_processor(args.model, model)
 
 
 def cmd_identify(args) -> int:
@@ -171,10 +190,11 @@ def cmd_identify(args) -> int:
     check_mask_destination(check_output(args.out, "--out"), "--out")
     check_plot(args.plot)
     check_model_args(args)
-    check_identification(opts)
+    images = check_identification(opts)
     model, tokenizer = _load(args)
+    processor = _image_processor(args, model, images)
     start = time.perf_counter()
-    mask = identify(model, tokenizer, options=opts, progress=not args.quiet)
+    mask = identify(model, tokenizer, options=opts, progress=not args.quiet, processor=processor)
     mask.metadata["model"] = args.model
     path = mask.save(args.out)
     print(layer_table(mask))
@@ -187,7 +207,12 @@ def cmd_identify(args) -> int:
 def _texts(source: str, kind: str, limit: int | None, option: str) -> list[str]:
     from .identify.prompts import load_prompts
 
-    return [p.text for p in load_prompts(source, kind=kind, max_prompts=limit, option=option, min_prompts=1)]
+    prompts = load_prompts(source, kind=kind, max_prompts=limit, option=option, min_prompts=1)
+    if any(p.image is not None for p in prompts):
+        raise PromptSourceError(f"{option} {source!r}: its rows carry images, and {option} takes text-only prompts; "
+                                "give the image prompts with --image-prompts FILE (attack: text and image ASR side by "
+                                f"side), and text-only prompts with {option}.")
+    return [p.text for p in prompts]
 
 
 def _judge(args):
@@ -264,6 +289,7 @@ def cmd_attack(args) -> int:
     import json
 
     from .evaluate.attack import BEST_ATTACKER_GRID, format_table, run_attack
+    from .evaluate.vision import format_side_by_side, side_by_side
     from .identify import identify
 
     check_family_flags(args)
@@ -276,25 +302,31 @@ def cmd_attack(args) -> int:
     gen_path = check_output(out.with_name(out.stem + ".generations.jsonl"), "--out (its generations file)")
     check_model_args(args)
     given_mask = NeuronMask.load(args.mask) if args.mask else None
-    if given_mask is None or args.attacker == "best":
-        check_identification(options, "--identify-harmful", "--identify-harmless")
-    elif options.safeneuron_mlp_modules:
-        check_identification(options, "--identify-harmful", "--identify-harmless")
+    images = {}
+    if given_mask is None or args.attacker == "best" or options.safeneuron_mlp_modules:
+        images = check_identification(options, "--identify-harmful", "--identify-harmless")
     harmful = _texts(args.eval_harmful, "harmful", args.limit, "--harmful")
+    image_prompts = _image_prompts(args.image_prompts, args.limit)
     judge = _judge(args)
     model, tokenizer = _load(args)
+    processor = _image_processor(args, model, {**images, "--image-prompts": len(image_prompts or [])})
     if given_mask is not None:
         mask = given_mask
         for warning in mask.check_compatible(_fingerprint(model, options.safeneuron_mlp_modules), what="--mask"):
             print(f"warning: {warning}", file=sys.stderr)
     else:
-        mask = identify(model, tokenizer, options=options, progress=not args.quiet)
+            mask = identify(model, tokenizer, options=options, progress=not args.quiet, processor=processor)
     overlap = None if args.mask and args.attacker == "default" else _overlap_warning(options, harmful)
-    results = run_attack(model, tokenizer, harmful, mask, judge=judge, max_new_tokens=args.max_new_tokens,
-                         batch_size=args.gen_batch_size, system_prompt=args.safeneuron_system_prompt, sweep=sweep,
-                         control_seeds=control_seeds, identify_options=options,
-                         best_attacker_grid=BEST_ATTACKER_GRID if args.attacker == "best" else None,
-                         progress=not args.quiet)
+    common = dict(judge=judge, max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size,
+                  system_prompt=args.safeneuron_system_prompt, sweep=sweep, control_seeds=control_seeds,
+                  identify_options=options, progress=not args.quiet)
+    results = run_attack(model, tokenizer, harmful, mask, processor=processor,
+                         best_attacker_grid=BEST_ATTACKER_GRID if args.attacker == "best" else None, **common)
+    if image_prompts:
+        through_images = run_attack(model, tokenizer, [p.text for p in image_prompts], mask, processor=processor,
+                                    images=[p.image for p in image_prompts],
+                                    requests=[p.judged for p in image_prompts], **common)
+        side_by_side(results, through_images, args.image_prompts)
     results["model"] = args.model
     results["safety_neurons"] = mask.num_neurons
     results["attacker"] = args.attacker
@@ -305,7 +337,42 @@ def cmd_attack(args) -> int:
     gen_path.write_text("".join(json.dumps(g) + "\n" for g in generations))  # the costly part first
     out.write_text(json.dumps(results, indent=2))
     print(format_table(results))
+    if image_prompts:
+        print(format_side_by_side(results))
     print(f"wrote {out} and {gen_path}")
+    return 0
+
+
+def _image_prompts(source: str | None, limit: int | None):
+    """--image-prompts: a prompt file whose rows carry images (read before any model is loaded)."""
+    from .identify.prompts import load_prompts
+
+    if source is None:
+        return None
+    prompts = load_prompts(source, kind="harmful", max_prompts=limit, option="--image-prompts", min_prompts=1)
+    if not any(p.image is not None for p in prompts):
+        raise PromptSourceError(f"--image-prompts {source!r}: no row has an `image` column; give a file written by "
+                                "`safeneuron make-image-prompts` (or rows with prompt + image path), or pass text-only "
+                                "prompts with --harmful.")
+    return prompts
+
+
+def cmd_make_image_prompts(args) -> int:
+    from .identify.prompts import load_prompts
+    from .image_prompts import write_image_prompts
+
+    out_dir = check_output(args.out_dir, "--out-dir", directory=True)
+    sets = {kind: load_prompts(src, kind=kind, max_prompts=args.limit, option=f"--{kind}", min_prompts=1)
+            for kind, src in (("harmful", args.harmful), ("harmless", args.harmless)) if src != "none"}
+    if not sets:
+        raise OptionsError("--harmful none and --harmless none leave nothing to render; give at least one source.")
+    if len(sets) == 2 and not args.limit:  # matched: as many harmless as harmful prompts
+        n = min(len(v) for v in sets.values())
+        sets = {k: v[:n] for k, v in sets.items()}
+    for kind, prompts in sets.items():
+        path = write_image_prompts(prompts, out_dir, kind, text_turn=args.text_turn, size=args.size,
+                                   font_size=args.font_size)
+        print(f"wrote {path} ({len(prompts)} prompts, images in {out_dir / 'images'})")
     return 0
 
 
@@ -315,6 +382,7 @@ ATTACK_FAMILIES = ("pruning", "direction", "finetune")
 #: dest -> (flag, family) of the flags that belong to one family only
 _FAMILY_FLAGS = {
     "mask": ("--mask", "pruning"), "sweep": ("--sweep", "pruning"), "control": ("--control", "pruning"),
+    "image_prompts": ("--image-prompts", "pruning"),
     "direction": ("--direction", "direction"), "save_direction": ("--save-direction", "direction"),
     "original": ("--original", "direction"), "direction_layers": ("--direction-layers", "direction"),
     "direction_positions": ("--direction-positions", "direction"), "validation": ("--validation", "direction"),
@@ -859,6 +927,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--harmful", dest="eval_harmful", default="builtin",
                    help="harmful prompts to attack with (a SRC as in identify; default: builtin)")
     p.add_argument("--out", required=True, help="results JSON (generations go beside it)")
+    p.add_argument("--image-prompts", default=None, metavar="FILE",
+                   help="vision-language models: also attack through images with this prompt file (rows with a "
+                        "text turn, an `image` path and optionally the `request` the image shows, e.g. from "
+                        "`safeneuron make-image-prompts`), under the same mask and conditions; the JSON and the table "
+                        "give text-only (--harmful) and image ASR side by side")
     p.add_argument("--family", choices=ATTACK_FAMILIES, default="pruning",
                    help="pruning (default): prune the safety neurons; direction: ablate the refusal direction from the "
                         "residual stream (Arditi et al. 2024); finetune: LoRA fine-tuning on harmful pairs, ASR after "
@@ -972,6 +1045,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_identify_flags(p, {"safeneuron_harmful": "--identify-harmful", "safeneuron_harmless": "--identify-harmless"})
     p.set_defaults(func=cmd_quickstart)
+
+    from .image_prompts import FONT_SIZE, SIZE, TEXT_TURN
+
+    p = sub.add_parser("make-image-prompts", help="render instructions as typographic images (FigStep-style) and "
+                                                  "write image prompt files for a vision-language model")
+    p.add_argument("--out-dir", required=True, help="writes harmful.jsonl, harmless.jsonl and images/ here")
+    p.add_argument("--harmful", default="builtin:harmful", help="harmful instructions to render (a SRC, or none)")
+    p.add_argument("--harmless", default="builtin:harmless",
+                   help="matched harmless instructions (a SRC, or none); cut to as many as the harmful ones")
+    p.add_argument("--text-turn", default=TEXT_TURN, help=f"the text turn of every prompt (default: {TEXT_TURN!r})")
+    p.add_argument("--limit", type=_POSITIVE, default=None, help="at most N (>= 1) prompts of each set")
+    p.add_argument("--size", type=_number(int, 64), default=SIZE, help="image side in pixels")
+    p.add_argument("--font-size", type=_number(int, 12), default=FONT_SIZE,
+                   help="starting font size (shrunk until the instruction fits)")
+    p.set_defaults(func=cmd_make_image_prompts)
 
     p = sub.add_parser("options", help="list every safeneuron_* option")
     p.add_argument("--markdown", action="store_true", help="as a Markdown table (docs/OPTIONS.md)")

@@ -156,7 +156,11 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: str | None = "float32", devi
             kwargs = {"dtype": torch_dtype, "output_loading_info": True}
             if device_map:
                 kwargs["device_map"] = device_map
-            model, info = transformers.AutoModelForCausalLM.from_pretrained(where, **kwargs)
+            config = transformers.AutoConfig.from_pretrained(where)
+            # a vision-language model (Qwen2-VL, LLaVA, ...) is not a causal-LM class in transformers 5
+            auto = (transformers.AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None
+                    else transformers.AutoModelForCausalLM)
+            model, info = auto.from_pretrained(where, **kwargs)
         except Exception as exc:  # for a local directory every failure is about its files
             if not local and not isinstance(exc, (OSError, ValueError)):
                 raise
@@ -174,3 +178,30 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: str | None = "float32", devi
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     return model, tokenizer
+
+
+def load_processor(spec: str, model):
+    """The processor of a vision-language model ``spec`` (to format image prompts). Qwen2-VL's processor
+    needs torchvision in transformers 5 (for its video part): without it, an image-only processor is built
+    from the saved image processor and tokenizer."""
+    import transformers
+
+    where = str(Path(spec).expanduser()) if Path(spec).expanduser().is_dir() else spec
+    try:
+        return transformers.AutoProcessor.from_pretrained(where)
+    except Exception as exc:  # noqa: BLE001 - any failure means: no usable processor there
+        model_type = getattr(getattr(model, "config", None), "model_type", "")
+        if model_type in ("qwen2_vl", "qwen2_5_vl"):
+            try:
+                from .identify.images import ImageOnlyQwen2VLProcessor
+
+                tokenizer = transformers.AutoTokenizer.from_pretrained(where)
+                image_processor = transformers.AutoImageProcessor.from_pretrained(where)
+                return ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                                 chat_template=tokenizer.chat_template)
+            except Exception:  # noqa: BLE001 - report the first failure
+                pass
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SafeNeuronError(f"MODEL {spec!r}: image prompts need the model's processor, which cannot be loaded "
+                              f"({type(exc).__name__}: {first}). Save it beside the weights "
+                              "(AutoProcessor.from_pretrained(ORIGINAL).save_pretrained(MODEL)).") from exc

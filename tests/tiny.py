@@ -29,10 +29,28 @@ _CORPUS = [
 ]
 
 
-def make_tokenizer(vocab_size: int = 384) -> transformers.PreTrainedTokenizerFast:
+#: The vision tokenizer's extra special tokens (ids 4..7, trained right after the four above): Qwen2-VL's
+#: image markers and placeholder, and LLaVA's placeholder. The tiny VLM configs use these ids.
+VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<image>"]
+VISION_IDS = dict(vision_start_token_id=4, vision_end_token_id=5, image_token_id=6)
+LLAVA_IMAGE_ID = 7
+
+#: A chat template for processors: a message's content is a string or a list of {"type": "image"} /
+#: {"type": "text", "text": ...} items; ``image`` is what one image item renders as (the processor then
+#: expands the placeholder to the image's number of tokens).
+VLM_CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}IMAGE{% else %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_tokenizer(vocab_size: int = 384, vision: bool = False) -> transformers.PreTrainedTokenizerFast:
+    """``vision``: also the special tokens of :data:`VISION_TOKENS` (ids 4..7), for the tiny VLMs."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"] + (VISION_TOKENS if vision else [])
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -43,6 +61,8 @@ def make_tokenizer(vocab_size: int = 384) -> transformers.PreTrainedTokenizerFas
         tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
         pad_token="<pad>", unk_token="<|endoftext|>")
     fast.chat_template = CHATML
+    if vision:
+        assert fast.convert_tokens_to_ids(VISION_TOKENS) == [4, 5, 6, 7]
     return fast
 
 
@@ -96,19 +116,20 @@ def tiny_config(family: str, **overrides) -> transformers.PretrainedConfig:
     if family == "qwen2_vl":
         return t.Qwen2VLConfig(text_config=_text(rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}),
                                vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2,
-                                                  mlp_ratio=2, spatial_merge_size=2))
+                                                  mlp_ratio=2, spatial_merge_size=2), **VISION_IDS)
     if family == "qwen2_5_vl":
         return t.Qwen2_5_VLConfig(text_config=_text(rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}),
                                   vision_config=dict(depth=1, hidden_size=32, intermediate_size=64,
                                                      num_heads=2, out_hidden_size=32,
-                                                     spatial_merge_size=2, fullatt_block_indexes=[0]))
+                                                     spatial_merge_size=2, fullatt_block_indexes=[0]),
+                                  **VISION_IDS)
     if family == "llava":
         return t.LlavaConfig(text_config=t.LlamaConfig(**_text()).to_dict(),
                              vision_config=dict(model_type="clip_vision_model", hidden_size=32,
                                                 intermediate_size=64, num_hidden_layers=1,
                                                 num_attention_heads=2, image_size=32, patch_size=8,
                                                 projection_dim=32),
-                             image_token_index=383)
+                             image_token_index=LLAVA_IMAGE_ID)
     raise ValueError(f"no tiny config for {family!r}")
 
 
@@ -147,7 +168,7 @@ def save_tiny_model(path: str | Path, family: str = "llama", seed: int = 0, **ov
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model = tiny_model(family, seed, **overrides)
-    tok = make_tokenizer()
+    tok = make_tokenizer(vision=family in VLM_FAMILIES)
     model.config.pad_token_id = tok.pad_token_id
     model.config.eos_token_id = tok.eos_token_id
     model.config.bos_token_id = tok.bos_token_id
@@ -157,4 +178,33 @@ def save_tiny_model(path: str | Path, family: str = "llama", seed: int = 0, **ov
         model.generation_config.bos_token_id = tok.bos_token_id
     model.save_pretrained(path)
     tok.save_pretrained(path)
+    if family in VLM_FAMILIES:
+        tiny_processor(family).save_pretrained(path)
     return path
+
+
+VLM_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava")
+
+
+def tiny_processor(family: str):
+    """A processor for the tiny VLM of ``family``, built here (no hub): transformers' PIL image processor
+    (no torchvision) with small images, the vision tokenizer and :data:`VLM_CHATML`.
+
+    Qwen2-VL: 56x56 pixels at most, so an image is a 4x4 patch grid, merged 2x2 into 4 image tokens. Its
+    processor class wants a video processor, which needs torchvision; the image-only processor of
+    :mod:`safeneuron_plugins.identify.images` leaves it out. LLaVA: images cropped to 32x32, 8x8 patches,
+    16 image tokens (CLIP's class token is dropped by the default feature selection)."""
+    tok = make_tokenizer(vision=True)
+    if family in ("qwen2_vl", "qwen2_5_vl"):
+        from safeneuron_plugins.identify.images import ImageOnlyQwen2VLProcessor
+
+        ip = transformers.Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56)
+        template = VLM_CHATML.replace("IMAGE", "<|vision_start|><|image_pad|><|vision_end|>")
+        return ImageOnlyQwen2VLProcessor(image_processor=ip, tokenizer=tok, chat_template=template)
+    if family == "llava":
+        ip = transformers.CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+        return transformers.LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=8,
+                                           vision_feature_select_strategy="default", image_token="<image>",
+                                           num_additional_image_tokens=1,
+                                           chat_template=VLM_CHATML.replace("IMAGE", "<image>\n"))
+    raise ValueError(f"no tiny processor for {family!r}")

@@ -88,14 +88,19 @@ def random_like(mask: NeuronMask, seed: int, sizes: Mapping[int, int] | None = N
 
 def judged_replies(model: nn.Module, tokenizer, prompts: list[str], prune: NeuronMask, judge: Judge, *,
                    max_new_tokens: int, batch_size: int, system_prompt: str | None, desc: str,
-                   progress: bool, mlp_modules: str | None = None) -> tuple[list[str], list]:
+                   progress: bool, mlp_modules: str | None = None, images: list | None = None, processor=None,
+                   requests: list[str] | None = None) -> tuple[list[str], list]:
     """Replies with ``prune``'s neurons zeroed, and their verdicts. ``mlp_modules``: the
-    ``safeneuron_mlp_modules`` spec of an architecture not recognised automatically."""
+    ``safeneuron_mlp_modules`` spec of an architecture not recognised automatically. ``images`` (one per
+    prompt, or None) and ``processor``: prompts through images on a vision-language model; ``requests``:
+    what each prompt asks for (the judge reads them instead of ``prompts``, e.g. the instruction an image
+    shows). Pruning acts on the language model's MLPs only, never on a vision tower or projector."""
     layers = find_mlp_layers(model, mlp_modules)
     with pruned(model, layers, prune):
         replies = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           system_prompt=system_prompt, desc=desc, progress=progress)
-    return replies, judge.judge(prompts, replies)
+                           system_prompt=system_prompt, desc=desc, progress=progress, images=images,
+                           processor=processor)
+    return replies, judge.judge(requests or prompts, replies)
 
 
 def successes(generations: list[dict[str, Any]], condition: str) -> list[bool]:
@@ -122,9 +127,13 @@ class _Runner:
             self.cache[key] = judged_replies(self.model, self.tokenizer, self.harmful, prune, self.judge,
                                              desc=f"attack {name}", **self.gen)
         replies, verdicts = self.cache[key]
-        for prompt, reply, v in zip(self.harmful, replies, verdicts):  # every condition's verdicts stay readable
-            self.results["generations"].append({"condition": name, "prompt": prompt, "response": reply,
-                                                "label": v.label, "success": v.success, "detail": v.detail})
+        images, requests = self.gen.get("images"), self.gen.get("requests")
+        for i, (prompt, reply, v) in enumerate(zip(self.harmful, replies, verdicts)):  # every verdict stays readable
+            row = {"condition": name, "prompt": prompt, "response": reply, "label": v.label, "success": v.success,
+                   "detail": v.detail}
+            if images is not None:
+                row.update(image=None if images[i] is None else str(images[i]), request=requests[i] if requests else None)
+            self.results["generations"].append(row)
         if record:
             self.results["rates"][name] = rate_summary(verdicts)
             self.results["pruned_neurons"][name] = prune.num_neurons
@@ -135,21 +144,27 @@ def run_attack(model: nn.Module, tokenizer, harmful: list[str], mask: NeuronMask
                max_new_tokens: int = 64, batch_size: int = 16, system_prompt: str | None = None,
                sweep: tuple[int, ...] = SWEEP, control_seeds: Sequence[int] | None = None,
                best_attacker_grid: Sequence[Mapping[str, Any]] | None = None, identify_options=None,
-               progress: bool = True) -> dict[str, Any]:
+               progress: bool = True, images: list | None = None, processor=None,
+               requests: list[str] | None = None) -> dict[str, Any]:
     """ASR under every condition and the layer sweep; returns results with every generation.
 
     ``results["asr"][COND]`` is the compliance rate; ``results["rates"][COND]`` adds the refusal and
     evasive rates, ``n`` and 95% Wilson intervals. ``control_seeds``: also prune, for each seed,
     :func:`random_like` FULL(SN-) (``results["controls"]["random"]``, generations under
     ``random:SEED``). ``best_attacker_grid``: also run :func:`best_attacker` with that grid and
-    ``identify_options`` (``results["best_attacker"]``)."""
+    ``identify_options`` (``results["best_attacker"]``).
+
+    Through images (vision-language models): ``images`` gives one image (path or PIL image) or None per
+    prompt, ``processor`` is the model's, ``requests`` what each prompt asks for (judged instead of the
+    text turn); the generations then carry ``image`` and ``request``."""
     judge = judge or default_judge()
     mlp_modules = getattr(identify_options, "safeneuron_mlp_modules", None)  # prune where identification looked
     layers = find_mlp_layers(model, mlp_modules)
     results: dict[str, Any] = {"judge": judge.name, "n_prompts": len(harmful), "max_new_tokens": max_new_tokens,
                                "asr": {}, "rates": {}, "pruned_neurons": {}, "sweep": {}, "generations": []}
+    vision = dict(images=images, processor=processor, requests=requests) if images is not None else {}
     run = _Runner(model, tokenizer, harmful, judge, results, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                  system_prompt=system_prompt, progress=progress, mlp_modules=mlp_modules)
+                  system_prompt=system_prompt, progress=progress, mlp_modules=mlp_modules, **vision)
     for condition in CONDITIONS:
         run(condition, condition_mask(mask, condition))
         results["asr"][condition] = results["rates"][condition]["compliance"]
@@ -163,7 +178,7 @@ def run_attack(model: nn.Module, tokenizer, harmful: list[str], mask: NeuronMask
     if best_attacker_grid:
         results["best_attacker"] = best_attacker(model, tokenizer, harmful, grid=best_attacker_grid,
                                                  options=identify_options, judge=judge, progress=progress,
-                                                 _runner=run)
+                                                 _runner=run, processor=processor)
     return results
 
 
@@ -201,7 +216,7 @@ def _label(setting: Mapping[str, Any]) -> str:
 def best_attacker(model: nn.Module, tokenizer, harmful: list[str], *,
                   grid: Sequence[Mapping[str, Any]] = BEST_ATTACKER_GRID, options=None, judge: Judge | None = None,
                   max_new_tokens: int = 64, batch_size: int = 16, system_prompt: str | None = None,
-                  progress: bool = True, _runner: _Runner | None = None) -> dict[str, Any]:
+                  progress: bool = True, _runner: _Runner | None = None, processor=None) -> dict[str, Any]:
     """A stronger attacker: for every setting of ``grid`` re-identify the safety neurons on ``model``
     (the other identification options from ``options``, e.g. its prompt sources), prune them all and
     judge the replies. Reports the worst case for the defender, the highest ASR (the first such
@@ -222,7 +237,7 @@ def best_attacker(model: nn.Module, tokenizer, harmful: list[str], *,
         method = setting.get("method", (options or SafeNeuronOptions()).safeneuron_method)
         # the user's thresholds and activation settings are not the attribution scorer's
         overrides = {**statistics_defaults(), **setting} if method == "attribution" else setting
-        mask = identify(model, tokenizer, options=options, progress=progress, **overrides)
+        mask = identify(model, tokenizer, options=options, progress=progress, processor=processor, **overrides)
         verdicts = _runner(f"best:{_label(setting)}", mask.subset("full"), record=False)
         wins = sum(v.success for v in verdicts)
         rows.append({"setting": setting, "asr": wins / max(len(verdicts), 1),

@@ -2,7 +2,8 @@
 
 The forward pass stops right after the last hooked module (no later layers, no LM head, no
 logits), runs under inference mode, and batches prompts by token length. Padding positions never
-take part in pooling.
+take part in pooling; in a batch of image prompts, neither do the image placeholder tokens (the batch
+says which positions pool, see :mod:`safeneuron_plugins.identify.images`).
 """
 
 from __future__ import annotations
@@ -84,10 +85,14 @@ def _then_stop(fn):
     return hook
 
 
-def pooled_activations(model: nn.Module, layers: list[MLPLayer], batches: Iterator[tuple[list[int], torch.Tensor, torch.Tensor]],
+def pooled_activations(model: nn.Module, layers: list[MLPLayer], batches: Iterator[tuple],
                        signal: str, pooling: str, consume: Callable[[list[int], dict[int, torch.Tensor]], None],
                        progress=None) -> None:
-    """Run batches through the model; ``consume(indices, {layer: [batch, neurons] pooled})``."""
+    """Run batches through the model; ``consume(indices, {layer: [batch, neurons] pooled})``.
+
+    A batch is ``(indices, input_ids, attention_mask)`` (pooling over the attended tokens) or
+    ``(indices, input_ids, attention_mask, extra_inputs, pool_mask)``: ``extra_inputs`` go to the
+    forward pass too (pixel values, image grid sizes, ...) and pooling sees the positions of ``pool_mask``."""
     current: dict[int, torch.Tensor] = {}
     mask_box: list[torch.Tensor] = []
 
@@ -103,11 +108,13 @@ def pooled_activations(model: nn.Module, layers: list[MLPLayer], batches: Iterat
     try:
         with grad_off, unpacked_bnb_weights(model), recording(model, layers, signal, sink,
                                                               stop_after_last=not sharded):
-            for indices, ids, mask in batches:
+            for batch in batches:
+                indices, ids, mask = batch[:3]
+                extra, pool_mask = (batch[3], batch[4]) if len(batch) > 3 else ({}, mask)
                 current.clear()
-                mask_box[:] = [mask]
+                mask_box[:] = [pool_mask]
                 try:
-                    model(input_ids=ids, attention_mask=mask, use_cache=False)
+                    model(input_ids=ids, attention_mask=mask, use_cache=False, **extra)
                 except _StopForward:
                     pass
                 missing = [l.index for l in layers if l.index not in current]

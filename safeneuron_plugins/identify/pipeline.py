@@ -18,6 +18,7 @@ from ..options import SafeNeuronOptions
 from .activations import pooled_activations
 from .attribution import attribution_scores
 from .batching import input_device, length_batches, pad_batch, pad_id_of, tokenize
+from .images import POOL_IMAGE_TOKENS, check_image_prompts, format_multimodal, image_token_id, multimodal_batches
 from .prompts import Prompt, format_prompts, load_prompts, prompts_hash
 from .scoring import activation_shift, effect_size, neurostrike_probe, select, top_fraction
 from .stats import RunningStats
@@ -37,7 +38,15 @@ def _progress(total: int, desc: str, disable: bool | None):
 
 
 def _batches(tokenizer, texts: list[str], batch_size: int, max_length: int, templated: bool,
-             device, shard: tuple[int, int]):
+             device, shard: tuple[int, int], vision: dict | None = None):
+    if vision is not None:  # image prompts: the processor encodes, image placeholders are not pooled
+        return multimodal_batches(vision["processor"], texts, vision["images"], batch_size, device, shard,
+                                  pad_id_of(tokenizer), vision["image_token"], vision["pool_image_tokens"],
+                                  vision.get("dtype"))
+    return _text_batches(tokenizer, texts, batch_size, max_length, templated, device, shard)
+
+
+def _text_batches(tokenizer, texts, batch_size, max_length, templated, device, shard):
     seqs = tokenize(tokenizer, texts, max_length, templated)
     rank, world = shard
     mine = list(range(rank, len(seqs), world))
@@ -51,10 +60,12 @@ def _batches(tokenizer, texts: list[str], batch_size: int, max_length: int, temp
 def collect_statistics(model: nn.Module, tokenizer, layers: list[MLPLayer], texts: list[str], *,
                        signal: str = "product", pooling: str = "max", batch_size: int = 16,
                        max_length: int = 256, templated: bool = True, desc: str = "activations",
-                       progress: bool | None = None) -> dict[int, RunningStats]:
+                       progress: bool | None = None, vision: dict | None = None) -> dict[int, RunningStats]:
     """Per-layer running statistics of pooled activations over ``texts``.
 
-    Under torch.distributed the prompts are sharded across ranks and the statistics merged, so
+    ``vision``: the texts were formatted by a processor and carry images; a dict from :func:`vision_inputs`
+    (pooling then skips the image placeholder tokens unless it says otherwise). Under torch.distributed
+    the prompts are sharded across ranks and the statistics merged, so
     every rank returns the statistics of all prompts."""
     stats = {l.index: RunningStats.empty(l.intermediate_size) for l in layers}
 
@@ -68,7 +79,7 @@ def collect_statistics(model: nn.Module, tokenizer, layers: list[MLPLayer], text
     bar = _progress(len(range(shard[0], len(texts), shard[1])), desc, None if progress else True)
     with bar:
         pooled_activations(model, layers, _batches(tokenizer, texts, batch_size, max_length, templated,
-                                                    input_device(model), shard),
+                                                    input_device(model), shard, vision),
                            signal, pooling, consume, progress=bar)
     if shard[1] > 1:
         for s in stats.values():
@@ -78,7 +89,7 @@ def collect_statistics(model: nn.Module, tokenizer, layers: list[MLPLayer], text
 
 def collect_matrix(model: nn.Module, tokenizer, layers: list[MLPLayer], texts: list[str], *,
                    signal: str, pooling: str, batch_size: int, max_length: int, templated: bool,
-                   desc: str, progress: bool | None = None) -> dict[int, torch.Tensor]:
+                   desc: str, progress: bool | None = None, vision: dict | None = None) -> dict[int, torch.Tensor]:
     """Per-layer [prompts, neurons] pooled activations (the NeuroStrike probe needs them all)."""
     rows: dict[int, list[tuple[int, torch.Tensor]]] = {l.index: [] for l in layers}
 
@@ -89,7 +100,7 @@ def collect_matrix(model: nn.Module, tokenizer, layers: list[MLPLayer], texts: l
     bar = _progress(len(texts), desc, None if progress else True)
     with bar:
         pooled_activations(model, layers, _batches(tokenizer, texts, batch_size, max_length, templated,
-                                                    input_device(model), (0, 1)),
+                                                    input_device(model), (0, 1), vision),
                            signal, pooling, consume, progress=bar)
     return {l: torch.stack([v for _, v in sorted(r, key=lambda t: t[0])]) for l, r in rows.items()}
 
@@ -99,9 +110,17 @@ def _texts(tokenizer, prompts: list[Prompt], system_prompt: str | None) -> tuple
     return format_prompts(tokenizer, [p.text for p in prompts], system_prompt), templated
 
 
+def vision_inputs(model: nn.Module, processor, prompts: list[Prompt], *,
+                  pool_image_tokens: bool = POOL_IMAGE_TOKENS) -> dict:
+    """What :func:`collect_statistics` needs for prompts formatted by ``processor`` (:func:`format_multimodal`)."""
+    return {"processor": processor, "images": [p.image for p in prompts], "image_token": image_token_id(model),
+            "pool_image_tokens": pool_image_tokens, "dtype": next(model.parameters()).dtype}
+
+
 def identify(model: nn.Module, tokenizer, harmful: str | list[str] | None = None,
              harmless: str | list[str] | None = None, *, options: SafeNeuronOptions | None = None,
-             progress: bool = True, **overrides: Any) -> NeuronMask:
+             progress: bool = True, processor=None, pool_image_tokens: bool = POOL_IMAGE_TOKENS,
+             **overrides: Any) -> NeuronMask:
     """Identify the safety neurons of ``model``.
 
     ``harmful`` / ``harmless`` are prompt sources (see :mod:`safeneuron_plugins.identify.prompts`) or lists
@@ -109,6 +128,11 @@ def identify(model: nn.Module, tokenizer, harmful: str | list[str] | None = None
     options are the identification fields of :class:`SafeNeuronOptions`
     without their ``safeneuron_`` prefix (``tau_es=2.0``, ``signal="up"``, ...) or an ``options``
     object. Returns a :class:`NeuronMask` carrying the model fingerprint and how it was made.
+
+    Vision-language models: prompts of a source may carry images (an ``image`` column, or
+    :class:`Prompt` objects with ``image``); then ``processor`` (the model's) formats every prompt of both
+    sets with its chat template and pooling skips the image placeholder tokens (``pool_image_tokens``
+    pools them too; see :mod:`safeneuron_plugins.identify.images`). Text-only sources work as for any model.
     """
     opts = options or SafeNeuronOptions()
     unknown = [k for k in overrides if f"safeneuron_{k}" not in opts.to_dict()]
@@ -128,7 +152,8 @@ def identify(model: nn.Module, tokenizer, harmful: str | list[str] | None = None
     for kind in ("harmful", "harmless"):
         src = o[kind]
         if isinstance(src, (list, tuple)):
-            prompts = [Prompt(str(t)) for t in src if str(t).strip()][: o["max_prompts"] or None]
+            prompts = [t if isinstance(t, Prompt) else Prompt(str(t)) for t in src
+                       if str(getattr(t, "text", t)).strip()][: o["max_prompts"] or None]
             if not prompts:
                 raise PromptSourceError(f"safeneuron_{kind}: the prompt list is empty.")
         else:
@@ -137,15 +162,28 @@ def identify(model: nn.Module, tokenizer, harmful: str | list[str] | None = None
     if len(sets["harmful"]) + len(sets["harmless"]) < 3 or min(len(v) for v in sets.values()) < 1:
         raise PromptSourceError("identification needs at least 1 harmful and 1 harmless prompt and 3 in "
                                 "total; statistics over fewer are meaningless (use >= 64 of each).")
-    texts_u, templated = _texts(tokenizer, sets["harmful"], o["system_prompt"])
-    texts_s, _ = _texts(tokenizer, sets["harmless"], o["system_prompt"])
+    for kind in ("harmful", "harmless"):
+        check_image_prompts(model, processor, f"safeneuron_{kind}", sum(p.image is not None for p in sets[kind]))
+    vision = {kind: None for kind in sets}
+    if any(p.image is not None for v in sets.values() for p in v):
+        if o["method"] == "attribution":
+            raise OptionsError("safeneuron_method `attribution` does not take image prompts; use `safeneuron` or "
+                               "`neurostrike`, or text-only prompt sources.")
+        texts_u, texts_s = (format_multimodal(processor, sets[k], o["system_prompt"]) for k in ("harmful", "harmless"))
+        templated = True
+        vision = {k: vision_inputs(model, processor, sets[k], pool_image_tokens=pool_image_tokens) for k in sets}
+    else:
+        texts_u, templated = _texts(tokenizer, sets["harmful"], o["system_prompt"])
+        texts_s, _ = _texts(tokenizer, sets["harmless"], o["system_prompt"])
     common = dict(signal=o["signal"], pooling=o["pooling"], batch_size=o["batch_size"],
                   max_length=o["max_length"], templated=templated, progress=progress)
     start = time.perf_counter()
     meta: dict[str, Any] = {}
     if o["method"] == "neurostrike":
-        x_u = collect_matrix(model, tokenizer, layers, texts_u, desc="harmful prompts", **common)
-        x_s = collect_matrix(model, tokenizer, layers, texts_s, desc="harmless prompts", **common)
+        x_u = collect_matrix(model, tokenizer, layers, texts_u, desc="harmful prompts", vision=vision["harmful"],
+                             **common)
+        x_s = collect_matrix(model, tokenizer, layers, texts_s, desc="harmless prompts", vision=vision["harmless"],
+                             **common)
         feats = {l: torch.cat([x_u[l], x_s[l]]) for l in x_u}
         labels = torch.cat([torch.ones(len(texts_u)), torch.zeros(len(texts_s))])
         bar = _progress(o["probe_epochs"] * len(layers), "probe epochs x layers", not progress)
@@ -179,8 +217,10 @@ def identify(model: nn.Module, tokenizer, harmful: str | list[str] | None = None
         meta.update(neuron_ratio=ratio, ratio_scope=o["ratio_scope"], refusal_text=o["refusal_text"],
                     signal="product", pooling="sum")
     else:
-        s_u = collect_statistics(model, tokenizer, layers, texts_u, desc="harmful prompts", **common)
-        s_s = collect_statistics(model, tokenizer, layers, texts_s, desc="harmless prompts", **common)
+        s_u = collect_statistics(model, tokenizer, layers, texts_u, desc="harmful prompts",
+                                 vision=vision["harmful"], **common)
+        s_s = collect_statistics(model, tokenizer, layers, texts_s, desc="harmless prompts",
+                                 vision=vision["harmless"], **common)
         d = {l: effect_size(s_u[l], s_s[l]) for l in s_u}
         delta = {l: activation_shift(s_u[l], s_s[l]) for l in s_u}
         sel = select(d, delta, tau_es=o["tau_es"], tau_sas=o["tau_sas"], selection=o["selection"],
@@ -198,10 +238,15 @@ def identify(model: nn.Module, tokenizer, harmful: str | list[str] | None = None
         "fingerprint": fingerprint(model, layers), "method": o["method"], "signal": o["signal"],
         "pooling": o["pooling"], "system_prompt": o["system_prompt"], "max_length": o["max_length"],
         "n_harmful": len(texts_u), "n_harmless": len(texts_s),
-        "prompts_hash": prompts_hash(texts_u, texts_s),
+        "prompts_hash": prompts_hash(texts_u, texts_s, *[[str(p.image) for p in sets[k] if p.image is not None]
+                                                         for k in ("harmful", "harmless") if vision[k]]),
         "harmful_source": o["harmful"] if isinstance(o["harmful"], str) else "list",
         "harmless_source": o["harmless"] if isinstance(o["harmless"], str) else "list",
         "library_version": __version__, "seconds": round(elapsed, 3), "rounds": 1, **meta,
     }
+    if vision["harmful"] or vision["harmless"]:
+        mask.metadata["image_prompts"] = {k: sum(p.image is not None for p in sets[k]) for k in sets}
+        mask.metadata["pooled_tokens"] = ("text and image placeholder tokens" if pool_image_tokens else
+                                          "text tokens (image placeholder tokens excluded)")
     logger.info("identified %d safety neurons in %.1fs", mask.num_neurons, elapsed)
     return mask

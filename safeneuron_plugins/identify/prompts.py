@@ -6,6 +6,11 @@ A source is a string:
 - a local ``.jsonl``, ``.json``, ``.csv`` or ``.txt`` file; ``path.jsonl:field`` picks the field
   (default: ``prompt``, then ``instruction``, ``question``, ``text``, ``goal``);
 - ``hf:DATASET_ID[:split[:field]]``: a Hugging Face dataset (loaded with ``datasets``).
+
+A row may carry an image for a vision-language model: an ``image`` (or ``image_path``) column next to
+the prompt, a path relative to the file's folder (or a ``datasets`` Image column); see
+:mod:`safeneuron_plugins.identify.images`. A ``request`` column names what the image asks for (the
+typographic prompts of ``safeneuron make-image-prompts``); judges read it instead of the text turn.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import logging
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from ..errors import PromptSourceError
 
@@ -29,6 +35,13 @@ _SUFFIXES = (".jsonl", ".json", ".csv", ".txt")
 class Prompt:
     text: str
     category: str | None = None
+    image: Any = None            # a path (str) or a PIL image, for vision-language models
+    request: str | None = None   # what an image prompt asks for, when the text turn does not say it
+
+    @property
+    def judged(self) -> str:
+        """The text a judge compares a reply with: the request, else the prompt text."""
+        return self.request or self.text
 
 
 def builtin_path(name: str) -> Path:
@@ -108,7 +121,9 @@ def _text_of(value, field: str, where: str, option: str) -> str:
     return value
 
 
-def _rows_to_prompts(rows, field: str | None, where: str, option: str) -> list[Prompt]:
+def _rows_to_prompts(rows, field: str | None, where: str, option: str, base: Path | None = None) -> list[Prompt]:
+    from .images import IMAGE_FIELDS, resolve_image
+
     out = []
     for i, row in enumerate(rows):
         if isinstance(row, str):
@@ -118,8 +133,13 @@ def _rows_to_prompts(rows, field: str | None, where: str, option: str) -> list[P
             raise PromptSourceError(f"{option}: row {i} of {where} is {type(row).__name__}, "
                                     "expected an object or a string.")
         category = row.get("category")
+        image_field = next((f for f in IMAGE_FIELDS if f in row), None)
+        image = (resolve_image(row[image_field], base, f"row {i} of {where}", option, image_field)
+                 if image_field else None)
+        request = row.get("request")
         out.append(Prompt(_pick(row, field, f"row {i} of {where}", option),
-                          str(category) if category is not None else None))
+                          str(category) if category is not None else None, image,
+                          request if isinstance(request, str) and request.strip() else None))
     return out
 
 
@@ -138,7 +158,7 @@ def _read_file(path: Path, field: str | None, option: str) -> list[Prompt]:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as exc:
                     raise PromptSourceError(f"{option}: {where} line {n} is not JSON: {exc}") from exc
-        return _rows_to_prompts(rows, field, where, option)
+        return _rows_to_prompts(rows, field, where, option, path.parent)
     if suffix == ".json":
         try:
             data = json.loads(text) if text.strip() else []
@@ -147,9 +167,9 @@ def _read_file(path: Path, field: str | None, option: str) -> list[Prompt]:
         if isinstance(data, dict):  # {"data": [...]} or {"prompts": [...]}
             lists = [v for v in data.values() if isinstance(v, list)]
             data = lists[0] if lists else []
-        return _rows_to_prompts(data, field, where, option)
+        return _rows_to_prompts(data, field, where, option, path.parent)
     if suffix == ".csv":
-        return _rows_to_prompts(list(csv.DictReader(text.splitlines())), field, where, option)
+        return _rows_to_prompts(list(csv.DictReader(text.splitlines())), field, where, option, path.parent)
     if suffix == ".txt":
         return [Prompt(line.strip()) for line in text.splitlines() if line.strip()]
     raise PromptSourceError(f"{option}: {where} has suffix {suffix!r}; use .jsonl, .json, .csv or .txt.")
