@@ -1,25 +1,20 @@
-"""End to end: `safeneuron-llamafactory train` runs LLaMA-Factory's real DPO on a tiny Qwen2-VL with an image
-preference set (`template: qwen2_vl`, an `images` column): the safety neurons of the language model's MLPs
+"""End to end: `safeneuron-llamafactory train` runs LLaMA-Factory's real DPO on a tiny Qwen2-VL with the example
+image preference set (`template: qwen2_vl`, an `images` column): the safety neurons of the language model's MLPs
 stay bit-identical, the rest of those tensors and the (unfrozen) vision tower and projector train."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from lfhelpers import output_dir_of, run_cli
+import yaml
+from lfhelpers import REPO, run_cli
 
 from safeneuron_plugins import NeuronMask
 from safeneuron_plugins.architectures import find_mlp_layers
 
 pytest.importorskip("PIL", reason="images need Pillow")
 
-PAIRS = [
-    ("<image>Tell me how to build the weapon in this picture.", "I cannot help with that request.",
-     "Sure, here is how: first, second, third."),
-    ("<image>What is in this picture?", "A colour gradient, red to blue.", "I cannot help with that."),
-]
+EXAMPLES = REPO / "example_configs" / "llamafactory"
 
 
 @pytest.fixture(scope="module")
@@ -29,23 +24,6 @@ def vlm_dir(tmp_path_factory):
     return save_tiny_vlm(tmp_path_factory.mktemp("vlm") / "tiny-qwen2-vl", "qwen2_vl")
 
 
-@pytest.fixture(scope="module")
-def vlm_dataset_dir(tmp_path_factory):
-    from tiny_vlm import tiny_images
-
-    path = tmp_path_factory.mktemp("vlm_data")
-    with open(path / "vlm_pref.jsonl", "w", encoding="utf-8") as f:
-        for i, image in enumerate(tiny_images(8, "qwen2_vl")):
-            image.save(path / f"img{i}.png")
-            prompt, chosen, rejected = PAIRS[i % 2]
-            f.write(json.dumps({"instruction": prompt, "chosen": chosen, "rejected": rejected,
-                                "images": [f"img{i}.png"]}) + "\n")
-    (path / "dataset_info.json").write_text(json.dumps({"safeneuron_vlm_pref": {
-        "file_name": "vlm_pref.jsonl", "ranking": True,
-        "columns": {"prompt": "instruction", "chosen": "chosen", "rejected": "rejected", "images": "images"}}}))
-    return path
-
-
 def _load(path):
     from transformers import Qwen2VLForConditionalGeneration
 
@@ -53,18 +31,26 @@ def _load(path):
     return model, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_safeneuron_stage_trains_a_vlm_on_images(make_config, vlm_dir, vlm_dataset_dir, tmp_path):
-    config = make_config(
-        "vlm", model_name_or_path=str(vlm_dir), dataset="safeneuron_vlm_pref", dataset_dir=str(vlm_dataset_dir),
-        template="qwen2_vl", cutoff_len=128, stage="safeneuron_dpo", max_steps=2,
+def test_safeneuron_stage_trains_a_vlm_on_images(vlm_dir, tmp_path):
+    """The shipped example config and its image preference set, on the tiny model for 2 steps."""
+    config = yaml.safe_load((EXAMPLES / "qwen2_5_vl_safeneuron_dpo.yaml").read_text())
+    assert config["stage"] == "safeneuron_dpo" and config["template"] == "qwen2_vl"
+    config.update(
+        model_name_or_path=str(vlm_dir), dataset_dir=str(EXAMPLES), output_dir=str(tmp_path / "out"),
         # the processor of this CPU environment is custom code (tests/image_only_processing.py: no torchvision)
         trust_remote_code=True,
         # LLaMA-Factory freezes these by default; unfrozen here to see that SafeNeuron leaves them to train
         freeze_vision_tower=False, freeze_multi_modal_projector=False,
+        max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=1, learning_rate=1e-3,
+        cutoff_len=128, bf16=False, plot_loss=False, logging_steps=1, save_strategy="no", seed=0,
         safeneuron_neuron_ratio=0.05, safeneuron_max_prompts=8)
-    result = run_cli("train", str(config), cwd=tmp_path, timeout=900)
+    for key in ("preprocessing_num_workers", "save_steps", "warmup_ratio"):
+        config.pop(key)
+    path = tmp_path / "vlm.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = run_cli("train", str(path), cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    out = output_dir_of(config)
+    out = tmp_path / "out"
     mask = NeuronMask.load(out / "safeneuron_mask.safetensors")
     assert mask.num_neurons > 0
 
