@@ -27,21 +27,23 @@ import sys
 from axolotl.cli.config import load_cfg
 from axolotl.integrations.base import PluginManager
 from safeneuron_plugins.errors import UnsupportedSetupError
-cfg = load_cfg(sys.argv[1])
-try:
-    meta = PluginManager.get_instance().load_datasets(cfg, preprocess=False)
-    print("RESULT", bool(cfg.is_multimodal), cfg.model_config_type, "accepted", meta)
-except UnsupportedSetupError as err:
-    print("RESULT", bool(cfg.is_multimodal), cfg.model_config_type, "refused", err)
+for path in sys.argv[1:]:
+    cfg = load_cfg(path)
+    try:
+        meta = PluginManager.get_instance().load_datasets(cfg, preprocess=False)
+        print("RESULT", bool(cfg.is_multimodal), cfg.model_config_type, "accepted", meta)
+    except UnsupportedSetupError as err:
+        print("RESULT", bool(cfg.is_multimodal), cfg.model_config_type, "refused", err)
 """
 
 
-def _first_hook(config) -> str:
-    proc = subprocess.run([sys.executable, "-c", _HOOK, str(config)], env=offline_env(), cwd=config.parent,
-                          capture_output=True, text=True, timeout=300)
+def _first_hook(*configs) -> list[str]:
+    """One RESULT line per config, all loaded in one process (one Axolotl import)."""
+    proc = subprocess.run([sys.executable, "-c", _HOOK, *map(str, configs)], env=offline_env(),
+                          cwd=configs[0].parent, capture_output=True, text=True, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return lines[-1]
+    assert proc.returncode == 0 and len(lines) == len(configs), proc.stdout[-3000:] + proc.stderr[-3000:]
+    return lines
 
 
 def test_vlm_dpo_with_freezing_is_refused_by_the_cli(make_config, tiny_vlm_dir):
@@ -56,13 +58,13 @@ def test_vlm_dpo_with_freezing_is_refused_by_the_cli(make_config, tiny_vlm_dir):
 
 
 def test_refusal_needs_a_vlm_and_freezing(make_config, tiny_vlm_dir):
-    result = _first_hook(make_config("vlm-hook", base_model=str(tiny_vlm_dir),
-                                     **safeneuron_lines(safeneuron_freeze=True)))
-    assert result.startswith("RESULT True qwen2_vl refused ") and REFUSAL in result
-    # the same VLM without freezing: the plugin stays out of Axolotl's way (it only warns about unused options)
-    result = _first_hook(make_config("vlm-no-freeze", base_model=str(tiny_vlm_dir),
-                                     **safeneuron_lines(safeneuron_freeze=False, safeneuron_neuron_ratio=0.05)))
-    assert result == "RESULT True qwen2_vl accepted None"
-    # a text model with freezing: not refused
-    assert _first_hook(make_config("text-hook", **safeneuron_lines(safeneuron_freeze=True))) \
-        == "RESULT False llama accepted None"
+    refused, no_freeze, text = _first_hook(
+        make_config("vlm-hook", base_model=str(tiny_vlm_dir), **safeneuron_lines(safeneuron_freeze=True)),
+        # the same VLM without freezing: the plugin stays out of Axolotl's way (it only warns about unused options)
+        make_config("vlm-no-freeze", base_model=str(tiny_vlm_dir),
+                    **safeneuron_lines(safeneuron_freeze=False, safeneuron_neuron_ratio=0.05)),
+        # a text model with freezing: not refused
+        make_config("text-hook", **safeneuron_lines(safeneuron_freeze=True)))
+    assert refused.startswith("RESULT True qwen2_vl refused ") and REFUSAL in refused
+    assert no_freeze == "RESULT True qwen2_vl accepted None"
+    assert text == "RESULT False llama accepted None"
