@@ -10,6 +10,9 @@ The plugin only translates the config into the core's Trainer callback
 (:class:`~safeneuron_plugins.integrations.hf.SafeNeuronCallback`), which identifies or loads the
 mask, freezes the policy's safety neurons exactly, and writes the mask to ``output_dir``. The
 callback only sees the trainer's policy, so the reference model is never touched.
+
+Vision-language models are refused with freezing on (:func:`check_supported`): Axolotl's preference
+path takes no processor and no images (README, "Training a VLM", has the evidence).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from axolotl.utils.dict import DictDefault
 from axolotl.utils.logging import get_logger
 from transformers import Trainer, TrainerCallback
 
+from safeneuron_plugins.errors import UnsupportedSetupError
 from safeneuron_plugins.options import SafeNeuronOptions, split_options
 from safeneuron_plugins.training import warn_if_freezing_off
 
@@ -42,6 +46,31 @@ def options_from_cfg(cfg: DictDefault) -> SafeNeuronOptions:
     return SafeNeuronOptions.from_dict(ours, source="the Axolotl config")
 
 
+def check_supported(cfg: DictDefault) -> None:
+    """Refuse freezing in preference training (``rl``) of a vision-language model.
+
+    Axolotl's RL path loads no processor (``load_preference_datasets`` loads the tokenizer only), its
+    DPO dataset strategies build text-only prompt/chosen/rejected strings, and its RL trainer builder
+    passes the tokenizer as ``processing_class``: the images of a VLM preference set never reach the
+    model. ``cfg.is_multimodal`` is Axolotl's own verdict on ``base_model`` (set by ``normalize_config``).
+    """
+    if not cfg.rl or not (cfg.is_multimodal or cfg.processor_type):
+        return
+    if not options_from_cfg(cfg).safeneuron_freeze:
+        return
+    from importlib.metadata import version
+
+    rl = getattr(cfg.rl, "value", cfg.rl)
+    raise UnsupportedSetupError(
+        f"safeneuron_freeze: true with `rl: {rl}` on a vision-language model (`base_model: {cfg.base_model}`, "
+        f"model_type {cfg.model_config_type or 'unknown'}) is not supported in Axolotl {version('axolotl')}: "
+        "its preference-training path loads no processor, its DPO dataset types keep no images and its RL "
+        "trainer gets the tokenizer as processing_class, so the images would never reach the model. Train "
+        "the VLM with trl's DPOTrainer and SafeNeuronCallback (the processor as processing_class, an `images` "
+        "column), or with `safeneuron-llamafactory train` (`stage: safeneuron_dpo`, a VL template such as "
+        "`template: qwen2_vl`, an `images` column): see README.md, 'Training a VLM'.")
+
+
 class SafeNeuronPlugin(BasePlugin):
     """Axolotl plugin: adds the SafeNeuron freezing callback to the policy's trainer."""
 
@@ -57,6 +86,14 @@ class SafeNeuronPlugin(BasePlugin):
             core.addHandler(_ToAxolotlLog())
             core.setLevel(logging.INFO)
             core.propagate = False
+
+    def load_datasets(self, cfg: DictDefault, preprocess: bool = False) -> None:
+        # The first hook after Axolotl resolved cfg.is_multimodal (train and preprocess): refuse before
+        # any data or model is loaded. Returns None: Axolotl loads the datasets itself.
+        check_supported(cfg)
+
+    def pre_model_load(self, cfg: DictDefault) -> None:
+        check_supported(cfg)  # for entry points that load their own datasets
 
     def add_callbacks_post_trainer(self, cfg: DictDefault, trainer: Trainer) -> list[TrainerCallback]:
         from safeneuron_plugins.integrations.hf import SafeNeuronCallback
@@ -75,4 +112,4 @@ class SafeNeuronPlugin(BasePlugin):
         return [SafeNeuronCallback(options)]
 
 
-__all__ = ["SafeNeuronPlugin", "options_from_cfg"]
+__all__ = ["SafeNeuronPlugin", "check_supported", "options_from_cfg"]
