@@ -46,7 +46,9 @@ def add_identify_flags(parser: argparse.ArgumentParser, rename: dict[str, str] |
         if not f.metadata["identify"]:
             continue
         kind = option_type(f.name)
-        kwargs = dict(dest=f.name, default=None, help=f"{f.metadata['help']} (default: {f.default!r})")
+        # argparse %-formats help texts: a literal % (e.g. "top 1%") must be doubled
+        kwargs = dict(dest=f.name, default=None,
+                      help=f"{f.metadata['help']} (default: {f.default!r})".replace("%", "%%"))
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:

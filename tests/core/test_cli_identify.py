@@ -1,5 +1,6 @@
 """`safeneuron identify`: prompt sources, outputs, and clear errors for bad input."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -127,3 +128,16 @@ def test_console_script_runs(model_dir, tmp_path):
     assert NeuronMask.load(out).metadata["n_harmful"] == 16
     proc = subprocess.run([*exe, "options", "--markdown"], capture_output=True, text=True, timeout=60)
     assert "safeneuron_tau_es" in proc.stdout and "--tau-es" in proc.stdout
+
+
+def test_every_command_help_renders_its_option_texts():
+    # argparse %-formats help texts: a bare "%" in an option's doc once printed the parser's internals
+    from safeneuron_plugins.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        text = command.format_help()
+        assert "option_strings" not in text, name
+    attack = sub.choices["attack"].format_help()
+    assert "top 1% removes" in " ".join(attack.split())
