@@ -1,24 +1,18 @@
-"""Qwen2-VL's processor without its video processor, for environments without torchvision.
+"""Remote-code entry point for the tiny Qwen VLMs' processor: safeneuron_plugins' ImageOnlyQwen2VLProcessor.
 
-Every transformers video processor needs torchvision, which has no build for the CPU torch of the test
-environments, and Qwen2VLProcessor cannot be built or loaded without one. This subclass drops only the
-video modality; images and text go through Qwen2VLProcessor's own code. It is registered for
-AutoProcessor, so a saved model directory carries this file and an ``auto_map`` entry and loads with
-``AutoProcessor.from_pretrained(path, trust_remote_code=True)`` in any process (LLaMA-Factory's loader
-included). With torchvision installed, the stock Qwen2VLProcessor does the same job.
+A saved model directory carries this file and an ``auto_map`` entry, so ``AutoProcessor.from_pretrained(path,
+trust_remote_code=True)`` loads the package's image-only processor in any process where safeneuron_plugins is
+installed (LLaMA-Factory's loader, trl's example), without torchvision. The class is declared here, not only
+re-exported: transformers registers a remote-code class for auto-saving and, when the processor is saved again
+(LLaMA-Factory's SaveProcessorCallback), copies the file that defines the class with its relative imports -
+this file; the package module's relative imports cannot be copied that way.
 """
 
-from transformers import ProcessorMixin, Qwen2VLProcessor
+from safeneuron_plugins.identify.images import ImageOnlyQwen2VLProcessor as _PackageProcessor
 
 
-class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-    """Qwen2VLProcessor with image_processor and tokenizer only."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
-        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+class ImageOnlyQwen2VLProcessor(_PackageProcessor):
+    """The package's processor, unchanged (see safeneuron_plugins/identify/images.py)."""
 
 
 ImageOnlyQwen2VLProcessor.register_for_auto_class("AutoProcessor")

@@ -29,10 +29,11 @@ _CORPUS = [
 ]
 
 
-#: The vision tokenizer's extra special tokens (ids 4..7, trained right after the four above): Qwen2-VL's
-#: image markers and placeholder, and LLaVA's placeholder. The tiny VLM configs use these ids.
-VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<image>"]
-VISION_IDS = dict(vision_start_token_id=4, vision_end_token_id=5, image_token_id=6)
+#: The vision tokenizer's extra special tokens (ids 4..8, trained right after the four above): Qwen2-VL's
+#: image markers and placeholder, LLaVA's placeholder, and Qwen2-VL's video placeholder (unused: no video
+#: processor, but its processor and LLaMA-Factory's template name it). The tiny VLM configs use these ids.
+VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<image>", "<|video_pad|>"]
+VISION_IDS = dict(vision_start_token_id=4, vision_end_token_id=5, image_token_id=6, video_token_id=8)
 LLAVA_IMAGE_ID = 7
 
 #: A chat template for processors: a message's content is a string or a list of {"type": "image"} /
@@ -47,7 +48,7 @@ VLM_CHATML = (
 
 
 def make_tokenizer(vocab_size: int = 384, vision: bool = False) -> transformers.PreTrainedTokenizerFast:
-    """``vision``: also the special tokens of :data:`VISION_TOKENS` (ids 4..7), for the tiny VLMs."""
+    """``vision``: also the special tokens of :data:`VISION_TOKENS` (ids 4..8), for the tiny VLMs."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"] + (VISION_TOKENS if vision else [])
@@ -62,7 +63,7 @@ def make_tokenizer(vocab_size: int = 384, vision: bool = False) -> transformers.
         pad_token="<pad>", unk_token="<|endoftext|>")
     fast.chat_template = CHATML
     if vision:
-        assert fast.convert_tokens_to_ids(VISION_TOKENS) == [4, 5, 6, 7]
+        assert fast.convert_tokens_to_ids(VISION_TOKENS) == [4, 5, 6, 7, 8]
     return fast
 
 
@@ -124,12 +125,14 @@ def tiny_config(family: str, **overrides) -> transformers.PretrainedConfig:
                                                      spatial_merge_size=2, fullatt_block_indexes=[0]),
                                   **VISION_IDS)
     if family == "llava":
+        # vision_feature_layer -1: LLaVA's default, -2, leaves the last CLIP layer (here the only one) out of the
+        # forward pass; -1 makes every vision weight take part, so training tests see all of them move
         return t.LlavaConfig(text_config=t.LlamaConfig(**_text()).to_dict(),
                              vision_config=dict(model_type="clip_vision_model", hidden_size=32,
                                                 intermediate_size=64, num_hidden_layers=1,
                                                 num_attention_heads=2, image_size=32, patch_size=8,
                                                 projection_dim=32),
-                             image_token_index=LLAVA_IMAGE_ID)
+                             image_token_index=LLAVA_IMAGE_ID, vision_feature_layer=-1)
     raise ValueError(f"no tiny config for {family!r}")
 
 
@@ -163,40 +166,53 @@ def tiny_model(family: str = "llama", seed: int = 0, **overrides) -> torch.nn.Mo
     return model.eval()
 
 
-def save_tiny_model(path: str | Path, family: str = "llama", seed: int = 0, **overrides) -> Path:
-    """Save a tiny model and its tokenizer to ``path``; returns the path."""
+def _match_tokenizer(model, tok) -> None:
+    """Give the model's config and generation config the tokenizer's pad/eos/bos ids."""
+    for cfg in (model.config, getattr(model, "generation_config", None)):
+        if cfg is not None:
+            cfg.pad_token_id, cfg.eos_token_id, cfg.bos_token_id = tok.pad_token_id, tok.eos_token_id, tok.bos_token_id
+
+
+def save_tiny_model(path: str | Path, family: str = "llama", seed: int = 0, *, remote_code: bool = False,
+                    **overrides) -> Path:
+    """Save a tiny model and its tokenizer (a VLM: its processor) to ``path``; returns the path.
+
+    ``remote_code``: save a Qwen family's processor as remote code (tests/image_only_processing.py and an
+    ``auto_map`` entry), so that ``AutoProcessor.from_pretrained(path, trust_remote_code=True)`` loads it in
+    any process (LLaMA-Factory's loader, trl's example). Without it the directory holds the processor's files
+    only, and safeneuron's own loader builds the image-only processor from them."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model = tiny_model(family, seed, **overrides)
     tok = make_tokenizer(vision=family in VLM_FAMILIES)
-    model.config.pad_token_id = tok.pad_token_id
-    model.config.eos_token_id = tok.eos_token_id
-    model.config.bos_token_id = tok.bos_token_id
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.pad_token_id = tok.pad_token_id
-        model.generation_config.eos_token_id = tok.eos_token_id
-        model.generation_config.bos_token_id = tok.bos_token_id
+    _match_tokenizer(model, tok)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     if family in VLM_FAMILIES:
-        tiny_processor(family).save_pretrained(path)
+        tiny_processor(family, remote_code=remote_code).save_pretrained(path)
     return path
 
 
 VLM_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava")
+#: the image side of each family's tiny processor, in pixels
+IMAGE_SIZE = {"qwen2_vl": 56, "qwen2_5_vl": 56, "llava": 32}
 
 
-def tiny_processor(family: str):
+def tiny_processor(family: str, remote_code: bool = False):
     """A processor for the tiny VLM of ``family``, built here (no hub): transformers' PIL image processor
     (no torchvision) with small images, the vision tokenizer and :data:`VLM_CHATML`.
 
-    Qwen2-VL: 56x56 pixels at most, so an image is a 4x4 patch grid, merged 2x2 into 4 image tokens. Its
-    processor class wants a video processor, which needs torchvision; the image-only processor of
-    :mod:`safeneuron_plugins.identify.images` leaves it out. LLaVA: images cropped to 32x32, 8x8 patches,
-    16 image tokens (CLIP's class token is dropped by the default feature selection)."""
+    Qwen2-VL / Qwen2.5-VL (whose processor is Qwen2-VL's): 56x56 pixels at most, so an image is a 4x4 patch
+    grid, merged 2x2 into 4 image tokens. Its processor class wants a video processor, which needs torchvision;
+    the image-only processor of :mod:`safeneuron_plugins.identify.images` leaves it out (``remote_code``: its
+    declaration in tests/image_only_processing.py, which saves as remote code). LLaVA: images cropped to
+    32x32, 8x8 patches, 16 image tokens (CLIP's class token is dropped by the default feature selection)."""
     tok = make_tokenizer(vision=True)
     if family in ("qwen2_vl", "qwen2_5_vl"):
-        from safeneuron_plugins.identify.images import ImageOnlyQwen2VLProcessor
+        if remote_code:
+            from image_only_processing import ImageOnlyQwen2VLProcessor
+        else:
+            from safeneuron_plugins.identify.images import ImageOnlyQwen2VLProcessor
 
         ip = transformers.Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56)
         template = VLM_CHATML.replace("IMAGE", "<|vision_start|><|image_pad|><|vision_end|>")
@@ -208,3 +224,24 @@ def tiny_processor(family: str):
                                            num_additional_image_tokens=1,
                                            chat_template=VLM_CHATML.replace("IMAGE", "<image>\n"))
     raise ValueError(f"no tiny processor for {family!r}")
+
+
+def tiny_vlm(family: str, seed: int = 0):
+    """(model, processor): :func:`tiny_model` of a VLM family and its :func:`tiny_processor`, with the
+    tokenizer's special ids in the model's configs."""
+    model, processor = tiny_model(family, seed), tiny_processor(family)
+    _match_tokenizer(model, processor.tokenizer)
+    return model, processor
+
+
+def tiny_images(n: int, family: str = "qwen2_vl"):
+    """``n`` distinct small RGB images (a colour gradient per image) of the family's processor size."""
+    from PIL import Image
+
+    size, images = IMAGE_SIZE[family], []
+    for i in range(n):
+        image = Image.new("RGB", (size, size))
+        image.putdata([((7 * i + x) % 256, (13 * i + y * 4) % 256, (29 * i + x * y) % 256)
+                       for y in range(size) for x in range(size)])
+        images.append(image)
+    return images

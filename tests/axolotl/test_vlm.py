@@ -15,9 +15,9 @@ REFUSAL = "safeneuron_freeze: true with `rl: dpo` on a vision-language model"
 @pytest.fixture(scope="module")
 def tiny_vlm_dir(workdir):
     pytest.importorskip("PIL", reason="the tiny VLM's image processor needs Pillow")
-    from tiny_vlm import save_tiny_vlm
+    from tiny import save_tiny_model
 
-    return save_tiny_vlm(workdir / "tiny-qwen2-vl", "qwen2_vl")
+    return save_tiny_model(workdir / "tiny-qwen2-vl", "qwen2_vl", remote_code=True)
 
 
 #: Axolotl's own config loading (validation, then normalisation, which sets cfg.is_multimodal), then the plugin

@@ -37,9 +37,9 @@ def test_trl_example_script(tmp_path):
 def test_trl_vlm_example_script(tmp_path):
     """The VLM example on a tiny Qwen2-VL and the shipped image preference set (LLaMA-Factory's example file)."""
     pytest.importorskip("PIL", reason="images need Pillow")
-    from tiny_vlm import save_tiny_vlm
+    from tiny import save_tiny_model
 
-    model = save_tiny_vlm(tmp_path / "vlm", "qwen2_vl")
+    model = save_tiny_model(tmp_path / "vlm", "qwen2_vl", remote_code=True)
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(ROOT / "example_configs/trl/vlm_dpo_safeneuron.py"), "--model", str(model),
                            "--data", str(ROOT / "example_configs/llamafactory/vlm_preferences.jsonl"), "--steps", "1",

@@ -14,7 +14,7 @@ import torch
 import transformers
 from safeneuron_plugins.integrations.hf import SafeNeuronCallback
 from test_freeze_trl import assert_frozen_exactly, frozen_rows
-from tiny_vlm import tiny_images, tiny_vlm
+from tiny import tiny_images, tiny_vlm
 
 from safeneuron_plugins import NeuronMask
 from safeneuron_plugins.architectures import find_mlp_layers

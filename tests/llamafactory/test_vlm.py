@@ -19,9 +19,9 @@ EXAMPLES = REPO / "example_configs" / "llamafactory"
 
 @pytest.fixture(scope="module")
 def vlm_dir(tmp_path_factory):
-    from tiny_vlm import save_tiny_vlm
+    from tiny import save_tiny_model
 
-    return save_tiny_vlm(tmp_path_factory.mktemp("vlm") / "tiny-qwen2-vl", "qwen2_vl")
+    return save_tiny_model(tmp_path_factory.mktemp("vlm") / "tiny-qwen2-vl", "qwen2_vl", remote_code=True)
 
 
 def _load(path):
