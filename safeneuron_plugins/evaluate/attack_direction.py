@@ -278,6 +278,26 @@ def default_candidate_layers(num_layers: int) -> list[int]:
     return sorted({min(num_layers - 1, int(f * num_layers)) for f in DEFAULT_LAYER_FRACTIONS})
 
 
+def resolve_candidates(model: nn.Module, tokenizer, layers: Sequence[int] | str | None,
+                       positions: Sequence[int] | str, *, system_prompt: str | None = None,
+                       mlp_modules: str | None = None) -> tuple[list[int] | None, list[int]]:
+    """Candidate layers (None: :func:`default_candidate_layers`, ``"all"``, or indices) and positions (``"all"``
+    post-instruction positions, or negative offsets) checked against the model; errors name the CLI flags."""
+    _, blocks = residual_modules(model, mlp_modules)
+    num_layers, post = len(blocks), post_instruction_tokens(tokenizer, system_prompt)
+    layers = list(range(num_layers)) if layers == "all" else None if layers is None else list(layers)
+    positions = list(range(-post, 0)) if positions == "all" else list(positions)
+    for layer in layers or []:
+        if layer >= num_layers:
+            raise OptionsError(f"--direction-layers: layer {layer} is not a decoder layer of this model "
+                               f"(0..{num_layers - 1}).")
+    for position in positions:
+        if position < -post:
+            raise OptionsError(f"--direction-positions: {position} is before the {post} post-instruction tokens "
+                               f"of this chat template (-1..-{post}).")
+    return layers, positions
+
+
 def judged(model: nn.Module, tokenizer, prompts: list[str], judge: Judge, *, max_new_tokens: int,
            batch_size: int, system_prompt: str | None, desc: str, progress: bool) -> tuple[list[str], list]:
     """Greedy replies and their verdicts (whatever hooks are in force)."""
