@@ -32,7 +32,9 @@ import torch
 from torch import nn
 
 from ..architectures import find_mlp_layers
+from ..distributed import is_sharded
 from ..errors import OptionsError, SafeNeuronError
+from ..identify.activations import _StopForward
 from ..identify.batching import input_device, length_batches, pad_batch, pad_id_of, tokenize
 from ..identify.prompts import format_prompts
 from ..quantization import unpacked_bnb_weights
@@ -226,12 +228,17 @@ def _mean_residual(model: nn.Module, tokenizer, prompts: list[str], positions: i
     total: torch.Tensor | None = None
     current: list[torch.Tensor | None] = [None] * len(blocks)
     index: list[torch.Tensor] = []
+    # the pass ends after the last decoder layer: no final norm, no LM head over the vocabulary (as in
+    # identification; sharded models run to the end, their post-forward hooks reshard)
+    stop = not is_sharded(model)
 
     def record(i: int):
         def hook(mod, args, out):
             h = _hidden(out)
             rows = torch.arange(h.shape[0], device=h.device).unsqueeze(1)
             current[i] = h[rows, index[0].to(h.device)].double().sum(0)  # [positions, hidden]
+            if stop and i == len(blocks) - 1:
+                raise _StopForward
         return hook
 
     handles = [b.register_forward_hook(record(i)) for i, b in enumerate(blocks)]
@@ -244,7 +251,10 @@ def _mean_residual(model: nn.Module, tokenizer, prompts: list[str], positions: i
                 ids, mask = pad_batch([seqs[i] for i in group], pad_id_of(tokenizer), device)
                 lengths = torch.tensor([len(seqs[i]) for i in group])
                 index[:] = [(lengths.unsqueeze(1) - positions + torch.arange(positions)).clamp_min(0)]
-                model(input_ids=ids, attention_mask=mask, use_cache=False)
+                try:
+                    model(input_ids=ids, attention_mask=mask, use_cache=False)
+                except _StopForward:
+                    pass
                 step = torch.stack([c.cpu() for c in current])
                 total = step if total is None else total + step
                 bar.update(len(group))
