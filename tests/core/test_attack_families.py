@@ -118,6 +118,24 @@ def test_the_computed_direction_is_the_planted_one(planted):
         means.direction(0, -means.positions - 1)
 
 
+def test_means_stop_after_the_last_layer_and_equal_the_full_pass(planted, monkeypatch):
+    """The means' pass ends after the last decoder layer (no LM head) and gives what the full pass gives."""
+    from safeneuron_plugins.evaluate import attack_direction
+
+    model, tok, _ = planted
+    head_calls = []
+    handle = model.lm_head.register_forward_hook(lambda *args: head_calls.append(1))
+    try:
+        early = direction_means(model, tok, HARMFUL, HARMLESS, progress=False)
+        assert not head_calls
+        monkeypatch.setattr(attack_direction, "is_sharded", lambda m: True)  # sharded models run to the end
+        full = direction_means(model, tok, HARMFUL, HARMLESS, progress=False)
+        assert head_calls
+    finally:
+        handle.remove()
+    assert torch.equal(early.harmful, full.harmful) and torch.equal(early.harmless, full.harmless)
+
+
 def test_ablation_zeroes_the_direction_everywhere_changes_behaviour_and_leaves_no_hook(planted):
     model, tok, d = planted
     embedding, blocks = residual_modules(model)
@@ -498,7 +516,7 @@ COMPARE_BAD = [
     (["--families", "pruning,finetune"], "--finetune-data"),
     (["--finetune-steps", "0,5"], "--finetune-steps"),
     (["--families", "pruning,finetune", "--validation", "2", "--finetune-data", "{pairs}"], "--validation"),
-    (["--families", "pruning,direction", "--direction-layers", "9"], "--direction-layers"),
+    (["--families", "pruning,direction", "--validation", "2", "--direction-layers", "9"], "--direction-layers"),
     (["--families", "pruning,direction", "--validation", "50"], "--validation"),
     (["--families", "pruning,finetune", "--finetune-data", "{harmful}"], "--finetune-data"),
 ]
