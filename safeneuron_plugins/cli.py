@@ -8,7 +8,8 @@
     safeneuron make-image-prompts --out-dir DIR [--harmful SRC] [--harmless SRC]     # typographic images
     safeneuron make-pairs MODEL --out pairs.jsonl
     safeneuron analyze MASK [MASK ...] | --model MODEL --by-category
-    safeneuron compare ORIGINAL BASELINE SAFENEURON ... --out-dir report/ [--lm-eval TASKS]
+    safeneuron compare ORIGINAL BASELINE SAFENEURON ... --out-dir report/ [--families pruning,direction,finetune]
+        [--lm-eval TASKS]
     safeneuron capability MODEL --lm-eval TASKS [--lm-eval-include DIR] [--mask M] --out results.json
     safeneuron quickstart            # the README's main job on the default model
     safeneuron options [--markdown]  # every safeneuron_* option with its documentation
@@ -403,15 +404,23 @@ DIRECTION_VALIDATION = 16
 DIRECTION_VALIDATION_TOKENS = 16
 
 
-def add_family_flags(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("--family direction (refusal-direction ablation)")
-    g.add_argument("--direction", default=None, metavar="FILE",
-                   help="ablate this saved direction (from --save-direction) instead of selecting one on the model")
-    g.add_argument("--save-direction", default=None, metavar="FILE",
-                   help="write the direction ablated (safetensors, with its layer and position) to FILE")
-    g.add_argument("--original", default=None, metavar="MODEL_OR_FILE",
-                   help="the original model, or its saved direction file: report the cosine between its refusal "
-                        "direction and this model's at the same layer and position")
+#: family flags that only `attack` has (compare selects a direction per model, the first model is the original)
+_ATTACK_ONLY_FLAGS = ("direction", "save_direction", "original", "respect_mask")
+
+
+def add_family_flags(parser: argparse.ArgumentParser, *, compare: bool = False) -> None:
+    """The direction and finetune families' flags: all of them for `attack --family`, the knobs without the
+    file and mask flags (:data:`_ATTACK_ONLY_FLAGS`) for `compare --families`."""
+    which = "--families ...,{}" if compare else "--family {}"
+    g = parser.add_argument_group(f"{which.format('direction')} (refusal-direction ablation)")
+    if not compare:
+        g.add_argument("--direction", default=None, metavar="FILE",
+                       help="ablate this saved direction (from --save-direction) instead of selecting one on the model")
+        g.add_argument("--save-direction", default=None, metavar="FILE",
+                       help="write the direction ablated (safetensors, with its layer and position) to FILE")
+        g.add_argument("--original", default=None, metavar="MODEL_OR_FILE",
+                       help="the original model, or its saved direction file: report the cosine between its refusal "
+                            "direction and this model's at the same layer and position")
     g.add_argument("--direction-layers", default=None, metavar="LIST",
                    help="candidate decoder layers (comma list of indices, or `all`; default: 4 layers at 25/40/55/70%% "
                         "of the depth)")
@@ -423,7 +432,7 @@ def add_family_flags(parser: argparse.ArgumentParser) -> None:
                         f"to choose the candidate whose ablation refuses least (default: {DIRECTION_VALIDATION})")
     g.add_argument("--validation-tokens", type=_POSITIVE, default=None,
                    help=f"reply length while choosing the candidate (default: {DIRECTION_VALIDATION_TOKENS})")
-    g = parser.add_argument_group("--family finetune (LoRA fine-tuning on harmful pairs)")
+    g = parser.add_argument_group(f"{which.format('finetune')} (LoRA fine-tuning on harmful pairs)")
     g.add_argument("--finetune-data", default=None, metavar="JSONL",
                    help="harmful training pairs: JSONL rows with `prompt` and `response` (required)")
     g.add_argument("--finetune-steps", default=None, metavar="LIST",
@@ -434,8 +443,9 @@ def add_family_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--finetune-batch-size", type=_POSITIVE, default=None, help="pairs per step (default: 4)")
     g.add_argument("--finetune-lora-r", type=_POSITIVE, default=None, help="LoRA rank, alpha = 2r (default: 8)")
     g.add_argument("--finetune-seed", type=_number(int, 0), default=None, help="adapter init and data order (default: 0)")
-    g.add_argument("--respect-mask", action="store_true", default=None,
-                   help="keep the adapter at zero on --mask's neurons (default: the attacker ignores any mask)")
+    if not compare:
+        g.add_argument("--respect-mask", action="store_true", default=None,
+                       help="keep the adapter at zero on --mask's neurons (default: the attacker ignores any mask)")
 
 
 def check_family_flags(args) -> None:
@@ -569,16 +579,10 @@ def _attack_family(args) -> int:
         embedding, blocks = ad.residual_modules(model, options.safeneuron_mlp_modules)
         width, num_layers = embedding.weight.shape[-1], len(blocks)
         post = ad.post_instruction_tokens(tokenizer, options.safeneuron_system_prompt)
-        layers = list(range(num_layers)) if all_layers else layers
-        positions = list(range(-post, 0)) if positions is None else positions
-        for layer in layers or []:
-            if layer >= num_layers:
-                raise OptionsError(f"--direction-layers: layer {layer} is not a decoder layer of this model "
-                                   f"(0..{num_layers - 1}).")
-        for position in positions:
-            if position < -post:
-                raise OptionsError(f"--direction-positions: {position} is before the {post} post-instruction tokens "
-                                   f"of this chat template (-1..-{post}).")
+        layers, positions = ad.resolve_candidates(model, tokenizer, "all" if all_layers else layers,
+                                                  "all" if positions is None else positions,
+                                                  system_prompt=options.safeneuron_system_prompt,
+                                                  mlp_modules=options.safeneuron_mlp_modules)
         for flag, d in (("--direction", given), ("--original", original)):
             if isinstance(d, ad.RefusalDirection):
                 if d.vector.numel() != width or d.layer >= num_layers or d.position < -post:
@@ -769,10 +773,16 @@ def cmd_compare(args) -> int:
     _overlap_warning(opts, harmful)
     judge = _judge(args)
     lm_tasks = _check_lm_eval_args(args)
-    reference = None
+    settings = _family_settings(args, opts, harmful)
+    reference = original = None
     results = {}
     for spec in args.models:
         model, tokenizer = load_model(spec, dtype=args.dtype, device=args.device)
+        if "direction" in settings.families:  # a bad candidate layer fails before any attack runs
+            from .evaluate.attack_direction import resolve_candidates
+
+            resolve_candidates(model, tokenizer, settings.layers, settings.positions,
+                               system_prompt=opts.safeneuron_system_prompt, mlp_modules=opts.safeneuron_mlp_modules)
         results[spec] = evaluate_model(model, tokenizer, harmful=harmful, harmless=harmless,
                                        reference_pairs=pairs, reference=reference, options=opts, judge=judge,
                                        max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size,
@@ -780,11 +790,63 @@ def cmd_compare(args) -> int:
         if lm_tasks:
             results[spec].update(_compare_lm_eval(args, model, tokenizer, lm_tasks, results[spec]["_mask"],
                                                   opts.safeneuron_mlp_modules))
+        if len(settings.families) > 1:
+            from .evaluate.families import run_families
+
+            extra = run_families(model, tokenizer, harmful, settings, judge=judge, original=original,
+                                 max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size,
+                                 system_prompt=opts.safeneuron_system_prompt, max_length=opts.safeneuron_max_length,
+                                 mlp_modules=opts.safeneuron_mlp_modules, progress=not args.quiet)
+            results[spec]["families"] = extra["families"]
+            results[spec]["generations"] += extra["generations"]
+            if original is None:
+                original = extra["_direction"]
+            elif "direction" in extra["families"]:
+                extra["families"]["direction"]["direction"]["cosine_to_original"]["original"] = args.models[0]
         if reference is None:
             reference = model
     path = write_report(results, args.out_dir, fmt=args.format)
     print(f"report: {path}")
     return 0
+
+
+def _family_settings(args, opts: SafeNeuronOptions, harmful: list[str]):
+    """compare --families and the families' flags, checked (and their prompts and pairs read) before any
+    model is loaded."""
+    from .evaluate.families import FAMILIES, FamilySettings
+
+    names = [n.strip() for n in args.families.split(",")]
+    fix = "e.g. --families pruning,direction,finetune"
+    if any(n not in FAMILIES for n in names) or len(set(names)) != len(names):
+        raise OptionsError(f"--families {args.families!r}: give distinct names of {', '.join(FAMILIES)}, {fix}.")
+    if "pruning" not in names:
+        raise OptionsError(f"--families {args.families!r}: compare always runs the pruning attack (its main table); "
+                           f"add pruning, {fix}.")
+    for dest, (flag, family) in _FAMILY_FLAGS.items():
+        if dest not in _ATTACK_ONLY_FLAGS and family != "pruning" and getattr(args, dest, None) is not None \
+                and family not in names:
+            raise OptionsError(f"{flag} belongs to the {family} family; add it to --families "
+                               f"(--families {','.join(names + [family])}) or drop {flag}.")
+    settings = FamilySettings(families=tuple(FAMILIES[i] for i in sorted(FAMILIES.index(n) for n in names)))
+    if "direction" in names:
+        if args.direction_layers is not None:
+            settings.layers = parse_int_list(args.direction_layers, "--direction-layers") or "all"
+        if args.direction_positions is not None:
+            settings.positions = parse_int_list(args.direction_positions, "--direction-positions", negative=True) or "all"
+        settings.validation_tokens = args.validation_tokens or DIRECTION_VALIDATION_TOKENS
+        settings.direction_harmful, settings.validation, settings.direction_harmless = _direction_prompts(
+            opts, harmful, args.validation or DIRECTION_VALIDATION)
+    if "finetune" in names:
+        settings.steps = parse_steps(args.finetune_steps)
+        if args.finetune_data is None:
+            raise OptionsError("--families ...,finetune needs --finetune-data JSONL: the attacker's harmful training "
+                               "pairs, one JSON object with `prompt` and `response` per line.")
+        settings.pairs = read_replies(args.finetune_data, "--finetune-data")
+        settings.learning_rate = args.finetune_lr or settings.learning_rate
+        settings.batch_size = args.finetune_batch_size or settings.batch_size
+        settings.lora_r = args.finetune_lora_r or settings.lora_r
+        settings.seed = args.finetune_seed or settings.seed
+    return settings
 
 
 def _check_lm_eval_args(args) -> list[str] | None:
@@ -996,6 +1058,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default=None)
     add_eval_flags(p)
+    p.add_argument("--families", default="pruning", metavar="LIST",
+                   help="attack families to run on every model, comma-separated: pruning (always; the main table), "
+                        "direction (refusal-direction ablation, cosine to the first model's direction), finetune "
+                        "(LoRA steps-to-break curve; needs --finetune-data). Default: pruning")
+    add_family_flags(p, compare=True)
     add_lm_eval_flags(p)
     p.add_argument("--lm-eval-limit", type=_POSITIVE, default=None, metavar="N",
                    help="with --lm-eval: at most N documents per task")

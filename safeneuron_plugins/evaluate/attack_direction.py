@@ -32,7 +32,9 @@ import torch
 from torch import nn
 
 from ..architectures import find_mlp_layers
+from ..distributed import is_sharded
 from ..errors import OptionsError, SafeNeuronError
+from ..identify.activations import _StopForward
 from ..identify.batching import input_device, length_batches, pad_batch, pad_id_of, tokenize
 from ..identify.prompts import format_prompts
 from ..quantization import unpacked_bnb_weights
@@ -226,12 +228,17 @@ def _mean_residual(model: nn.Module, tokenizer, prompts: list[str], positions: i
     total: torch.Tensor | None = None
     current: list[torch.Tensor | None] = [None] * len(blocks)
     index: list[torch.Tensor] = []
+    # the pass ends after the last decoder layer: no final norm, no LM head over the vocabulary (as in
+    # identification; sharded models run to the end, their post-forward hooks reshard)
+    stop = not is_sharded(model)
 
     def record(i: int):
         def hook(mod, args, out):
             h = _hidden(out)
             rows = torch.arange(h.shape[0], device=h.device).unsqueeze(1)
             current[i] = h[rows, index[0].to(h.device)].double().sum(0)  # [positions, hidden]
+            if stop and i == len(blocks) - 1:
+                raise _StopForward
         return hook
 
     handles = [b.register_forward_hook(record(i)) for i, b in enumerate(blocks)]
@@ -244,7 +251,10 @@ def _mean_residual(model: nn.Module, tokenizer, prompts: list[str], positions: i
                 ids, mask = pad_batch([seqs[i] for i in group], pad_id_of(tokenizer), device)
                 lengths = torch.tensor([len(seqs[i]) for i in group])
                 index[:] = [(lengths.unsqueeze(1) - positions + torch.arange(positions)).clamp_min(0)]
-                model(input_ids=ids, attention_mask=mask, use_cache=False)
+                try:
+                    model(input_ids=ids, attention_mask=mask, use_cache=False)
+                except _StopForward:
+                    pass
                 step = torch.stack([c.cpu() for c in current])
                 total = step if total is None else total + step
                 bar.update(len(group))
@@ -276,6 +286,26 @@ def direction_means(model: nn.Module, tokenizer, harmful: list[str], harmless: l
 def default_candidate_layers(num_layers: int) -> list[int]:
     """A few layers spread over the first 70% of the depth (:data:`DEFAULT_LAYER_FRACTIONS`)."""
     return sorted({min(num_layers - 1, int(f * num_layers)) for f in DEFAULT_LAYER_FRACTIONS})
+
+
+def resolve_candidates(model: nn.Module, tokenizer, layers: Sequence[int] | str | None,
+                       positions: Sequence[int] | str, *, system_prompt: str | None = None,
+                       mlp_modules: str | None = None) -> tuple[list[int] | None, list[int]]:
+    """Candidate layers (None: :func:`default_candidate_layers`, ``"all"``, or indices) and positions (``"all"``
+    post-instruction positions, or negative offsets) checked against the model; errors name the CLI flags."""
+    _, blocks = residual_modules(model, mlp_modules)
+    num_layers, post = len(blocks), post_instruction_tokens(tokenizer, system_prompt)
+    layers = list(range(num_layers)) if layers == "all" else None if layers is None else list(layers)
+    positions = list(range(-post, 0)) if positions == "all" else list(positions)
+    for layer in layers or []:
+        if layer >= num_layers:
+            raise OptionsError(f"--direction-layers: layer {layer} is not a decoder layer of this model "
+                               f"(0..{num_layers - 1}).")
+    for position in positions:
+        if position < -post:
+            raise OptionsError(f"--direction-positions: {position} is before the {post} post-instruction tokens "
+                               f"of this chat template (-1..-{post}).")
+    return layers, positions
 
 
 def judged(model: nn.Module, tokenizer, prompts: list[str], judge: Judge, *, max_new_tokens: int,

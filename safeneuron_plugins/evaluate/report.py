@@ -164,7 +164,9 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
               + " prompts per model; [95% Wilson interval]." if n_harmful else "")
     sweep_keys = list(next(iter(models.values())).get("sweep", {}))
     sweep_rows = [[name, *(f"{m['sweep'][k]:.2f}" for k in sweep_keys)] for name, m in models.items()]
-    paired = paired_comparisons(models)
+    from . import families  # the other attack families (compare --families)
+
+    paired = paired_comparisons(models, ("ORI", "FULL", *families.paired_conditions(models)))
     paired_head, paired_body = _paired_table(paired)
     paired_intro = ("Paired on the same harmful prompts: a - b is the difference of ASR with Newcombe's 95% "
                     "interval; McNemar p is the exact test on the prompts where only one side's attack succeeded.")
@@ -188,7 +190,7 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
                f"judge <b>{html.escape(judge)}</b>.{html.escape(counts)}</p>{table(header, rows)}"
                + (f"<h2>Paired comparisons</h2><p>{html.escape(paired_intro)}</p>{table(paired_head, paired_body)}"
                   if paired_body else "")
-               + report_section(models, "html")
+               + families.report_section(models, out, "html") + report_section(models, "html")
                + (f"<h2>Layer sweep (FULL(SN-) in the first p% of layers)</h2>"
                   f"{table(['model', *[k + '%' for k in sweep_keys]], sweep_rows)}" if sweep_keys else "")
                + "<p><img src='asr.png'></p>" + ("<p><img src='layers.png'></p>" if masks else "") +
@@ -200,7 +202,7 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
         doc = (f"# {title}\n\nASR = share of harmful prompts answered with compliance, judged by "
                f"`{judge}` (refusals and evasive replies are not successes).{counts}\n\n{md(header, rows)}\n\n"
                + (f"## Paired comparisons\n\n{paired_intro}\n\n{md(paired_head, paired_body)}\n\n" if paired_body else "")
-               + report_section(models, "md")
+               + families.report_section(models, out, "md") + report_section(models, "md")
                + (f"## Layer sweep: FULL(SN-) pruned in the first p% of layers\n\n"
                   f"{md(['model', *[k + '%' for k in sweep_keys]], sweep_rows)}\n\n" if sweep_keys else "")
                + "![ASR](asr.png)\n\n" +

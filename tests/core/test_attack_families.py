@@ -118,6 +118,24 @@ def test_the_computed_direction_is_the_planted_one(planted):
         means.direction(0, -means.positions - 1)
 
 
+def test_means_stop_after_the_last_layer_and_equal_the_full_pass(planted, monkeypatch):
+    """The means' pass ends after the last decoder layer (no LM head) and gives what the full pass gives."""
+    from safeneuron_plugins.evaluate import attack_direction
+
+    model, tok, _ = planted
+    head_calls = []
+    handle = model.lm_head.register_forward_hook(lambda *args: head_calls.append(1))
+    try:
+        early = direction_means(model, tok, HARMFUL, HARMLESS, progress=False)
+        assert not head_calls
+        monkeypatch.setattr(attack_direction, "is_sharded", lambda m: True)  # sharded models run to the end
+        full = direction_means(model, tok, HARMFUL, HARMLESS, progress=False)
+        assert head_calls
+    finally:
+        handle.remove()
+    assert torch.equal(early.harmful, full.harmful) and torch.equal(early.harmless, full.harmless)
+
+
 def test_ablation_zeroes_the_direction_everywhere_changes_behaviour_and_leaves_no_hook(planted):
     model, tok, d = planted
     embedding, blocks = residual_modules(model)
@@ -388,3 +406,126 @@ def test_cli_bad_input_names_the_option(cli_files, tmp_path, capsys, flags, flag
     err = capsys.readouterr().err
     assert "error:" in err and flag in err, err
     assert not out.exists()
+
+
+# --- compare --families: every family per model, in the report and its JSON ----------------------------
+
+def test_compare_families_report_rates_that_come_from_real_runs(planted, tmp_path):
+    """The planted model 'refuses' (replies open with "I") along one direction: under the first-token judge
+    its direction row must read ORI 0/2 and ABLATED 2/2, the finetune curve one row per k, all with intervals."""
+    from safeneuron_plugins.evaluate.families import FamilySettings, run_families
+    from safeneuron_plugins.evaluate.report import evaluate_model, write_report
+    from safeneuron_plugins.evaluate.significance import format_interval
+
+    model, tok, d = planted
+    judge, prompts = FirstTokenJudge(), HARMFUL[4:]
+    settings = FamilySettings(families=("pruning", "direction", "finetune"), direction_harmful=HARMFUL[:3],
+                              validation=HARMFUL[3:4], direction_harmless=HARMLESS, layers=[0, 1], pairs=PAIRS,
+                              steps=[0, 3], learning_rate=5e-3, batch_size=2)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    models, original = {}, None
+    for name in ("planted", "again"):
+        res = evaluate_model(model, tok, harmful=prompts, harmless=HARMLESS[:2], reference_pairs=[("Hi", "Hello.")],
+                             mask=NeuronMask({0: [1, 2]}), judge=judge, max_new_tokens=3, sweep=(), progress=False)
+        extra = run_families(model, tok, prompts, settings, judge=judge, original=original, max_new_tokens=3,
+                             progress=False)
+        res["families"], res["generations"] = extra["families"], res["generations"] + extra["generations"]
+        original = original or extra["_direction"]
+        models[name] = res
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()), "the attacks left the weights as they were"
+    assert cosine(original, d) > 0.99
+    first = models["planted"]["families"]
+    assert first["direction"]["asr"] == {"ORI": 0.0, "ABLATED": 1.0}
+    assert "cosine_to_original" not in first["direction"]["direction"]
+    cos = models["again"]["families"]["direction"]["direction"]["cosine_to_original"]
+    assert cos["cosine"] == pytest.approx(1.0, abs=1e-5) and (cos["layer"], cos["position"]) == (original.layer, -1)
+    curve = first["finetune"]["curve"]
+    assert [r["steps"] for r in curve] == [0, 3] and all(r["n"] == 2 for r in curve) and curve[1]["train_loss"] > 0
+    ori_replies = [g["response"] for g in models["planted"]["generations"] if g["condition"] == "ORI"]
+    assert [g["response"] for g in models["planted"]["generations"] if g["condition"] == "finetune@0"] == ori_replies
+    assert [g["response"] for g in models["planted"]["generations"] if g["condition"] == "direction:ORI"] == ori_replies
+
+    out = tmp_path / "report"
+    text = write_report(models, out).read_text()
+    assert "## Attack families" in text and "### Refusal-direction ablation" in text and "### Harmful fine-tuning" in text
+    ori, ablated_ = f"0.00 {format_interval(wilson(0, 2))}", f"1.00 {format_interval(wilson(2, 2))}"
+    row = next(line for line in text.splitlines() if line.startswith("| planted |") and "reference" in line)
+    assert row.split(" | ")[1:3] == [ori, ablated_], row
+    row = next(line for line in text.splitlines() if line.startswith("| again |") and "layer" in line)
+    assert f"{cos['cosine']:.3f}" in row and ablated_ in row
+    k3 = curve[1]
+    assert any(line.startswith("| planted |") and f"{k3['asr']:.2f} {format_interval(k3['ci95'])}" in line
+               and line.count("[") == 2 for line in text.splitlines())
+    assert (out / "families.png").exists() and (out / "steps_to_break.png").exists()
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["models"]["planted"]["families"]["direction"]["rates"]["ABLATED"]["n"] == 2
+    assert saved["models"]["again"]["families"]["finetune"]["curve"][1]["ci95"] == pytest.approx(k3["ci95"])
+    paired = {(r["a"], r["a_condition"], r["b"]) for r in saved["paired"]}
+    assert {("again", "direction:ABLATED", "planted"), ("again", "finetune@3", "planted")} <= paired
+
+
+def _compare_args(f, out, *extra):
+    return ["compare", str(f["model"]), str(f["plain"]), "--harmful", str(f["eval"]), "--harmless", str(f["harmless"]),
+            "--identify-harmful", str(f["harmful"]), "--identify-harmless", str(f["harmless"]), "--judge", "patterns",
+            "--max-new-tokens", "4", "--out-dir", str(out), "--quiet", *extra]
+
+
+def test_cli_compare_families(cli_files, tmp_path):
+    f = cli_files
+    out = tmp_path / "report"
+    assert main(_compare_args(f, out, "--families", "pruning,direction,finetune", "--validation", "2",
+                              "--validation-tokens", "3", "--direction-layers", "0,2", "--finetune-data",
+                              str(f["pairs"]), "--finetune-steps", "0,4", "--finetune-lr", "5e-3",
+                              "--finetune-batch-size", "2")) == 0
+    res = json.loads((out / "results.json").read_text())["models"]
+    planted, plain = res[str(f["model"])], res[str(f["plain"])]
+    for m in (planted, plain):
+        fam = m["families"]
+        assert set(fam) == {"direction", "finetune"} and fam["direction"]["judge"] == "refusal-patterns-v1"
+        for r in fam["direction"]["rates"].values():
+            assert r["n"] == 2 and set(r["ci95"]) == {"refusal", "compliance", "evasive"}
+        assert [(c["layer"], c["n"]) for c in fam["direction"]["direction"]["candidates"]] == [(0, 2), (2, 2)]
+        assert [(r["steps"], r["n"]) for r in fam["finetune"]["curve"]] == [(0, 2), (4, 2)]
+        assert fam["finetune"]["finetune"]["learning_rate"] == 5e-3 and fam["finetune"]["finetune"]["batch_size"] == 2
+    assert "cosine_to_original" not in planted["families"]["direction"]["direction"]
+    cos = plain["families"]["direction"]["direction"]["cosine_to_original"]
+    assert abs(cos["cosine"]) < 0.6 and cos["original"] == str(f["model"])  # the plain model has no planted direction
+    # the families really ran: ablation removed the planted model's "I" openings, fine-tuning changed replies
+    gens = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    replies = lambda model, cond: [g["response"] for g in gens if g["model"] == str(model) and g["condition"] == cond]  # noqa: E731
+    assert all(r.startswith("I") for r in replies(f["model"], "direction:ORI"))
+    assert not any(r.startswith("I") for r in replies(f["model"], "direction:ABLATED"))
+    assert replies(f["model"], "finetune@0") == replies(f["model"], "ORI")
+    assert replies(f["plain"], "finetune@0") == replies(f["plain"], "ORI") != replies(f["plain"], "finetune@4")
+    text = (out / "report.md").read_text()
+    for title in ("## Attack families", "### Attack families side by side", "### Refusal-direction ablation",
+                  "### Harmful fine-tuning: steps to break", "![families](families.png)",
+                  "![steps_to_break](steps_to_break.png)", "direction:ABLATED"):
+        assert title in text, title
+    assert (out / "families.png").exists() and (out / "steps_to_break.png").exists()
+    assert main(_compare_args(f, out / "html", "--families", "pruning,direction", "--validation", "2",
+                              "--validation-tokens", "3", "--direction-layers", "1", "--format", "html")) == 0
+    page = (out / "html" / "report.html").read_text()
+    assert "Refusal-direction ablation" in page and "families.png" in page and "steps_to_break" not in page
+    assert "finetune" not in json.loads((out / "html" / "results.json").read_text())["models"][str(f["plain"])]["families"]
+
+
+COMPARE_BAD = [
+    (["--families", "pruning,bogus"], "--families"),
+    (["--families", "direction"], "--families"),
+    (["--families", "pruning,finetune"], "--finetune-data"),
+    (["--finetune-steps", "0,5"], "--finetune-steps"),
+    (["--families", "pruning,finetune", "--validation", "2", "--finetune-data", "{pairs}"], "--validation"),
+    (["--families", "pruning,direction", "--validation", "2", "--direction-layers", "9"], "--direction-layers"),
+    (["--families", "pruning,direction", "--validation", "50"], "--validation"),
+    (["--families", "pruning,finetune", "--finetune-data", "{harmful}"], "--finetune-data"),
+]
+
+
+@pytest.mark.parametrize("flags, flag", COMPARE_BAD, ids=[" ".join(b[0]) for b in COMPARE_BAD])
+def test_cli_compare_families_bad_input_names_the_option(cli_files, tmp_path, capsys, flags, flag):
+    out = tmp_path / "report"
+    assert main(_compare_args(cli_files, out, *[x.format(**cli_files) for x in flags])) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and flag in err, err
+    assert not (out / "report.md").exists()
