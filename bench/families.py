@@ -128,6 +128,7 @@ def merge_best(name: str, results: dict, out_dir: Path) -> None:
 def table(name: str, results: dict, out_dir: Path) -> str:
     steps = None
     lines = []
+    has_best = any((out_dir / f"{model}_best.json").exists() for model in results["models"])
     for model, m in results["models"].items():
         d_path, f_path = out_dir / f"{model}_direction.json", out_dir / f"{model}_finetune.json"
         d = json.loads(d_path.read_text()) if d_path.exists() else None
@@ -143,14 +144,16 @@ def table(name: str, results: dict, out_dir: Path) -> str:
         if b_path.exists():
             b = json.loads(b_path.read_text())
             cells.insert(3, f"{b['asr']:.2f} [{b['ci95'][0]:.2f}, {b['ci95'][1]:.2f}]")
-        else:
+        elif has_best:
             cells.insert(3, "not run")
         if f:
             steps = steps or [row["steps"] for row in f["curve"]]
             cells += [f"{row['asr']:.2f} [{row['ci95'][0]:.2f}, {row['ci95'][1]:.2f}]" for row in f["curve"]]
-        lines.append("| " + " | ".join(cells) + " |")
-    head = ["model", "ORI", "pruning FULL(SN-)", "pruning, best attacker", "direction ablated", "direction layer",
-            "cosine to original's"]
+        lines.append(cells)
+    width = max(len(cells) for cells in lines)
+    lines = ["| " + " | ".join(cells + ["not run"] * (width - len(cells))) + " |" for cells in lines]
+    head = ["model", "ORI", "pruning FULL(SN-)"] + (["pruning, best attacker"] if has_best else [])
+    head += ["direction ablated", "direction layer", "cosine to original's"]
     head += [f"finetune k={k}" for k in steps or []]
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *lines])
 
