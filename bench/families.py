@@ -159,49 +159,39 @@ def table(name: str, results: dict, out_dir: Path) -> str:
 
 
 def plot(name: str, results: dict, out_dir: Path) -> Path | None:
-    from safeneuron_plugins.evaluate.plots import pyplot, save_figure
+    """ASR per model (x) and family (bars) with 95% intervals."""
+    from safeneuron_plugins.evaluate.plots import finish_rate_figure, pyplot, rate_bars
 
-    plt = pyplot()
-    bars = []  # (model, family, rate, lo, hi)
+    def rate(r: dict) -> tuple[float, list[float]]:
+        return r["compliance"], r["ci95"]["compliance"]
+
+    per_model = {}  # model -> {family: (rate, interval)}
     for model, m in results["models"].items():
-        entries = [("ORI", m["rates"]["ORI"]), ("pruning", m["rates"]["FULL"])]
+        entries = {"ORI": rate(m["rates"]["ORI"]), "pruning": rate(m["rates"]["FULL"])}
         d_path, f_path = out_dir / f"{model}_direction.json", out_dir / f"{model}_finetune.json"
-        if d_path.exists():
-            entries.append(("direction", json.loads(d_path.read_text())["rates"]["ABLATED"]))
         b_path = out_dir / f"{model}_best.json"
         if b_path.exists():
             b = json.loads(b_path.read_text())
-            entries.append(("pruning, best attacker", {"compliance": b["asr"], "ci95": {"compliance": b["ci95"]}}))
+            entries["pruning, best attacker"] = (b["asr"], b["ci95"])
+        if d_path.exists():
+            entries["direction"] = rate(json.loads(d_path.read_text())["rates"]["ABLATED"])
         if f_path.exists():
-            curve = json.loads(f_path.read_text())["curve"][-1]
-            entries.append((f"finetune k={curve['steps']}",
-                            {"compliance": curve["asr"], "ci95": {"compliance": curve["ci95"]}}))
-        bars += [(model, fam, r["compliance"], *r["ci95"]["compliance"]) for fam, r in entries]
-    if not bars:
+            last = json.loads(f_path.read_text())["curve"][-1]
+            entries[f"finetune k={last['steps']}"] = (last["asr"], last["ci95"])
+        per_model[model] = entries
+    if not per_model:
         return None
-    families = list(dict.fromkeys(b[1] for b in bars))
-    models = list(dict.fromkeys(b[0] for b in bars))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(models), 3.6))
-    width = 0.8 / len(families)
-    for j, fam in enumerate(families):
-        xs, ys, errs = [], [], [[], []]
-        for i, model in enumerate(models):
-            for b in bars:
-                if b[0] == model and b[1] == fam:
-                    xs.append(i + (j - (len(families) - 1) / 2) * width)
-                    ys.append(b[2])
-                    errs[0].append(b[2] - b[3])
-                    errs[1].append(b[4] - b[2])
-        ax.bar(xs, ys, width, yerr=errs, capsize=2, label=fam)
-    ax.set_xticks(range(len(models)), models, rotation=15)
-    ax.set_ylabel("attack success rate (95% CI)")
-    ax.set_ylim(0, 1.05)
-    n = results["n_prompts"]
-    ax.set_title(f"{name}: three attack families, n={n} held-out prompts", fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
-    path = RESULTS / f"{name}_families.png"
-    save_figure(fig, path)
-    return path
+    models = list(per_model)
+    order = ["ORI", "pruning", "pruning, best attacker", "direction"]  # then the fine-tuning column
+    families = sorted(dict.fromkeys(f for entries in per_model.values() for f in entries),
+                      key=lambda f: order.index(f) if f in order else len(order))
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(1.6 + 1.8 * len(models), 3.8))
+    rate_bars(ax, models, {f: [per_model[m].get(f) for m in models] for f in families})
+    return finish_rate_figure(fig, ax, f"{name}: three attack families, n={results['n_prompts']['harmful']} held-out harmful prompts",
+                              RESULTS / f"{name}_families.png",
+                              legend={"fontsize": 7, "ncol": len(families), "loc": "upper center",
+                                      "bbox_to_anchor": (0.5, -0.1)})
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from torch import nn
 
 from .judges import Judge
-from .plots import pyplot, save_figure
+from .plots import finish_rate_figure, pyplot, rate_bars
 from .significance import format_interval
 
 FAMILIES = ("pruning", "direction", "finetune")
@@ -182,19 +182,8 @@ def plot(models: Mapping[str, Mapping[str, Any]], out_dir: str | Path) -> list[s
             ("direction:ABLATED", "direction\nablated"), ("finetune@last", "fine-tuned\n(last k)")]
     keys = [(k, label) for k, label in keys if any(_rate(m, k) for m in models.values())]
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
-    width = 0.8 / max(len(names), 1)
-    for i, name in enumerate(names):
-        values = [_rate(models[name], k) or (0.0, [0.0, 0.0]) for k, _ in keys]
-        errors = [[max(v - ci[0], 0) for v, ci in values], [max(ci[1] - v, 0) for v, ci in values]]
-        ax.bar([c + i * width for c in range(len(keys))], [v for v, _ in values], width, label=name, yerr=errors,
-               capsize=2, error_kw={"elinewidth": 0.8})
-    ax.set_xticks([c + width * (len(names) - 1) / 2 for c in range(len(keys))], [label for _, label in keys])
-    ax.set_ylabel("attack success rate (95% CI)")
-    ax.set_ylim(0, 1)
-    ax.set_title("Attack families")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, out / "families.png")
+    rate_bars(ax, [label for _, label in keys], {name: [_rate(models[name], k) for k, _ in keys] for name in names})
+    finish_rate_figure(fig, ax, "Attack families", out / "families.png")
     written.append("families.png")
     tuned = {n: m["families"]["finetune"]["curve"] for n, m in models.items()
              if m.get("families", {}).get("finetune", {}).get("curve")}
@@ -205,12 +194,7 @@ def plot(models: Mapping[str, Mapping[str, Any]], out_dir: str | Path) -> list[s
             err = [[max(r["asr"] - r["ci95"][0], 0) for r in curve], [max(r["ci95"][1] - r["asr"], 0) for r in curve]]
             ax.errorbar(ks, asr, yerr=err, marker="o", capsize=3, label=name)
         ax.set_xlabel("LoRA fine-tuning steps on harmful pairs")
-        ax.set_ylabel("attack success rate (95% CI)")
-        ax.set_ylim(0, 1)
-        ax.set_title("Harmful fine-tuning: steps to break")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        save_figure(fig, out / "steps_to_break.png")
+        finish_rate_figure(fig, ax, "Harmful fine-tuning: steps to break", out / "steps_to_break.png")
         written.append("steps_to_break.png")
     return written
 
