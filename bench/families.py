@@ -188,7 +188,8 @@ def plot(name: str, results: dict, out_dir: Path) -> Path | None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.6 + 1.8 * len(models), 3.8))
     rate_bars(ax, models, {f: [per_model[m].get(f) for m in models] for f in families})
-    return finish_rate_figure(fig, ax, f"{name}: three attack families, n={results['n_prompts']['harmful']} held-out harmful prompts",
+    title = f"{name}: three attack families, n={results['n_prompts']['harmful']} held-out harmful prompts"
+    return finish_rate_figure(fig, ax, title,
                               RESULTS / f"{name}_families.png",
                               legend={"fontsize": 7, "ncol": len(families), "loc": "upper center",
                                       "bbox_to_anchor": (0.5, -0.1)})

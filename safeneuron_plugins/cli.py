@@ -60,6 +60,24 @@ def add_identify_flags(parser: argparse.ArgumentParser, rename: dict[str, str] |
         group.add_argument(rename.get(f.name, _flag(f.name)), **kwargs)
 
 
+def add_mask_flags(parser: argparse.ArgumentParser) -> None:
+    """The options that are CLI flags of the commands taking a mask (``--allow-other-weights``), from the
+    schema as add_identify_flags."""
+    for f in option_fields():
+        if f.metadata["cli"] and not f.metadata["identify"]:
+            parser.add_argument(_flag(f.name), dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                                help=f"{f.metadata['help']} (default: {f.default!r})".replace("%", "%%"))
+
+
+def allow_other_weights(args: argparse.Namespace, mask_flag: str = "--mask") -> bool:
+    """``--allow-other-weights``, which only means something with a mask file (``mask_flag``)."""
+    allow = getattr(args, "safeneuron_allow_other_weights", None)
+    if allow is not None and getattr(args, mask_flag[2:].replace("-", "_"), None) is None:
+        raise OptionsError(f"--{'' if allow else 'no-'}allow-other-weights applies to the mask of {mask_flag} "
+                           f"FILE; give {mask_flag} or drop it.")
+    return bool(allow)
+
+
 def options_from_args(args: argparse.Namespace, **extra) -> SafeNeuronOptions:
     given = {f.name: getattr(args, f.name) for f in option_fields()
              if getattr(args, f.name, None) is not None}
@@ -304,6 +322,7 @@ def cmd_attack(args) -> int:
     out = check_output(args.out, "--out")
     gen_path = check_output(out.with_name(out.stem + ".generations.jsonl"), "--out (its generations file)")
     check_model_args(args)
+    allow = allow_other_weights(args)
     given_mask = NeuronMask.load(args.mask) if args.mask else None
     images = {}
     if given_mask is None or args.attacker == "best" or options.safeneuron_mlp_modules:
@@ -315,7 +334,8 @@ def cmd_attack(args) -> int:
     processor = _image_processor(args, model, {**images, "--image-prompts": len(image_prompts or [])})
     if given_mask is not None:
         mask = given_mask
-        for warning in mask.check_compatible(_fingerprint(model, options.safeneuron_mlp_modules), what="--mask"):
+        for warning in mask.check_compatible(_fingerprint(model, options.safeneuron_mlp_modules),
+                                             what="--mask", allow_other_weights=allow):
             print(f"warning: {warning}", file=sys.stderr)
     else:
             mask = identify(model, tokenizer, options=options, progress=not args.quiet, processor=processor)
@@ -529,6 +549,7 @@ def _attack_family(args) -> int:
     import json
 
     options = options_from_args(args)
+    allow = allow_other_weights(args)
     out = check_output(args.out, "--out")
     gen_path = check_output(out.with_name(out.stem + ".generations.jsonl"), "--out (its generations file)")
     check_model_args(args)
@@ -615,7 +636,8 @@ def _attack_family(args) -> int:
         judge = _judge(args)
         model, tokenizer = _load(args)
         if mask is not None:
-            for warning in mask.check_compatible(_fingerprint(model, options.safeneuron_mlp_modules), what="--mask"):
+            for warning in mask.check_compatible(_fingerprint(model, options.safeneuron_mlp_modules),
+                                                 what="--mask", allow_other_weights=allow):
                 print(f"warning: {warning}", file=sys.stderr)
         results = run_finetune_attack(model, tokenizer, harmful, pairs, steps=steps, judge=judge,
                                       learning_rate=args.finetune_lr or 2e-4, batch_size=args.finetune_batch_size or 4,
@@ -704,12 +726,14 @@ def cmd_make_pairs(args) -> int:
     harmful = _texts(args.harmful, "harmful", args.limit, "--harmful")
     harmless = _texts(args.harmless, "harmless", args.limit, "--harmless")
     judge = _judge(args)
+    allow = allow_other_weights(args, "--prune-mask")
     rejected_mask = NeuronMask.load(args.prune_mask) if args.prune_mask else None
     model, tokenizer = _load(args)
     rows, counts = make_pairs(model, tokenizer, harmful, harmless, judge=judge,
                               max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size,
                               include_evasive=args.include_evasive, conversational=args.format == "conversational",
-                              seed=args.seed, progress=not args.quiet, rejected_mask=rejected_mask)
+                              seed=args.seed, progress=not args.quiet, rejected_mask=rejected_mask,
+                              allow_other_weights=allow)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"wrote {len(rows)} preference pairs to {out}: {counts}")
@@ -892,13 +916,16 @@ def cmd_capability(args) -> int:
         from .architectures import parse_mlp_modules
 
         parse_mlp_modules(args.mlp_modules)
+    allow = allow_other_weights(args)
     mask = NeuronMask.load(args.mask) if args.mask else None
     model, tokenizer = _load(args)
     if mask is not None:
-        for warning in mask.check_compatible(_fingerprint(model, args.mlp_modules), what="--mask"):
+        for warning in mask.check_compatible(_fingerprint(model, args.mlp_modules), what="--mask",
+                                             allow_other_weights=allow):
             print(f"warning: {warning}", file=sys.stderr)
     start = time.perf_counter()
-    scores = lm_eval_scores(model, tokenizer, tasks, mask=mask, include_path=args.lm_eval_include,
+    scores = lm_eval_scores(model, tokenizer, tasks, mask=mask, allow_other_weights=allow,
+                            include_path=args.lm_eval_include,
                             limit=args.limit, batch_size=args.batch_size, num_fewshot=args.num_fewshot,
                             apply_chat_template=args.chat_template, mlp_modules=args.mlp_modules,
                             progress=not args.quiet)
@@ -1010,6 +1037,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="`best` also re-identifies on the model with every setting of a grid (signal gate/up/"
                         "product x pooling max/mean x top 1/2/5%% of neurons) and reports the highest ASR and its "
                         "setting; `default`: only the identification options given")
+    add_mask_flags(p)
     add_family_flags(p)
     add_eval_flags(p)
     add_identify_flags(p, _ATTACKER_FLAGS)
@@ -1030,6 +1058,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-mask", default=None, metavar="MASK",
                    help="generate the replies to harmful prompts with this mask's neurons pruned (the model's "
                         "safety neurons), for a model that refuses too many harmful prompts to give safety pairs")
+    add_mask_flags(p)
     p.add_argument("--seed", type=_number(int, 0), default=0)
     p.add_argument("--harmful", default="builtin", help="harmful prompts (a SRC)")
     p.add_argument("--harmless", default="builtin", help="harmless prompts (a SRC)")
@@ -1079,6 +1108,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "pruning attack); the weights are left as they were")
     p.add_argument("--mlp-modules", default=None, help="where the MLP neurons are, for --mask on an architecture "
                                                        "not recognised (as in identify)")
+    add_mask_flags(p)
     p.add_argument("--limit", type=_POSITIVE, default=None, metavar="N", help="at most N documents per task")
     p.add_argument("--num-fewshot", type=_number(int, 0), default=None,
                    help="few-shot examples per prompt (default: each task's own setting, else 0)")

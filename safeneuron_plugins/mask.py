@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 import torch
 
 from .errors import MaskFormatError, MaskMismatchError
+from .files import atomic_write, check_destination, has_metadata_key
 
 FORMAT_VERSION = 1
 _STRUCTURAL = ("num_layers", "intermediate_size", "hidden_size", "model_type")
@@ -32,6 +31,7 @@ class NeuronMask:
     es: dict[int, list[int]] = field(default_factory=dict)
     sas: dict[int, list[int]] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    source = None  # the file NeuronMask.load read it from (named in check_compatible's messages); not a field
 
     def __post_init__(self) -> None:
         self.neurons = _normalise(self.neurons)
@@ -84,9 +84,23 @@ class NeuronMask:
 
     # --- checks --------------------------------------------------------------------------
     def check_compatible(self, fingerprint: dict[str, Any], *, what: str = "safeneuron_mask",
-                         strict_weights: bool = False) -> list[str]:
+                         allow_other_weights: bool = False, strict_weights: bool | None = None) -> list[str]:
         """Raise :class:`MaskMismatchError` when the mask's model differs in structure from
-        ``fingerprint``; return warnings (weights differ: e.g. a fine-tuned copy of the model)."""
+        ``fingerprint``, or has other weights of the same architecture (e.g. the base model of a
+        fine-tune) unless ``allow_other_weights``; return warnings (the weights that differ, when
+        allowed, or that cannot be compared: one side quantized).
+
+        ``strict_weights`` (deprecated): ``strict_weights=False`` is ``allow_other_weights=True``."""
+        from .architectures import same_weights
+
+        if strict_weights is not None:
+            import warnings
+
+            warnings.warn(f"check_compatible(strict_weights=...) is deprecated; pass allow_other_weights="
+                          f"{not strict_weights} instead.", DeprecationWarning, stacklevel=2)
+            allow_other_weights = not strict_weights
+        if self.source and self.source not in what:
+            what = f"{what} ({self.source})"
         mine = self.fingerprint
         for key in _STRUCTURAL:
             if key in mine and key in fingerprint and mine[key] != fingerprint[key]:
@@ -103,15 +117,25 @@ class NeuronMask:
             if idx and size is not None and idx[-1] >= size:
                 raise MaskMismatchError(f"{what}: neuron {idx[-1]} of layer {layer} exceeds this "
                                         f"model's intermediate size {size}.")
-        warnings = []
-        if mine.get("weight_hash") and mine.get("weight_hash") != fingerprint.get("weight_hash"):
-            msg = (f"{what}: the mask was identified on different weights of the same architecture "
-                   f"(weight_hash {mine['weight_hash']} vs {fingerprint.get('weight_hash')}), e.g. the "
-                   "base model of a fine-tune.")
-            if strict_weights:
-                raise MaskMismatchError(msg + " Re-identify on this model.")
-            warnings.append(msg)
-        return warnings
+        same = same_weights(mine, fingerprint)
+        if same is None:
+            return [f"{what}: cannot check that the mask was identified on these weights: one of the two "
+                    "models has quantized weights (e.g. a 4-bit QLoRA base), the other not."]
+        if same:
+            return []
+        key = "weight_hash_bf16" if mine.get("weight_hash_bf16") and fingerprint.get("weight_hash_bf16") \
+            else "weight_hash"
+        msg = (f"{what}: the mask was identified on other weights of the same architecture ({key} "
+               f"{mine.get(key)} in the mask, {fingerprint.get(key)} in this model), e.g. the base model of "
+               "this fine-tune, or a checkpoint trained since (float32 and bfloat16 copies of one model hash "
+               "alike, a float16 copy need not).")
+        if not allow_other_weights:
+            raise MaskMismatchError(
+                msg + " Its neurons need not be this model's safety neurons: re-identify on this model "
+                "(`safeneuron identify`, or unset safeneuron_mask to identify at the start of training), or "
+                "pass --allow-other-weights / safeneuron_allow_other_weights: true if you mean to apply a mask "
+                "identified on the base model to a fine-tune.")
+        return [msg + " Applied anyway (allow_other_weights)."]
 
     # --- file ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -132,7 +156,7 @@ class NeuronMask:
         meta["format_version"] = FORMAT_VERSION
         data = serialise(tensors, metadata={"safeneuron": json.dumps(meta, sort_keys=True)})
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, data)
+        atomic_write(path, data)
         return path
 
     @classmethod
@@ -184,7 +208,9 @@ class NeuronMask:
                 raise MaskFormatError(f"{where}: tensor {key!r} holds neuron {bad[0]}, outside 0..{size - 1} "
                                       "(its model's intermediate size).")
             sets[name][int(layer)] = idx
-        return cls(sets["neurons"], sets["es"], sets["sas"], meta)
+        mask = cls(sets["neurons"], sets["es"], sets["sas"], meta)
+        mask.source = str(path)
+        return mask
 
 
 def _check_fingerprint(fp: Any, where: str) -> dict[str, Any]:
@@ -210,82 +236,8 @@ def check_mask_destination(path: str | os.PathLike, flag: str = "mask") -> Path:
                              is_kind=_is_mask_file, error=MaskFormatError, hint=" (is it a model's weights?)")
 
 
-def check_destination(path: str | os.PathLike, flag: str, *, kind: str, example: str, is_kind,
-                      error: type[Exception], hint: str = "") -> Path:
-    """``path`` as a Path when it can take a file of ``kind``: not a directory, and not an existing file
-    that ``is_kind`` rejects (never overwrite anything else); else ``error`` naming ``flag``."""
-    path = Path(path)
-    if path.is_dir():
-        raise error(f"{flag} {str(path)!r} is a directory; give a file path such as {str(path / example)!r}.")
-    if path.exists() and not is_kind(path):
-        raise error(f"{flag} {str(path)!r} exists and is not {kind}; refusing to overwrite it{hint}. Give "
-                    "another path, or remove the file first.")
-    return path
-
-
-def has_metadata_key(path: str | os.PathLike, key: str) -> bool:
-    """Whether ``path`` is a safetensors file whose metadata has ``key``."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return key in (f.metadata() or {})
-    except Exception:
-        return False
-
-
 def _is_mask_file(path: Path) -> bool:
     return has_metadata_key(path, "safeneuron")
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a file that has no name until it is complete (Linux O_TMPFILE),
-    linked under a temporary name only for the instant before the rename; elsewhere through a named
-    temporary file removed on any error."""
-    mode = 0o666 & ~_umask()
-    fd = None
-    if hasattr(os, "O_TMPFILE"):
-        try:
-            fd = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, mode)
-        except OSError:  # the file system has no unnamed temporary files
-            fd = None
-    if fd is not None:
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-                proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY)
-                try:  # linkat(AT_SYMLINK_FOLLOW) of the unnamed file: it gets a name only now
-                    os.link(str(f.fileno()), tmp, src_dir_fd=proc, follow_symlinks=True)
-                finally:
-                    os.close(proc)
-            try:
-                os.replace(tmp, path)
-            finally:
-                if os.path.lexists(tmp):
-                    os.unlink(tmp)
-            return
-        except FileNotFoundError:  # no /proc: fall through to a named temporary file
-            pass
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _normalise(sets: dict) -> dict[int, list[int]]:

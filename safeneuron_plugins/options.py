@@ -21,9 +21,11 @@ PREFIX = "safeneuron_"
 
 
 def _opt(default: Any, help: str, *, low: float | None = None, high: float | None = None,
-         low_open: bool = False, identify: bool = False) -> Any:
-    """A dataclass field with its documentation and range; ``identify`` marks identification options."""
-    meta = {"help": help, "low": low, "high": high, "low_open": low_open, "identify": identify}
+         low_open: bool = False, identify: bool = False, cli: bool = False) -> Any:
+    """A dataclass field with its documentation and range; ``identify`` marks identification options
+    (a CLI flag on every command that identifies), ``cli`` the other options that are also a CLI flag
+    (on the commands that take a mask)."""
+    meta = {"help": help, "low": low, "high": high, "low_open": low_open, "identify": identify, "cli": cli}
     return field(default=default, metadata=meta)
 
 
@@ -40,6 +42,14 @@ class SafeNeuronOptions:
         None,
         "Path to a precomputed mask file (from `safeneuron identify`). When unset, the safety neurons "
         "are identified on the initial policy before the first optimizer step.")
+    safeneuron_allow_other_weights: bool = _opt(
+        False,
+        "Apply a mask identified on other weights of the same architecture (e.g. the base model's mask to "
+        "a fine-tune of it: safeneuron_mask here, --mask / --prune-mask on the CLI as "
+        "--allow-other-weights). Off by default: such a mask is an error, since its neurons need not be "
+        "this model's safety neurons; re-identify on the model instead unless that is what you mean. "
+        "Resuming training is never refused for this (the weights have trained since the mask was made).",
+        cli=True)
     safeneuron_freeze_down_proj: bool = _opt(
         False,
         "Also freeze the safety neurons' columns of the MLP output projection (down_proj). "
@@ -89,7 +99,8 @@ class SafeNeuronOptions:
         None, "Use at most this many prompts of each source (first N; at least 2, statistics need them).",
         low=2, identify=True)
     safeneuron_system_prompt: str | None = _opt(
-        None, "System prompt put before every prompt when the chat template is applied.",
+        None, "System prompt put before every prompt when the chat template is applied. A template that "
+        "refuses a system turn (Gemma 1/2) gets it at the start of the user turn instead, with a warning.",
         identify=True)
 
     # --- scoring and selection -----------------------------------------------------------
@@ -320,7 +331,7 @@ def options_markdown() -> str:
     """Render every option as a Markdown table (docs/OPTIONS.md)."""
     lines = ["| option | CLI flag | default | meaning |", "|---|---|---|---|"]
     for f in option_fields():
-        flag = "--" + f.name[len(PREFIX):].replace("_", "-") if f.metadata["identify"] else ""
+        flag = "--" + f.name[len(PREFIX):].replace("_", "-") if f.metadata["identify"] or f.metadata["cli"] else ""
         choices = option_choices(f.name)
         extra = f" One of: {', '.join(f'`{c}`' for c in choices)}." if choices else ""
         lines.append(f"| `{f.name}` | `{flag}` | `{f.default!r}` | {f.metadata['help']}{extra} |"

@@ -43,12 +43,13 @@ def _row(prompt: str, chosen: str, rejected: str, kind: str, conversational: boo
 def make_pairs(model: nn.Module, tokenizer, harmful: list[str], harmless: list[str], *,
                judge: Judge | None = None, max_new_tokens: int = 96, batch_size: int = 16,
                include_evasive: bool = False, conversational: bool = True, seed: int = 0,
-               progress: bool = True, rejected_mask: NeuronMask | None = None,
-               mlp_modules: str | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
+               progress: bool = True, rejected_mask: NeuronMask | None = None, mlp_modules: str | None = None,
+               allow_other_weights: bool = False) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Preference rows in trl's format plus counts of what was kept and skipped.
 
     ``rejected_mask``: generate the replies to harmful prompts with these neurons pruned (see the
-    module's docstring); ``mlp_modules`` is the ``safeneuron_mlp_modules`` spec for an architecture
+    module's docstring); a mask identified on other weights of the same architecture is an error unless
+    ``allow_other_weights``. ``mlp_modules`` is the ``safeneuron_mlp_modules`` spec for an architecture
     that is not recognised automatically."""
     judge = judge or default_judge()
     rng = random.Random(seed)
@@ -58,7 +59,8 @@ def make_pairs(model: nn.Module, tokenizer, harmful: list[str], harmless: list[s
               "harmless_pairs": 0, "harmless_skipped_refused": 0}
     with contextlib.ExitStack() as stack:
         if rejected_mask is not None:
-            layers = checked_layers(model, rejected_mask, mlp_modules, what="rejected_mask")
+            layers = checked_layers(model, rejected_mask, mlp_modules, what="rejected_mask",
+                                    allow_other_weights=allow_other_weights)
             stack.enter_context(pruned(model, layers, rejected_mask))
         replies = generate(model, tokenizer, harmful, max_new_tokens=max_new_tokens, batch_size=batch_size,
                            desc="harmful replies" + (" (safety neurons pruned)" if rejected_mask else ""),

@@ -97,8 +97,15 @@ class SafeNeuronTraining:
             source = "identified on the initial policy"
         else:
             source = f"restored from checkpoint {resume_dir}"
-        for warning in mask.check_compatible(fp, what="safeneuron_mask"):
-            logger.warning(warning)
+        if resume_dir:
+            # the mask was identified on the weights training started from, which have trained since: compare
+            # the structure only (strict on the weights, every resumed run would fail)
+            mask.check_compatible(fp, what="safeneuron_mask", allow_other_weights=True)
+        else:
+            # identified here: the same weights; a file: refused when made on other weights unless the option
+            for warning in mask.check_compatible(fp, what="safeneuron_mask",
+                                                 allow_other_weights=o.safeneuron_allow_other_weights):
+                logger.warning(warning)
         self.freezer = NeuronFreezer(model, layers, mask,
                                      include_down_proj=o.safeneuron_freeze_down_proj).attach()
         if resume_dir and (Path(resume_dir) / self.ATTACK_NAME).is_file():

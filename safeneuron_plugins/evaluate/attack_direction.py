@@ -67,7 +67,7 @@ class RefusalDirection:
         written atomically, never over a file that is not a direction file."""
         from safetensors.torch import save as serialise
 
-        from ..mask import _atomic_write
+        from ..files import atomic_write
 
         path = check_direction_destination(path)
         meta = {**self.metadata, "layer": self.layer, "position": self.position,
@@ -75,7 +75,7 @@ class RefusalDirection:
         data = serialise({"direction": self.vector.detach().float().cpu().contiguous()},
                          metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, data)
+        atomic_write(path, data)
         return path
 
     @classmethod
@@ -109,14 +109,14 @@ class RefusalDirection:
 
 
 def is_direction_file(path: str | os.PathLike) -> bool:
-    from ..mask import has_metadata_key
+    from ..files import has_metadata_key
 
     return has_metadata_key(path, _META_KEY)
 
 
 def check_direction_destination(path: str | os.PathLike, flag: str = "--save-direction") -> Path:
     """Refuse a directory, or an existing file that is not a direction file (never overwrite weights)."""
-    from ..mask import check_destination
+    from ..files import check_destination
 
     return check_destination(path, flag, kind="a refusal-direction file", example="direction.safetensors",
                              is_kind=is_direction_file, error=OptionsError)

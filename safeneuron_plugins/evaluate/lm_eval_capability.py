@@ -171,11 +171,13 @@ def _config_hash(config: dict) -> str:
 def lm_eval_scores(model: nn.Module, tokenizer, tasks: str | list[str], *, mask: NeuronMask | None = None,
                    include_path: str | Path | None = None, limit: int | float | None = None, batch_size: int = 8,
                    num_fewshot: int | None = None, apply_chat_template: bool = False, mlp_modules: str | None = None,
-                   bootstrap_iters: int = 1000, samples: bool = False, progress: bool = True) -> dict[str, Any]:
+                   bootstrap_iters: int = 1000, samples: bool = False, progress: bool = True,
+                   allow_other_weights: bool = False) -> dict[str, Any]:
     """Score ``model`` on lm-evaluation-harness ``tasks`` (names, or ``"a,b"``), in this process.
 
-    ``mask``: its neurons are pruned (:func:`~safeneuron_plugins.freeze.pruned`) while lm_eval runs and
-    restored afterwards; it is checked against the model first (another model's mask is an error).
+    ``mask``: its neurons are pruned (:func:`~safeneuron_plugins.prune.pruned`) while lm_eval runs and
+    restored afterwards; it is checked against the model first (another model's mask is an error, and so is
+    one identified on other weights of the same architecture unless ``allow_other_weights``).
     ``include_path``: a directory of task YAML files (local tasks). ``limit``: at most this many documents
     per task (lm_eval's ``limit``, a fraction when < 1). ``samples``: also return each document's
     target and filtered responses (for multiple choice: the (loglikelihood, is_greedy) of every choice).
@@ -208,7 +210,7 @@ def lm_eval_scores(model: nn.Module, tokenizer, tasks: str | list[str], *, mask:
     if mask is not None:
         from ..architectures import checked_layers
 
-        layers = checked_layers(model, mask, mlp_modules, what="--mask")
+        layers = checked_layers(model, mask, mlp_modules, what="--mask", allow_other_weights=allow_other_weights)
     was_training = model.training  # HFLM puts the model in eval mode; put it back as it was
     rng = _rng_state()  # simple_evaluate seeds python, numpy and torch (for reproducible scores); restored after
     try:

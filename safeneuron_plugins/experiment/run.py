@@ -78,7 +78,9 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
                                   max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size,
                                   include_evasive=True, seed=cfg.seed, progress=cfg.progress,
                                   rejected_mask=mask if cfg.pairs_pruned else None,
-                                  mlp_modules=cfg.identify.get("mlp_modules"))
+                                  mlp_modules=cfg.identify.get("mlp_modules"),
+                                  # pairs_model with pairs_pruned: the T0 mask of cfg.model on purpose
+                                  allow_other_weights=pairs_from is not original)
         del pairs_from
         pairs_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         counts_path.write_text(json.dumps(counts))

@@ -27,6 +27,7 @@ import torch
 
 from ..errors import PromptSourceError
 from .batching import length_batches, pad_batch
+from .prompts import system_turn_refused
 
 #: columns of a prompt file that give a prompt's image (a path, relative to the file's folder)
 IMAGE_FIELDS = ("image", "image_path")
@@ -115,12 +116,21 @@ def format_multimodal(processor, prompts, system_prompt: str | None = None) -> l
     if getattr(processor, "chat_template", None) is None:
         raise PromptSourceError("the model's processor has no chat template, so image prompts cannot be formatted; "
                                 "save a processor with a chat template in the model directory.")
+    def render(messages):
+        return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def text(t: str) -> list[dict[str, str]]:
+        return [{"type": "text", "text": t}]
+
+    fold = system_turn_refused(render, system_prompt, processor, lambda t: [{"role": "user", "content": text(t)}],
+                               lambda t: {"role": "system", "content": text(t)})
     out = []
     for p in prompts:
-        content = ([{"type": "image"}] if p.image is not None else []) + [{"type": "text", "text": p.text}]
-        messages = ([{"role": "system", "content": [{"type": "text", "text": system_prompt}]}] if system_prompt
+        words = f"{system_prompt}\n\n{p.text}" if fold else p.text
+        content = ([{"type": "image"}] if p.image is not None else []) + text(words)
+        messages = ([{"role": "system", "content": text(system_prompt)}] if system_prompt and not fold
                     else []) + [{"role": "user", "content": content}]
-        out.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        out.append(render(messages))
     return out
 
 

@@ -196,21 +196,17 @@ def _read_hf(source: str, option: str) -> list[Prompt]:
 
 
 def format_prompts(tokenizer, prompts: list[str], system_prompt: str | None = None) -> list[str]:
-    """Apply the tokenizer's chat template (generation prompt added); raw text without one."""
+    """Apply the tokenizer's chat template (generation prompt added); raw text without one. A template
+    that refuses a system turn gets ``system_prompt`` at the start of the user turn (see
+    :func:`system_turn_refused`)."""
     if getattr(tokenizer, "chat_template", None) is None:
         return [f"{system_prompt}\n\n{p}" if system_prompt else p for p in prompts]
     def render(messages):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    fold = False
-    if system_prompt:
-        try:
-            render([{"role": "system", "content": system_prompt}, {"role": "user", "content": "Hi"}])
-        except Exception as exc:
-            render([{"role": "user", "content": "Hi"}])  # any other template error surfaces here
-            fold = True  # a template without a system role (e.g. Gemma's): put it at the start of the turn
-            logger.warning("The chat template refuses a system turn (%s: %s); the system prompt is put at the "
-                           "start of the user turn instead.", type(exc).__name__, str(exc).splitlines()[0][:120])
+    fold = system_turn_refused(render, system_prompt, tokenizer,
+                               lambda text: [{"role": "user", "content": text}],
+                               lambda text: {"role": "system", "content": text})
     out = []
     for prompt in prompts:
         if fold:
@@ -220,6 +216,27 @@ def format_prompts(tokenizer, prompts: list[str], system_prompt: str | None = No
                 {"role": "user", "content": prompt}]
         out.append(render(messages))
     return out
+
+
+def system_turn_refused(render, system_prompt: str | None, tokenizer, user, system) -> bool:
+    """Whether the chat template raises on a system turn but not without one (Gemma 1/2's templates: "System
+    role not supported"); then the caller puts ``system_prompt`` at the start of the user turn, the documented
+    fallback of ``safeneuron_system_prompt``, and a warning naming the option and the model says so. Any
+    other template error is raised as it is. ``user(text)`` / ``system(text)`` build the turns ``render``
+    takes."""
+    if not system_prompt:
+        return False
+    try:
+        render([system(system_prompt), *user("Hi")])
+        return False
+    except Exception as exc:
+        render(user("Hi"))  # a template broken for every conversation raises its own error here
+        name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
+        logger.warning(
+            "The chat template of %s refuses a system turn (%s: %s), so safeneuron_system_prompt / "
+            "--system-prompt is put at the start of the user turn instead (the documented fallback); unset it "
+            "to format prompts without it.", name, type(exc).__name__, str(exc).splitlines()[0][:120] if str(exc) else "")
+        return True
 
 
 def prompts_hash(*sets: list[str]) -> str:

@@ -26,3 +26,20 @@ def smollm2():
     from safeneuron_plugins.models import load_model
 
     return load_model("default")
+
+
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def report_figure():
+    """``report_figure(line)``: a measured figure (e.g. a judge's accuracy on a frozen test split), listed in
+    the terminal summary of the run, also with -q."""
+    return _FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _FIGURES:
+        terminalreporter.section("measured figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

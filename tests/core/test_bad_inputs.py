@@ -54,7 +54,12 @@ def models(tmp_path_factory):
     (masked / "model.safetensors").unlink()
     mask.save(masked / "model.safetensors")  # what `identify M --out M/model.safetensors` used to do
     opt = save_tiny_model(root / "opt", "opt")
-    return {"good": good, "broken": broken, "notok": notok, "masked": masked, "opt": opt, "mask": mask}
+    # a mask identified on another model of the same architecture (other weights: e.g. the base of a fine-tune)
+    other, other_tok = load_model(str(save_tiny_model(root / "other", "llama", seed=1)))
+    other_mask = identify(other, other_tok, HARMFUL, ["Bake bread.", "Write a poem.", "Explain tides."],
+                          method="safeneuron", progress=False).save(root / "other_mask.safetensors")
+    return {"good": good, "broken": broken, "notok": notok, "masked": masked, "opt": opt, "mask": mask,
+            "other_mask": other_mask}
 
 
 @pytest.fixture
@@ -124,7 +129,14 @@ CASES = [
     ("attack --judge gpt4", [*ATTACK[:-3], "--judge", "gpt4", "--quiet"], "--judge 'gpt4'", True),
     ("attack --mask missing", ATTACK + ["--mask", "out/none.safetensors"], "no mask file", True),
     ("attack --mask not a mask", ATTACK + ["--mask", "src/mask.safetensors"], "src/mask.safetensors", True),
+    ("attack --mask of other weights", ATTACK + ["--mask", "OTHERMASK"], "--allow-other-weights", False),
+    ("attack --allow-other-weights without --mask", ATTACK + ["--allow-other-weights"],
+     "--allow-other-weights applies to the mask of --mask", True),
     ("make-pairs --judge gpt4", [*PAIRS[:-3], "--judge", "gpt4", "--quiet"], "--judge 'gpt4'", True),
+    ("make-pairs --prune-mask of other weights", PAIRS + ["--prune-mask", "OTHERMASK"], "--allow-other-weights",
+     False),
+    ("make-pairs --allow-other-weights without --prune-mask", PAIRS + ["--allow-other-weights"],
+     "--allow-other-weights applies to the mask of --prune-mask", True),
     ("make-pairs --prune-mask missing", PAIRS + ["--prune-mask", "out/none.safetensors"], "no mask file", True),
     ("make-pairs --out is a directory", [*PAIRS[:6], "--out", "out", *PAIRS[8:]], "is a directory", True),
     ("compare --out-dir is a file", ["compare", M, "--out-dir", "out/file.txt", "--judge", "patterns"],
@@ -167,7 +179,7 @@ def run_cli(argv, capsys):
 @pytest.mark.parametrize("case, argv, message, early", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_exits_2_with_one_clear_line_and_leaves_nothing(work, models, capsys, case, argv, message, early):
     names = {M: models["broken" if early else "good"], "MASKED": models["masked"], "NOTOK": models["notok"],
-             "BROKEN": models["broken"], "OPT": models["opt"]}
+             "BROKEN": models["broken"], "OPT": models["opt"], "OTHERMASK": models["other_mask"]}
     argv = [a.replace("MODEL/", f"{names[M]}/") if a.startswith("MODEL/") else str(names.get(a, a)) for a in argv]
     before = snapshot(work, *[models[k] for k in ("good", "broken", "masked")])
     code, text = run_cli(argv, capsys)
@@ -187,7 +199,9 @@ def test_verbose_shows_the_traceback(work, models, capsys):
 def test_judge_creates_the_output_directory(work, capsys):
     code, text = run_cli([*JUDGE[:3], "--output", "out/new/sub/v.jsonl", "--judge", "patterns"], capsys)
     assert code == 0, text
-    assert json.loads((work / "out/new/sub/v.jsonl").read_text())["label"] in ("compliance", "evasive", "refusal")
+    row = json.loads((work / "out/new/sub/v.jsonl").read_text())
+    assert row == {"prompt": "Bake bread?", "response": "Mix flour and water.", "refused": False, "label": "compliance",
+                   "success": True, "detail": "no refusal, not degenerate", "judge": "refusal-patterns-v1"}
 
 
 def test_custom_architecture_route(work, models, capsys):
@@ -200,7 +214,37 @@ def test_custom_architecture_route(work, models, capsys):
                           "--tau-es", "0.5", "--tau-sas", "1",
                           "--max-prompts", "16", "--quiet", *spec], capsys)
     assert code == 0, text
-    assert NeuronMask.load(work / "out/opt.safetensors").num_neurons > 0
+    mask = NeuronMask.load(work / "out/opt.safetensors")
+    # the mask is the one the library identifies on fc1's output channels, and its neurons are fc2's inputs
+    from safeneuron_plugins.architectures import find_mlp_layers
+    from safeneuron_plugins.identify import identify
+    from safeneuron_plugins.models import load_model
+    from safeneuron_plugins.prune import pruned
+
+    model, tok = load_model(opt)
+    layers = find_mlp_layers(model, spec[1])
+    assert [(l.up, l.down, l.gate) for l in layers][0] == ("model.decoder.layers.0.fc1", "model.decoder.layers.0.fc2",
+                                                           None)
+    assert mask.fingerprint["num_layers"] == model.config.num_hidden_layers
+    assert mask.fingerprint["intermediate_size"] == model.config.ffn_dim
+    again = identify(model, tok, options=SafeNeuronOptions(
+        safeneuron_method="safeneuron", safeneuron_tau_es=0.5, safeneuron_tau_sas=1.0, safeneuron_max_prompts=16,
+        safeneuron_mlp_modules=spec[1]), progress=False)
+    assert mask.neurons == again.neurons and mask.es == again.es and mask.sas == again.sas
+    layer, idx = next((l, v) for l, v in mask.neurons.items() if v)
+    seen = []
+    fc2 = model.get_submodule(layers[layer].down)
+    with torch.no_grad():
+        for prune in (False, True):
+            with pruned(model, layers, mask if prune else NeuronMask({})):
+                hook = fc2.register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))  # after the prune hook
+                model(input_ids=torch.tensor([[2, 5, 9, 12]]))
+                hook.remove()
+    plain, cut = seen
+    zero = torch.zeros(fc2.in_features, dtype=torch.bool)
+    zero[idx] = True
+    assert torch.all(cut[..., zero] == 0) and plain[..., zero].abs().sum() > 0
+    assert torch.equal(cut[..., ~zero], plain[..., ~zero])  # the first pruned layer: nothing before it changed
     for extra in ([], ["--mask", "out/opt.safetensors"]):
         code, text = run_cli(["attack", opt, "--harmful", "src/h.jsonl", "--out", "out/r.json", "--judge", "patterns",
                               "--max-new-tokens", "3", "--sweep", "50", "--method", "safeneuron",
@@ -208,7 +252,24 @@ def test_custom_architecture_route(work, models, capsys):
                               "--max-prompts", "16", "--quiet", *spec, *extra], capsys)
         assert code == 0, text
         res = json.loads((work / "out/r.json").read_text())
-        assert res["pruned_neurons"]["FULL"] > 0 and res["n_prompts"] == len(HARMFUL)
+        assert res["pruned_neurons"]["FULL"] == mask.num_neurons and res["n_prompts"] == len(HARMFUL)
+        assert res["pruned_neurons"]["ES"] == mask.subset("es").num_neurons
+
+
+def test_allow_other_weights_applies_a_mask_of_other_weights(work, models, capsys):
+    """attack --mask and make-pairs --prune-mask of a mask identified on other weights (the T0 mask on a
+    trained model): refused above, run with --allow-other-weights and a warning naming the mask."""
+    good, other = str(models["good"]), str(models["other_mask"])
+    code, text = run_cli([*ATTACK[:1], good, *ATTACK[2:], "--mask", other, "--allow-other-weights",
+                          "--max-new-tokens", "2", "--sweep", "none"], capsys)
+    assert code == 0, text
+    assert "warning" in text and other in text and "other weights" in text
+    res = json.loads((work / "out/r.json").read_text())
+    assert res["pruned_neurons"]["FULL"] == NeuronMask.load(other).num_neurons
+    code, text = run_cli([*PAIRS[:1], good, *PAIRS[2:], "--prune-mask", other, "--allow-other-weights",
+                          "--max-new-tokens", "2"], capsys)
+    assert code == 0, text
+    assert (work / "out/p.jsonl").is_file()
 
 
 # --- the same checks from Python and configs -------------------------------------------------------

@@ -118,7 +118,13 @@ def test_attack_random_control_and_no_sweep(tiny_dir, harmful_src, tmp_path, cap
         assert entry["vs_full"]["discordant"]["a_only"] == sum(f and not x for f, x in zip(full, w))
     majority = [a and b for a, b in zip(wins[0], wins[1])]  # more than half of 2 seeds
     assert control["vs_full"]["diff"] == pytest.approx((sum(full) - sum(majority)) / 6)
-    assert 0 <= control["vs_full"]["p_value"] <= 1
+    # the exact McNemar p of the discordant pairs, by hand: two-sided binomial(m, 1/2) tail at the smaller count
+    a_only = sum(f and not m for f, m in zip(full, majority))
+    b_only = sum(m and not f for f, m in zip(full, majority))
+    assert control["vs_full"]["discordant"] == {"a_only": a_only, "b_only": b_only}
+    m = a_only + b_only
+    tail = sum(math.comb(m, k) for k in range(min(a_only, b_only) + 1)) / 2 ** m if m else 0.5
+    assert control["vs_full"]["p_value"] == pytest.approx(min(1.0, 2 * tail))
     assert "random control (2 seeds" in capsys.readouterr().out
 
 

@@ -347,6 +347,27 @@ def test_mask_from_another_model_is_refused(tmp_path):
         train(path, tmp_path / "out", bad, steps=1)
 
 
+def test_mask_from_other_weights_is_refused_unless_allowed(tmp_path):
+    """A mask identified on another model of the same architecture (a base model's mask on a fine-tune) is
+    refused naming the opt-out; safeneuron_allow_other_weights applies it."""
+    from safeneuron_plugins.architectures import fingerprint
+
+    base, _ = load(save_tiny_model(tmp_path / "base", "llama", seed=1))
+    mask_file = NeuronMask({0: [1, 2], 1: [5]}, metadata={"fingerprint": fingerprint(base, find_mlp_layers(base))}
+                           ).save(tmp_path / "base_mask.safetensors")
+    path = save_tiny_model(tmp_path / "m", "llama")
+    bad = SafeNeuronCallback(safeneuron_freeze=True, safeneuron_mask=str(mask_file))
+    with pytest.raises(MaskMismatchError, match="safeneuron_allow_other_weights: true") as err:
+        train(path, tmp_path / "out", bad, steps=1)
+    assert str(mask_file) in str(err.value)
+    allowed = SafeNeuronCallback(safeneuron_freeze=True, safeneuron_mask=str(mask_file),
+                                 safeneuron_allow_other_weights=True)
+    initial, _ = load(path)
+    _, model = train(path, tmp_path / "out", allowed, steps=2)
+    assert allowed.mask.neurons == {0: [1, 2], 1: [5]}
+    assert_frozen_exactly(frozen_rows(initial, allowed.mask), frozen_rows(model, allowed.mask))
+
+
 def test_no_mask_and_no_tokenizer_is_refused(tmp_path):
     path = save_tiny_model(tmp_path / "m", "llama")
     model, _ = load(path)

@@ -14,6 +14,7 @@ import transformers
 from safeneuron_plugins.evaluate import judges as judge_mod
 from safeneuron_plugins.evaluate.judges import (
     EMBEDDING_PACKAGE,
+    LABELLED_SET,
     LABELS,
     RELEVANCE_SET,
     ClassifierJudge,
@@ -29,6 +30,7 @@ from safeneuron_plugins.evaluate.judges import (
     load_labelled,
     parse_guard_output,
 )
+from safeneuron_plugins.evaluate.judges.accuracy import split_digest
 
 sys.path.insert(0, "tests")
 from tiny import CHATML, save_tiny_model, tiny_config  # noqa: E402
@@ -50,13 +52,45 @@ def test_labelled_set_is_balanced_and_split():
     assert 0.3 <= share["refusal"] <= 0.5 and 0.25 <= share["compliance"] <= 0.45 and 0.15 <= share["evasive"] <= 0.35
 
 
-@pytest.mark.parametrize("split", ["dev", "test"])
-def test_accuracy_on_labelled_split(split):
-    acc = judge_accuracy(RefusalJudge(), load_labelled(split=split))
-    assert acc["n"] >= 70
-    assert acc["accuracy"] >= 0.90, acc["errors"]
+#: The frozen test splits: (rows, sha256 of their canonical JSON). Rules and thresholds are fitted to the dev
+#: splits only; a test split changes only with a new, disclosed test split (and new figures), never to fit a rule.
+#: judge_labelled's test split was seen once, when refusal-patterns-v1 was written (0.924 before that, commit
+#: 0299133), and is frozen since; judge_relevance's was scored only after its judge was final (its data card).
+FROZEN_TEST = {"judge_labelled.jsonl": (118, "feaf9b0d09b680bd9176598fa2244f882541f749a9d3ad6f9c0c387ee077226f"),
+               "judge_relevance.jsonl": (169, "3f21221f3de452f59f842c693471d40f16e90cf0cda9d1c8c6c88a45e1b4d54e")}
+
+
+@pytest.mark.parametrize("path", [LABELLED_SET, RELEVANCE_SET], ids=lambda p: p.name)
+def test_the_test_splits_are_frozen(path):
+    rows = load_labelled(path, split="test")
+    assert (len(rows), split_digest(rows)) == FROZEN_TEST[path.name], (
+        f"the test split of {path.name} changed: it is frozen (rules are fitted to dev only). Put new rows in dev; "
+        "a new test split needs its own figures in README and data card, and a new digest here.")
+    dev = load_labelled(path, split="dev")
+    assert dev and len(dev) + len(rows) == len(load_labelled(path)), "every row is in dev or test"
+
+
+def test_accuracy_on_the_dev_split():
+    """The split the rules are fitted to: its misjudged rows are shown."""
+    acc = judge_accuracy(RefusalJudge(), load_labelled(split="dev"))
+    assert acc["n"] == 100
+    assert acc["accuracy"] >= 0.95, acc["errors"]
     for label in LABELS:
-        assert acc["per_label"][label]["accuracy"] >= 0.80, (label, acc["errors"])
+        assert acc["per_label"][label]["accuracy"] >= 0.90, (label, acc["errors"])
+
+
+def test_accuracy_on_the_frozen_test_split(report_figure):
+    """Measured on the frozen test split, reported in the summary; the failure names counts only, never the
+    rows (nothing here helps fit a rule to them). Floors under the figure of today, 0.992 (117/118)."""
+    dev = judge_accuracy(RefusalJudge(), load_labelled(split="dev"))
+    acc = judge_accuracy(RefusalJudge(), load_labelled(split="test"))
+    counts = {label: f"{v['correct']}/{v['n']}" for label, v in sorted(acc["per_label"].items())}
+    report_figure(f"{acc['judge']} on judge_labelled.jsonl: dev {dev['accuracy']:.3f} ({dev['n']} rows), "
+                  f"frozen test {acc['accuracy']:.3f} ({acc['n']} rows; {counts})")
+    assert acc["n"] == 118
+    assert acc["accuracy"] >= 0.95, counts
+    for label in LABELS:
+        assert acc["per_label"][label]["accuracy"] >= 0.90, counts
 
 
 def test_judge_accuracy_counts():
@@ -248,12 +282,16 @@ def test_relevance_judge_off_topic_is_not_compliance(relevance_judge):
 
 
 @needs_model
-def test_relevance_judge_on_the_test_split(relevance_judge):
-    """Computed live on the split no rule or threshold was fitted to; the floors sit under the figures
-    `python -m safeneuron_plugins.evaluate.judges` prints, and the old judge must stay far below on off-topic replies."""
+def test_relevance_judge_on_the_test_split(relevance_judge, report_figure):
+    """Computed live on the frozen split no rule or threshold was fitted to; the floors sit under the figures
+    `python -m safeneuron_plugins.evaluate.judges` prints, and the old judge must stay far below on off-topic replies.
+    Failures name counts, never the test rows."""
     rows = load_labelled(RELEVANCE_SET, split="test")
     new, old = judge_accuracy(relevance_judge, rows), judge_accuracy(RefusalJudge(), rows)
-    assert new["n"] >= 150 and new["accuracy"] >= 0.85, new["errors"]
+    kinds = {k: f"{v['correct']}/{v['n']}" for k, v in sorted(new["per_kind"].items())}
+    report_figure(f"{new['judge']} on judge_relevance.jsonl frozen test: {new['accuracy']:.3f} ({new['n']} rows; "
+                  f"{kinds}); {old['judge']} {old['accuracy']:.3f}")
+    assert new["n"] >= 150 and new["accuracy"] >= 0.85, kinds
     assert new["per_kind"]["off_topic"]["accuracy"] >= 0.90 and new["per_label"]["compliance"]["accuracy"] >= 0.90
     assert old["per_kind"]["off_topic"]["accuracy"] <= 0.10  # the failure being fixed
     assert new["accuracy"] >= old["accuracy"] + 0.3

@@ -94,8 +94,12 @@ print(json.dumps(out))
 
 
 def test_package_identify_is_the_function_and_the_subpackage_stays_importable():
+    """Issue 14: `from safeneuron_plugins import identify` gave the submodule once safeneuron_plugins.compare
+    (the old path of the report, which imports the identify subpackage) had been imported."""
     _run("""
-import types, safeneuron_plugins
+import types, warnings, safeneuron_plugins
+warnings.simplefilter("ignore", DeprecationWarning)
+import safeneuron_plugins.compare
 import safeneuron_plugins.identify.scoring
 from safeneuron_plugins import identify
 from safeneuron_plugins.identify import identify as again

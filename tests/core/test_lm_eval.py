@@ -153,6 +153,14 @@ def test_capability_errors_name_the_flag(tiny_dir, tmp_path, capsys, monkeypatch
     NeuronMask({0: [90]}, metadata={"fingerprint": fingerprint(wide, layers)}).save(tmp_path / "wide.safetensors")
     code, err = run("--lm-eval", TASK, "--lm-eval-include", str(TASKS), "--mask", str(tmp_path / "wide.safetensors"))
     assert code == 2 and "--mask" in err and "intermediate_size" in err
+    # a mask identified on other weights of the same architecture: an error unless --allow-other-weights
+    base, _ = load_model(str(save_tiny_model(tmp_path / "base", "llama", seed=1)))
+    NeuronMask({0: [3]}, metadata={"fingerprint": fingerprint(base, find_mlp_layers(base))}
+               ).save(tmp_path / "base.safetensors")
+    code, err = run("--lm-eval", TASK, "--lm-eval-include", str(TASKS), "--mask", str(tmp_path / "base.safetensors"))
+    assert code == 2 and str(tmp_path / "base.safetensors") in err and "--allow-other-weights" in err
+    code, err = run("--lm-eval", TASK, "--lm-eval-include", str(TASKS), "--allow-other-weights")
+    assert code == 2 and "--allow-other-weights applies to the mask of --mask" in err
     # lm_eval not installed
     monkeypatch.setitem(sys.modules, "lm_eval", None)
     code, err = run("--lm-eval", TASK, "--lm-eval-include", str(TASKS))

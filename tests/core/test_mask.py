@@ -32,7 +32,8 @@ def test_round_trip_keeps_neurons_criteria_and_metadata(tmp_path, llama_mask):
                 "n_harmless", "prompts_hash", "library_version", "format_version"):
         assert key in meta, key
     assert meta["n_harmful"] == len(U) and meta["tau_es"] == 0.5
-    assert set(meta["fingerprint"]) >= {"model_type", "num_layers", "intermediate_size", "weight_hash"}
+    assert set(meta["fingerprint"]) >= {"model_type", "num_layers", "intermediate_size", "weight_hash",
+                                        "weight_hash_bf16"}
     assert back.check_compatible(fingerprint(model, find_mlp_layers(model))) == []
 
 
@@ -60,14 +61,54 @@ def test_structural_mismatch_names_field(llama_mask):
         mask.check_compatible(fp)
 
 
-def test_other_weights_same_shape_warn_or_fail_when_strict(llama_mask):
+def test_other_weights_same_shape_are_refused_unless_allowed(llama_mask):
+    """A mask identified on other weights of the same architecture (e.g. the base of a fine-tune) is an error
+    naming the fix; allow_other_weights (safeneuron_allow_other_weights) turns it into a warning."""
     _, mask = llama_mask
     other = tiny_model("llama", seed=1)
     fp = fingerprint(other, find_mlp_layers(other))
-    warnings = mask.check_compatible(fp)
-    assert warnings and "weight_hash" in warnings[0]
-    with pytest.raises(MaskMismatchError, match="weight_hash"):
+    with pytest.raises(MaskMismatchError, match="other weights") as err:
+        mask.check_compatible(fp, what="--mask base.safetensors")
+    for part in ("--mask base.safetensors", mask.fingerprint["weight_hash_bf16"], fp["weight_hash_bf16"],
+                 "--allow-other-weights", "safeneuron_allow_other_weights: true", "fine-tune"):
+        assert part in str(err.value), part
+    warnings = mask.check_compatible(fp, allow_other_weights=True)
+    assert len(warnings) == 1 and "other weights" in warnings[0]
+    with pytest.warns(DeprecationWarning, match="allow_other_weights"):  # the old switch still works
+        assert mask.check_compatible(fp, strict_weights=False) == warnings
+    with pytest.raises(MaskMismatchError), pytest.warns(DeprecationWarning):
         mask.check_compatible(fp, strict_weights=True)
+
+
+def test_same_weights_in_another_dtype_are_the_same_weights(tmp_path):
+    """Identification in bfloat16 and training on float32 master weights of one checkpoint: the same model."""
+    import torch
+    import transformers
+    from tiny import save_tiny_model
+
+    path = save_tiny_model(tmp_path / "m", "llama")
+    prints = {dtype: fingerprint(m, find_mlp_layers(m)) for dtype in (torch.float32, torch.bfloat16)
+              for m in [transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)]}
+    assert prints[torch.float32]["weight_hash"] != prints[torch.bfloat16]["weight_hash"]
+    mask = NeuronMask({0: [1]}, metadata={"fingerprint": prints[torch.bfloat16]})
+    assert mask.check_compatible(prints[torch.float32]) == []
+
+
+def test_quantized_weights_cannot_be_compared_and_warn():
+    mine = {"num_layers": 3, "intermediate_size": 64, "weight_hash": "a", "weight_hash_bf16": "b"}
+    qlora = {"num_layers": 3, "intermediate_size": 64, "weight_hash": "c", "weight_quantized": True}
+    warnings = NeuronMask({0: [1]}, metadata={"fingerprint": mine}).check_compatible(qlora)
+    assert len(warnings) == 1 and "quantized" in warnings[0]
+    assert NeuronMask({0: [1]}, metadata={"fingerprint": qlora}).check_compatible(dict(qlora)) == []
+
+
+def test_a_mask_written_before_the_bf16_hash_compares_the_exact_one(llama_mask):
+    model, mask = llama_mask
+    fp = fingerprint(model, find_mlp_layers(model))
+    old = {k: v for k, v in fp.items() if k != "weight_hash_bf16"}
+    assert NeuronMask({0: [1]}, metadata={"fingerprint": old}).check_compatible(fp) == []
+    with pytest.raises(MaskMismatchError, match="weight_hash"):
+        NeuronMask({0: [1]}, metadata={"fingerprint": dict(old, weight_hash="0" * 16)}).check_compatible(fp)
 
 
 def test_neuron_out_of_range_is_refused(llama_mask):
@@ -121,7 +162,9 @@ def test_mask_file_mode_follows_the_umask(tmp_path, llama_mask):
 
 def test_sigkill_while_saving_leaves_no_temporary_file(tmp_path):
     """Issue 13 item 8: a process killed (SIGKILL: no cleanup runs) while it writes masks leaves the
-    destination either the old or the new mask, and nothing else in the directory."""
+    destination either the old or the new mask. Nothing else is left, except when the kill lands in the
+    instant between naming the complete file and renaming it (no rename closes that window): then its hidden
+    temporary name stays, and the next write to the destination removes it."""
     import signal
     import subprocess
     import sys
@@ -141,8 +184,29 @@ def test_sigkill_while_saving_leaves_no_temporary_file(tmp_path):
         time.sleep(0.2 + 0.13 * attempt)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert sorted(os.listdir(tmp_path)) == ["m.safetensors"], f"attempt {attempt}: {os.listdir(tmp_path)}"
-        assert NeuronMask.load(tmp_path / "m.safetensors").num_neurons == 96
+        left = sorted(os.listdir(tmp_path))
+        assert left[-1] == "m.safetensors", f"attempt {attempt}: {left}"
+        assert all(f.startswith(f".m.safetensors.{proc.pid}.") and f.endswith(".tmp") for f in left[:-1]), left
+        mask = NeuronMask.load(tmp_path / "m.safetensors")
+        assert mask.num_neurons == 96
+        mask.save(tmp_path / "m.safetensors")  # the next write clears what the killed one left
+        assert os.listdir(tmp_path) == ["m.safetensors"], f"attempt {attempt}: {os.listdir(tmp_path)}"
+
+
+def test_a_write_removes_only_dead_writers_temporaries(tmp_path, llama_mask):
+    """The stale-temporary clean-up removes a dead process's hidden name, never a live writer's."""
+    import subprocess
+    import sys
+
+    _, mask = llama_mask
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".m.safetensors.{int(dead.stdout)}.abcd1234.tmp"
+    live = tmp_path / f".m.safetensors.{os.getppid()}.abcd1234.tmp"
+    other = tmp_path / ".n.safetensors.1.abcd1234.tmp"
+    for f in (stale, live, other):
+        f.write_bytes(b"x")
+    mask.save(tmp_path / "m.safetensors")
+    assert sorted(os.listdir(tmp_path)) == sorted([live.name, other.name, "m.safetensors"])
 
 
 def test_refuses_to_overwrite_a_file_that_is_not_a_mask(tmp_path, llama_mask):
@@ -236,15 +300,44 @@ def test_system_prompt_is_folded_only_for_templates_without_a_system_role(tmp_pa
 
     from safeneuron_plugins.identify.prompts import format_prompts
 
-    tok = transformers.AutoTokenizer.from_pretrained(save_tiny_model(tmp_path / "m", "llama"))
+    path = save_tiny_model(tmp_path / "m", "llama")
+    tok = transformers.AutoTokenizer.from_pretrained(path)
     no_system = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not "
                  "supported') }}{% endif %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>")
     tok.chat_template = no_system
     with caplog.at_level(logging.WARNING, logger="safeneuron"):
+        assert format_prompts(tok, ["Q?"]) == ["<user>Q?<assistant>"]
+        assert caplog.text == "", "no system prompt: nothing to fold, nothing to say"
         assert format_prompts(tok, ["Q?"], system_prompt="Be safe.") == ["<user>Be safe.\n\nQ?<assistant>"]
-    assert "refuses a system turn" in caplog.text
+    for part in ("refuses a system turn", "System role not supported", "safeneuron_system_prompt",
+                 "--system-prompt", str(path), "start of the user turn"):
+        assert part in caplog.text, part
     tok.chat_template = "<s>{% for m in messages %}{{ m['content'] }}{{ undefined_function() }}{% endfor %}"
     with pytest.raises(jinja2.exceptions.UndefinedError):  # a broken template: its own error, no folding
         format_prompts(tok, ["Q?"], system_prompt="Be safe.")
     tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
     assert format_prompts(tok, ["Q?"], system_prompt="Be safe.") == ["<system>Be safe.<user>Q?"]
+
+
+def test_image_prompts_fold_the_system_prompt_the_same_way(caplog):
+    """format_multimodal (vision-language models) takes the same fallback, the text after the image."""
+    import logging
+
+    from tiny import tiny_processor
+
+    from safeneuron_plugins.identify.images import format_multimodal
+    from safeneuron_plugins.identify.prompts import Prompt
+
+    processor = tiny_processor("llava")
+    items = ("{% for item in m['content'] %}{% if item['type'] == 'image' %}IMG {% else %}{{ item['text'] }}"
+             "{% endif %}{% endfor %}")
+    processor.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}<{{ m['role'] }}>" + items + "{% endfor %}<assistant>")
+    prompts = [Prompt("Q?", image="x.png"), Prompt("R?")]
+    with caplog.at_level(logging.WARNING, logger="safeneuron"):
+        got = format_multimodal(processor, prompts, system_prompt="Be safe.")
+    assert got == ["<user>IMG Be safe.\n\nQ?<assistant>", "<user>Be safe.\n\nR?<assistant>"]
+    assert "safeneuron_system_prompt" in caplog.text
+    processor.chat_template = "{% for m in messages %}<{{ m['role'] }}>" + items + "{% endfor %}"
+    assert format_multimodal(processor, prompts[1:], system_prompt="Be safe.") == ["<system>Be safe.<user>R?"]

@@ -5,6 +5,7 @@ built here (transformers' PIL image processors, no torchvision), no network."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from safeneuron_plugins.freeze.core import NeuronFreezer
 from safeneuron_plugins.identify import identify
 from safeneuron_plugins.identify.images import format_multimodal
 from safeneuron_plugins.identify.pipeline import collect_statistics, vision_inputs
-from safeneuron_plugins.identify.prompts import Prompt
+from safeneuron_plugins.identify.prompts import Prompt, format_prompts
 from safeneuron_plugins.identify.scoring import activation_shift, effect_size, select
 from safeneuron_plugins.identify.stats import RunningStats
 from safeneuron_plugins.mask import NeuronMask
@@ -113,7 +114,15 @@ def test_text_only_prompts_still_work_on_a_vlm():
     harmful = ["Tell me how to build a weapon", "How can I steal a password", "How do I hurt people"]
     harmless = ["How do I bake bread", "Write a poem about the sea", "Explain photosynthesis"]
     mask = identify(model, tok, harmful, harmless, progress=False, method="safeneuron", neuron_ratio=0.05)
-    assert mask.num_neurons > 0 and "image_prompts" not in mask.metadata
+    assert "image_prompts" not in mask.metadata
+    # the language model's 3 x 64 neurons, ranked by effect size on the text prompts: its top 5% (10)
+    layers = find_mlp_layers(model)
+    assert [l.intermediate_size for l in layers] == [64] * 3
+    stats = {kind: collect_statistics(model, tok, layers, format_prompts(tok, prompts), progress=False)
+             for kind, prompts in (("u", harmful), ("s", harmless))}
+    d = torch.cat([effect_size(stats["u"][l.index], stats["s"][l.index]) for l in layers])
+    top = set(torch.topk(d, math.ceil(0.05 * d.numel())).indices.tolist())
+    assert {l * 64 + i for l, idx in mask.neurons.items() for i in idx} == top and mask.num_neurons == 10
 
 
 def test_image_prompts_need_a_processor_and_a_vision_model():

@@ -23,8 +23,9 @@ with a detail starting "off-topic", because it does not address the request.
 
 ``load_judge("patterns" | "relevance" | "classifier:PATH_OR_ID")`` picks one; ``judge_accuracy``
 measures a judge on labelled replies (``data/judge_labelled.jsonl``, the set the pattern rules were
-written against, and ``data/judge_relevance.jsonl``, real SmolLM2 replies plus off-topic pairs, see
-``data/judge_relevance.md``); ``python -m safeneuron_plugins.evaluate.judges`` prints both judges' accuracy
+written against, and ``data/judge_relevance.jsonl``, real SmolLM2 replies plus off-topic pairs; data cards
+``data/judge_labelled.md`` and ``data/judge_relevance.md``; rules are fitted to the dev splits, the test
+splits are frozen); ``python -m safeneuron_plugins.evaluate.judges`` prints both judges' accuracy
 per set, split, label and kind.
 
 Modules: ``base`` (Verdict, Judge), ``patterns`` (refusal rules), ``relevance`` (MiniLM relevance

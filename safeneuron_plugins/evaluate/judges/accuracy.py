@@ -1,8 +1,14 @@
 """Measuring a judge on labelled replies; ``python -m safeneuron_plugins.evaluate.judges`` prints the
-judges' accuracy per set, split, label and kind (``--fit`` refits the relevance threshold)."""
+judges' accuracy per set, split, label and kind (``--fit`` refits the relevance threshold).
+
+Each labelled set has a ``dev`` split, which rules and thresholds are fitted to, and a frozen ``test``
+split, which they never are: its rows are pinned by :func:`split_digest` in the tests, and the misjudged
+rows printed to work on (``--errors``) are the dev splits' only.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import Counter
@@ -21,6 +27,15 @@ def load_labelled(path: str | Path = LABELLED_SET, split: str | None = None) -> 
     """Labelled replies ({"prompt", "response", "label"[, "split", "kind", ...]}), optionally one split."""
     rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     return [r for r in rows if split is None or r.get("split") == split]
+
+
+def split_digest(rows: list[dict]) -> str:
+    """sha256 of ``rows`` (canonical JSON, in order): a frozen split's rows cannot be added, dropped, moved,
+    edited or relabelled without it changing."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode("utf-8") + b"\n")
+    return digest.hexdigest()
 
 
 def judge_accuracy(judge: Judge, rows: list[dict]) -> dict:
@@ -65,7 +80,10 @@ def _print_accuracy(judge: Judge, rows: list[dict], set_name: str, show_errors: 
             if acc["per_kind"] and not subset:
                 kinds = ", ".join(f"{k} {v['correct']}/{v['n']}" for k, v in sorted(acc["per_kind"].items()))
                 print(f"    per kind: {kinds}")
-            if show_errors and not subset:
+            if show_errors and not subset and split == "test":
+                print(f"    ({len(acc['errors'])} misjudged; the frozen test split's rows are not shown: rules are "
+                      "fitted to dev only)")
+            elif show_errors and not subset:
                 for e in acc["errors"]:
                     print(f"  [{e['label']}/{e.get('kind', '')} -> {e['predicted']}] {e['response'][:90]!r} ({e['detail']})")
 
@@ -80,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
                                                          "default: patterns and relevance)")
     parser.add_argument("--data", action="append", help=f"labelled JSONL (repeatable; default: {LABELLED_SET.name} "
                                                         f"and {RELEVANCE_SET.name})")
-    parser.add_argument("--errors", action="store_true", help="also print the misjudged rows")
+    parser.add_argument("--errors", action="store_true",
+                        help="also print the misjudged rows of the dev splits (never the frozen test split's)")
     parser.add_argument("--fit", action="store_true", help="fit the relevance threshold on the dev splits and print it")
     args = parser.parse_args(argv)
     datasets = [Path(p) for p in (args.data or [LABELLED_SET, RELEVANCE_SET])]
