@@ -49,7 +49,6 @@ ALSO = [
 #: modules over MAX_LINES, each holding one job
 MAX_LINES = 300
 LONG_ONE_JOB = {
-    "cli.py": "the `safeneuron` command: argument parsing and one small function per sub-command",
     "options.py": "the safeneuron_* option schema, its checks and its documentation",
     "evaluate/attack_direction.py": "the refusal-direction attack: its means, selection, ablation hooks and file",
     "evaluate/lm_eval_capability.py": "lm-evaluation-harness scores: task checks, the pruned run, its report table",

@@ -1,0 +1,7 @@
+"""`python -m safeneuron_plugins.cli`."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
