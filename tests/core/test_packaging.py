@@ -37,6 +37,10 @@ def test_built_wheel_ships_integrations_and_data(tmp_path):
     assert "safeneuron_plugins/integrations/hf.py" in names
     assert "safeneuron_plugins/data/harmful.jsonl" in names
     assert not any(n.startswith("integrations/") for n in names), "no stray top-level package"
+    # every module of the source tree ships (pyproject lists the packages one by one); data/ is not a package
+    missing = [rel for module in sorted((ROOT / "safeneuron_plugins").rglob("*.py"))
+               if (rel := module.relative_to(ROOT).as_posix()) not in names and "/data/" not in rel]
+    assert not missing, f"not in the wheel (add the package to pyproject's [tool.setuptools] packages): {missing}"
     target = tmp_path / "site"
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
                          capture_output=True, text=True, timeout=300)
