@@ -49,11 +49,17 @@ def finetune_pairs(out: Path) -> Path:
     return out
 
 
-def model_dirs(name: str, results: dict) -> dict[str, str]:
+def model_dirs(name: str, results: dict, wanted: list[str]) -> dict[str, str]:
+    """The original's path and each wanted trained model's kept directory (a model merged in from another run,
+    ``--merge-into``, is looked for under that run's name too)."""
     kept = ROOT / "runs" / "reproduce" / name / "models"
     dirs = {"original": results["meta"]["config"]["model"]}
-    for model in results["models"]:
+    for model in wanted:
         if model != "original":
+            others = sorted((ROOT / "runs" / "reproduce").glob(f"*/models/{model}/config.json"))
+            if not (kept / model / "config.json").exists() and others:
+                dirs[model] = str(others[0].parent)
+                continue
             if not (kept / model / "config.json").exists():
                 sys.exit(f"families: {kept / model} is missing: rerun bench/reproduce.py --recipe {name} --keep-models")
             dirs[model] = str(kept / model)
@@ -210,9 +216,9 @@ def main() -> None:
     cfg = results["meta"]["config"]
     out_dir = RESULTS / f"{args.name}_families"
     if not args.table:
-        dirs = model_dirs(args.name, results)
+        wanted = args.models.split(",") if args.models else list(results["models"])
+        dirs = model_dirs(args.name, results, wanted)
         pairs = finetune_pairs(ROOT / "runs" / "families" / "finetune_pairs.jsonl")
-        wanted = args.models.split(",") if args.models else list(dirs)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         for model in wanted:
             for family in args.families.split(","):
