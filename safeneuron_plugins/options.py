@@ -67,8 +67,9 @@ class SafeNeuronOptions:
         "Stochastic forward pruning: with safeneuron_forward_prune (or safeneuron_adversarial_steps), "
         "zero each pruned neuron only with this probability, drawn anew in every training forward pass "
         "of the policy, so the model can neither rely on those neurons nor lose their function. "
-        "1.0: Algorithm 1's deterministic pruning. Measured on Qwen2.5-Coder-0.5B at 0.5 (docs/results/qwen.md): "
-        "easier to attack than plain DPO (ASR under the pruning attack 0.84 vs 0.62), not a default.", low=0.0, high=1.0, low_open=True)
+        "1.0: Algorithm 1's deterministic pruning. Measured on Qwen2.5-Coder-0.5B at 0.5 "
+        "(docs/results/qwen.md): easier to attack than plain DPO (ASR under the pruning attack 0.84 "
+        "vs 0.62), not a default.", low=0.0, high=1.0, low_open=True)
     safeneuron_adversarial_steps: int | None = _opt(
         None,
         "Adversarial re-identification (training under the attack): every N optimizer steps, identify "
