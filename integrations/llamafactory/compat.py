@@ -13,10 +13,17 @@ happened. Nothing is written to disk and a working torchaudio is always preferre
 from __future__ import annotations
 
 import importlib.machinery
+import importlib.metadata
+import logging
 import sys
 import types
 
+logger = logging.getLogger(__name__)
+
 STANDIN_ATTR = "__safeneuron_standin__"
+
+TESTED_VERSION = "0.9.5"
+"""The LLaMA-Factory release whose private web-UI methods and launcher this adapter follows."""
 
 _MESSAGE = (
     "torchaudio is not installed (or cannot load its compiled libraries) in this environment, so "
@@ -68,3 +75,30 @@ def ensure_torchaudio_importable() -> bool:
 
         getattr(import_utils.is_torchaudio_available, "cache_clear", lambda: None)()
     return True
+
+
+def version_warning(installed: str | None = None) -> str | None:
+    """The warning for a LLaMA-Factory other than :data:`TESTED_VERSION` (None when it is that one)."""
+    if installed is None:
+        try:
+            installed = importlib.metadata.version("llamafactory")
+        except importlib.metadata.PackageNotFoundError:
+            return None  # the import that follows reports the missing package
+    if installed == TESTED_VERSION:
+        return None
+    return (f"LLaMA-Factory {installed} is installed; safeneuron-llamafactory is written and tested against "
+            f"{TESTED_VERSION} (it overrides private web-UI methods and follows its launcher). Install "
+            f"llamafactory=={TESTED_VERSION} (pip install 'safeneuron-plugins[llamafactory]') or check the "
+            "stage and panel before you rely on them.")
+
+
+_warned = False
+
+
+def warn_if_untested_version() -> None:
+    """Log :func:`version_warning` once per process."""
+    global _warned
+    message = version_warning()
+    if message and not _warned:
+        _warned = True
+        logger.warning(message)

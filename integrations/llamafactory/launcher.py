@@ -15,7 +15,7 @@ from copy import deepcopy
 from typing import Any
 
 from .args import prepare_train_args
-from .compat import ensure_torchaudio_importable
+from .compat import ensure_torchaudio_importable, warn_if_untested_version
 
 WORKER_MODULE = "safeneuron_plugins.integrations.llamafactory.launcher"
 
@@ -84,11 +84,13 @@ def torchrun_command(argv: list[str]) -> list[str]:
 
 def train(argv: list[str]) -> int:
     """``safeneuron-llamafactory train ARGS``: same arguments as ``llamafactory-cli train``."""
+    warn_if_untested_version()
     ensure_torchaudio_importable()
+    config = read_config(argv)
     # fail fast on a bad safeneuron_* key, before any launch; warns (once) when freezing is off
-    prepare_train_args(read_config(argv))
+    prepare_train_args(deepcopy(config))
     if not needs_torchrun():
-        run(read_config(argv), warn=False)
+        run(config, warn=False)
         return 0
 
     from llamafactory.extras.misc import is_env_enabled

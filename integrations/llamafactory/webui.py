@@ -22,7 +22,7 @@ from safeneuron_plugins.errors import SafeNeuronError
 from safeneuron_plugins.options import option_choices, option_fields, option_type
 
 from .args import SAFENEURON_STAGE, prepare_train_args
-from .compat import ensure_torchaudio_importable
+from .compat import ensure_torchaudio_importable, warn_if_untested_version
 
 STAGE_LABEL = "DPO + SafeNeuron"
 ENTRY_POINT = [sys.executable, "-m", "safeneuron_plugins.integrations.llamafactory"]
@@ -179,6 +179,7 @@ def _extend_train_tab(create_train_tab):
 
 def install() -> None:
     """Extend LLaMA Board in this process (idempotent)."""
+    warn_if_untested_version()
     ensure_torchaudio_importable()
     from llamafactory.extras import constants
     from llamafactory.webui import interface
