@@ -22,6 +22,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "safeneuron_prune": {"safeneuron_freeze": True, "safeneuron_forward_prune": True},
     "safeneuron_down": {"safeneuron_freeze": True, "safeneuron_freeze_down_proj": True},
     "safeneuron_ratio": {"safeneuron_freeze": True, "safeneuron_neuron_ratio": 0.10},
+    # the same at 2% and 5%: the frozen set's size between T0's 1% and 10%
+    "safeneuron_ratio2": {"safeneuron_freeze": True, "safeneuron_neuron_ratio": 0.02},
+    "safeneuron_ratio5": {"safeneuron_freeze": True, "safeneuron_neuron_ratio": 0.05},
     "safeneuron_iter": {"safeneuron_freeze": True, "safeneuron_reidentify_on_epoch_end": True},
     # the paper's protocol at CPU size: T0 from the original's mask, then re-identify every
     # ExperimentConfig.reidentify_steps optimizer steps (union with the earlier set)
