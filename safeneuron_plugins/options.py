@@ -139,8 +139,8 @@ class SafeNeuronOptions:
         "on them (see safeneuron_ratio_mode). Ranked by the criterion safeneuron_selection names "
         "(effect size for `union` and `es`, the activation shift's z-score for `sas`); with "
         "safeneuron_method `attribution`, by the attribution score. Measured on Qwen2.5-Coder-0.5B "
-        "(docs/results/qwen.md): freezing the top 5% or 10% instead of 1% made safety easier to prune "
-        "away (ASR under the pruning attack 0.68 / 0.83 vs 0.59, plain DPO 0.62).",
+        "(docs/results/qwen.md): freezing the top 2%, 5% or 10% instead of 1% did not make safety "
+        "harder to prune away (ASR under the pruning attack 0.66 / 0.68 / 0.83 vs 0.59, plain DPO 0.62).",
         low=0.0, high=1.0, low_open=True, identify=True)
     safeneuron_ratio_scope: Literal["global", "layer"] = _opt(
         "global", "Rank neurons for safeneuron_neuron_ratio over the whole model or within each layer.",
