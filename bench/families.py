@@ -101,6 +101,9 @@ def run_best(name: str, model_dir: str, out: Path, cfg: dict, grid_name: str) ->
     from safeneuron_plugins.options import SafeNeuronOptions
 
     run_dir = ROOT / "runs" / "reproduce" / name
+    kept_in = Path(model_dir).parents[1]  # runs/reproduce/<run>/models/<model>: a model merged in from another run
+    if (kept_in / "identify_harmful.jsonl").is_file():  # has that run's prompts (--merge-into checked they match)
+        run_dir = kept_in
     options = SafeNeuronOptions(safeneuron_harmful=str(run_dir / "identify_harmful.jsonl"),
                                 safeneuron_harmless=str(run_dir / "identify_harmless.jsonl"))
     harmful = [p.text for p in load_prompts(cfg["eval_harmful"], kind="harmful", max_prompts=cfg["n_eval_harmful"])]
