@@ -29,12 +29,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the paper's protocol at CPU size: T0 from the original's mask, then re-identify every
     # ExperimentConfig.reidentify_steps optimizer steps (union with the earlier set)
     "safeneuron_rounds": {"safeneuron_freeze": True},
+    # the paper's four rounds (T0..T3) in a 32-step run: re-identify every 8 steps, whatever reidentify_steps says
+    "safeneuron_rounds8": {"safeneuron_freeze": True, "safeneuron_reidentify_steps": 8},
     # stochastic forward pruning: the frozen neurons zeroed with probability 0.5 in each training pass
     "safeneuron_stochastic": {"safeneuron_freeze": True, "safeneuron_forward_prune": True,
                               "safeneuron_forward_prune_probability": 0.5},
     # training under the attack: the policy's current top neurons pruned, re-identified every
     # ExperimentConfig.adversarial_steps steps (the frozen set stays T0)
     "safeneuron_adversarial": {"safeneuron_freeze": True},
+    # the same, re-identified every 16 steps: the last attack set is trained against for half the run, while the
+    # cosine schedule's learning rate is still high (every 8 steps left it 8 steps at a low rate)
+    "safeneuron_adversarial16": {"safeneuron_freeze": True, "safeneuron_adversarial_steps": 16},
     "safeneuron_product": {"safeneuron_freeze": True, "safeneuron_signal": "product", "safeneuron_neuron_ratio": 0.05},
 }
 
@@ -166,14 +171,13 @@ def variant_options(cfg: ExperimentConfig, name: str, mask_path: Path,
                     identify: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``safeneuron_*`` options variant ``name`` trains with."""
     options = dict(VARIANTS[name])
-    if name == "safeneuron_rounds":
-        if not cfg.reidentify_steps:
-            raise ValueError("variant safeneuron_rounds needs reidentify_steps > 0 (--reidentify-steps N)")
-        options["safeneuron_reidentify_steps"] = cfg.reidentify_steps
-    if name == "safeneuron_adversarial":
-        if not cfg.adversarial_steps:
-            raise ValueError("variant safeneuron_adversarial needs adversarial_steps > 0 (--adversarial-steps N)")
-        options["safeneuron_adversarial_steps"] = cfg.adversarial_steps
+    # the two variants whose interval comes from the experiment's settings (the others carry their own)
+    for variant, option, field_ in (("safeneuron_rounds", "safeneuron_reidentify_steps", "reidentify_steps"),
+                                    ("safeneuron_adversarial", "safeneuron_adversarial_steps", "adversarial_steps")):
+        if name == variant:
+            if not getattr(cfg, field_):
+                raise ValueError(f"variant {variant} needs {field_} > 0 (--{field_.replace('_', '-')} N)")
+            options[option] = getattr(cfg, field_)
     if options.get("safeneuron_freeze"):
         if not {"safeneuron_neuron_ratio", "safeneuron_signal"} & set(options):
             # T0: the mask identified once on the original (re-identifying variants extend it later)

@@ -217,3 +217,24 @@ def test_resuming_an_experiment_with_other_settings_is_refused(tmp_path):
                                             adversarial_steps=4, progress=False), tmp_path)
     with pytest.raises(OptionsError, match=r"learning_rate: 5e-05 -> 0.001.*--name"):
         _check_same_experiment(ExperimentConfig(out_dir=str(tmp_path), learning_rate=1e-3), tmp_path)
+
+
+def test_variants_with_their_own_interval_ignore_the_experiments(tmp_path):
+    """safeneuron_rounds / safeneuron_adversarial take their interval from the experiment (and refuse to run
+    without one); safeneuron_rounds8 / safeneuron_adversarial16 carry theirs, so one invocation can train both
+    kinds side by side."""
+    from safeneuron_plugins.experiment import variant_options
+
+    mask = tmp_path / "t0.safetensors"
+    cfg = ExperimentConfig(reidentify_steps=20, adversarial_steps=8)
+    assert variant_options(cfg, "safeneuron_rounds", mask)["safeneuron_reidentify_steps"] == 20
+    assert variant_options(cfg, "safeneuron_rounds8", mask)["safeneuron_reidentify_steps"] == 8
+    assert variant_options(cfg, "safeneuron_adversarial", mask)["safeneuron_adversarial_steps"] == 8
+    assert variant_options(cfg, "safeneuron_adversarial16", mask)["safeneuron_adversarial_steps"] == 16
+    for name in ("safeneuron_rounds8", "safeneuron_adversarial16"):
+        options = variant_options(ExperimentConfig(), name, mask)
+        assert options["safeneuron_mask"] == str(mask), "starts from T0 like the others"
+    with pytest.raises(ValueError, match="reidentify_steps > 0"):
+        variant_options(ExperimentConfig(), "safeneuron_rounds", mask)
+    with pytest.raises(ValueError, match="adversarial_steps > 0"):
+        variant_options(ExperimentConfig(), "safeneuron_adversarial", mask)
