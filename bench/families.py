@@ -49,21 +49,38 @@ def finetune_pairs(out: Path) -> Path:
     return out
 
 
-def model_dirs(name: str, results: dict, wanted: list[str]) -> dict[str, str]:
-    """The original's path and each wanted trained model's kept directory (a model merged in from another run,
-    ``--merge-into``, is looked for under that run's name too)."""
-    kept = ROOT / "runs" / "reproduce" / name / "models"
-    dirs = {"original": results["meta"]["config"]["model"]}
+def model_dirs(name: str, results: dict, wanted: list[str],
+               runs: Path = ROOT / "runs" / "reproduce") -> dict[str, tuple[str, Path | None]]:
+    """Each wanted model's directory, with the reproduction run directory whose identification prompts it goes
+    with (``runs/reproduce/<run>``). A trained model is looked for under this run and, for one merged in from
+    another run (``--merge-into``), under every run; a name kept under several runs is refused. The original
+    goes with any run whose identification prompts are this results file's (the same hash as ``meta.split``)."""
+    from safeneuron_plugins.identify.prompts import prompts_hash
+
+    want = results["meta"]["split"]["identify_harmful"]["hash"]
+    same = [d for d in sorted(runs.glob("*")) if (d / "identify_harmful.jsonl").is_file()
+            and prompts_hash(_prompts(d / "identify_harmful.jsonl")) == want]
+    # the original (always: the direction attack's reference); its run only matters to the best attacker
+    dirs: dict[str, tuple[str, Path | None]] = {"original": (results["meta"]["config"]["model"],
+                                                             same[0] if same else None)}
     for model in wanted:
-        if model != "original":
-            others = sorted((ROOT / "runs" / "reproduce").glob(f"*/models/{model}/config.json"))
-            if not (kept / model / "config.json").exists() and others:
-                dirs[model] = str(others[0].parent)
-                continue
-            if not (kept / model / "config.json").exists():
-                sys.exit(f"families: {kept / model} is missing: rerun bench/reproduce.py --recipe {name} --keep-models")
-            dirs[model] = str(kept / model)
+        if model == "original":
+            continue
+        own = runs / name / "models" / model
+        found = [own] if (own / "config.json").exists() else [
+            p.parent for p in sorted(runs.glob(f"*/models/{model}/config.json"))]
+        if not found:
+            sys.exit(f"families: {own} is missing: rerun bench/reproduce.py --recipe {name} --keep-models "
+                     "(with --name and --merge-into for a variant merged in from another run)")
+        if len(found) > 1:
+            sys.exit(f"families: model {model} is kept under several runs ({', '.join(str(f) for f in found)}); "
+                     "delete the ones that are not the results file's")
+        dirs[model] = (str(found[0]), found[0].parents[1])
     return dirs
+
+
+def _prompts(path: Path) -> list[str]:
+    return [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()]
 
 
 def attack_command(family: str, model: str, out: Path, cfg: dict, args, original: str, pairs: Path) -> list[str]:
@@ -92,18 +109,18 @@ SMALL_GRID = (
 )
 
 
-def run_best(name: str, model_dir: str, out: Path, cfg: dict, grid_name: str) -> dict:
-    """The best attacker on one model, on the reproduction's evaluation and identification prompts."""
+def run_best(model_dir: str, run_dir: Path | None, out: Path, cfg: dict, grid_name: str) -> dict:
+    """The best attacker on one model, on the reproduction's evaluation prompts and ``run_dir``'s identification
+    prompts."""
     from safeneuron_plugins.evaluate.attack import BEST_ATTACKER_GRID, best_attacker
     from safeneuron_plugins.evaluate.judges import load_judge
     from safeneuron_plugins.identify.prompts import load_prompts
     from safeneuron_plugins.models import load_model
     from safeneuron_plugins.options import SafeNeuronOptions
 
-    run_dir = ROOT / "runs" / "reproduce" / name
-    kept_in = Path(model_dir).parents[1]  # runs/reproduce/<run>/models/<model>: a model merged in from another run
-    if (kept_in / "identify_harmful.jsonl").is_file():  # has that run's prompts (--merge-into checked they match)
-        run_dir = kept_in
+    if run_dir is None:
+        sys.exit("families: no run under runs/reproduce has the identification prompts of this results file: rerun "
+                 "its bench/reproduce.py command (or another run of the same set-up with --merge-into)")
     options = SafeNeuronOptions(safeneuron_harmful=str(run_dir / "identify_harmful.jsonl"),
                                 safeneuron_harmless=str(run_dir / "identify_harmless.jsonl"))
     harmful = [p.text for p in load_prompts(cfg["eval_harmful"], kind="harmful", max_prompts=cfg["n_eval_harmful"])]
@@ -231,10 +248,10 @@ def main() -> None:
                 t0 = time.perf_counter()
                 if family == "best":
                     print(f"[families] {model} best attacker ({args.grid} grid)", flush=True)
-                    run_best(args.name, dirs[model], out, cfg, args.grid)
+                    run_best(*dirs[model], out, cfg, args.grid)
                     command = f"bench/families.py --name {args.name} --families best --grid {args.grid}"
                 else:
-                    cmd = attack_command(family, dirs[model], out, cfg, args, dirs["original"], pairs)
+                    cmd = attack_command(family, dirs[model][0], out, cfg, args, dirs["original"][0], pairs)
                     print(f"[families] {model} {family}: {' '.join(cmd[1:])}", flush=True)
                     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
                     command = " ".join(cmd[1:])
