@@ -95,6 +95,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", help="of the evaluated models; bfloat16 on a GPU")
     parser.add_argument("--lora-r", type=int, default=0, help="LoRA rank on every linear layer (0: full parameters)")
     parser.add_argument("--precompute-ref", action="store_true", help="reference log-probs once before training")
+    parser.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false",
+                        help="no recomputed forward in the backward pass (trl turns it on): the same weights, less "
+                             "time per step, more activation memory (bench/step_time.py measures it)")
     parser.add_argument("--control-seeds", default="", help="random-neuron controls at FULL(SN-)'s count, e.g. 0,1")
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--learning-rate", type=float, default=2e-5)
@@ -131,7 +134,8 @@ def main() -> None:
         learning_rate=args.learning_rate, sft_weight=args.sft_weight, max_new_tokens=args.max_new_tokens,
         seed=args.seed, batch_size=args.batch_size, sweep=args.sweep, save_steps=args.save_steps,
         reidentify_steps=args.reidentify_steps, adversarial_steps=args.adversarial_steps, lora_r=args.lora_r,
-        precompute_ref=args.precompute_ref, device=args.device, dtype=args.dtype,
+        precompute_ref=args.precompute_ref, gradient_checkpointing=args.gradient_checkpointing, device=args.device,
+        dtype=args.dtype,
         control_seeds=[int(x) for x in args.control_seeds.split(",") if x])
     result = run_experiment(cfg)
     print(print_summary(result))
@@ -226,7 +230,9 @@ def _command(args: argparse.Namespace) -> str:
     parts = ["python bench/reproduce.py"]
     for k, v in vars(args).items():
         flag = "--" + k.replace("_", "-")
-        if isinstance(v, bool):
+        if k == "gradient_checkpointing":  # a store_false flag
+            parts += [] if v else ["--no-gradient-checkpointing"]
+        elif isinstance(v, bool):
             parts += [flag] if v else []
         elif v is not None:
             parts += [flag, str(v)]

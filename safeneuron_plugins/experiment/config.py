@@ -83,6 +83,8 @@ class ExperimentConfig:
     adversarial_steps: int = 0   # safeneuron_adversarial: re-identify the pruned set every N optimizer steps
     lora_r: int = 0              # > 0: LoRA of this rank on every linear layer instead of full parameters
     precompute_ref: bool = False  # reference log-probs computed once before training (trl)
+    gradient_checkpointing: bool = True  # trl's default; False: no recomputed forward in the backward pass, the
+    #                                      same weights (tested) for less time per step and more activation memory
     device: str | None = None    # e.g. "cuda": models, training and evaluation there (default: CPU)
     dtype: str = "float32"       # of the evaluated models ("bfloat16" on a GPU); training keeps fp32 master
     #                              weights, in bf16 mixed precision on a GPU
@@ -207,6 +209,7 @@ def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
 
 #: config fields that do not change what an earlier invocation computed
 _RESUMABLE = {"variants", "progress", "out_dir",
+              "gradient_checkpointing",  # the same weights either way (tests/core/test_reproduce.py)
               "reidentify_steps", "adversarial_steps"}  # one variant's each: checked per variant
 
 

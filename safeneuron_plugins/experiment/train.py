@@ -68,7 +68,7 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
         # bf16 mixed precision on a GPU only: trl defaults to bf16, and on CPUs without native bf16 that
         # falls back to a slow scalar GEMM (measured 309 s vs ~20 s per step on this machine)
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
-        precompute_ref_log_probs=cfg.precompute_ref)
+        precompute_ref_log_probs=cfg.precompute_ref, gradient_checkpointing=cfg.gradient_checkpointing)
     clock = _step_clock()
     trainer = trl.DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tok,
                              callbacks=[callback, clock, *callbacks], peft_config=peft_config)

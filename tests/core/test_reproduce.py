@@ -238,3 +238,32 @@ def test_variants_with_their_own_interval_ignore_the_experiments(tmp_path):
         variant_options(ExperimentConfig(), "safeneuron_rounds", mask)
     with pytest.raises(ValueError, match="adversarial_steps > 0"):
         variant_options(ExperimentConfig(), "safeneuron_adversarial", mask)
+
+
+def test_gradient_checkpointing_off_trains_the_same_weights(tmp_path):
+    """ExperimentConfig.gradient_checkpointing=False (bench/reproduce.py --no-gradient-checkpointing) only saves
+    the recomputed forward pass: plain DPO and SafeNeuron with re-identification end bit-identical to trl's
+    default (checkpointing on), so the runs of a recipe stay comparable whichever a machine needs."""
+    from dataclasses import replace
+
+    from safeneuron_plugins.experiment import train_variant
+
+    model_dir, pairs, ident, original, mask_path = _variant_setup(tmp_path)
+    cfg = ExperimentConfig(model=str(model_dir), batch_size=4, max_steps=4, learning_rate=5e-3,
+                           reidentify_steps=2, identify=ident, progress=False)
+    seen = []
+
+    class Checkpointing(transformers.TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            seen.append(model.is_gradient_checkpointing)
+
+    for name in ("dpo", "safeneuron_rounds"):
+        on = train_variant(cfg, name, pairs, mask_path, tmp_path / f"{name}_on", callbacks=(Checkpointing(),))
+        off = train_variant(replace(cfg, gradient_checkpointing=False), name, pairs, mask_path,
+                            tmp_path / f"{name}_off", callbacks=(Checkpointing(),))
+        assert seen[-2:] == [True, False], "the setting reached the model"
+        assert on["frozen_neurons"] == off["frozen_neurons"]
+        a = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / f"{name}_on").state_dict()
+        b = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / f"{name}_off").state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), (name, [k for k in a if not torch.equal(a[k], b[k])][:3])
+        assert any(not torch.equal(a[k], original.state_dict()[k]) for k in a), "it trained"

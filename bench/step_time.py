@@ -1,0 +1,74 @@
+"""Seconds per DPO step of a reproduction run's recipe, with trl's gradient checkpointing on (its default) and off.
+
+Takes the settings and preference pairs of a run of bench/reproduce.py (``runs/reproduce/NAME``, made by its pairs
+stage) and trains its ``--variant`` for ``--steps`` optimizer steps in a fresh process per configuration,
+alternating on/off ``--repeats`` times. Prints the median step time over the steps after the first, each process's
+peak resident memory, and the ratio off/on measured side by side. Off trains the same weights
+(tests/core/test_reproduce.py), so the ratio is what a run saves.
+
+    .venv/bin/python bench/step_time.py --run qwen05_more [--variant dpo] [--steps 3] [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child(run: Path, variant: str, steps: int, checkpointing: bool, out: Path) -> None:
+    from dataclasses import fields
+
+    from safeneuron_plugins.experiment import ExperimentConfig, train_variant
+
+    saved = json.loads((run / "experiment.json").read_text())
+    known = {f.name for f in fields(ExperimentConfig)}
+    cfg = ExperimentConfig(**{k: v for k, v in saved.items() if k in known})
+    cfg.max_steps, cfg.save_steps, cfg.gradient_checkpointing, cfg.progress = steps, 0, checkpointing, False
+    with tempfile.TemporaryDirectory(dir=ROOT / "runs") as tmp:
+        facts = train_variant(cfg, variant, run / "pairs.jsonl", run / "original_mask.safetensors", Path(tmp) / variant)
+    out.write_text(json.dumps({"median_step_seconds": facts["median_step_seconds"], "peak_rss_gb": facts["peak_rss_gb"],
+                               "steps": facts["steps"]}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, help="a run directory under runs/reproduce (its pairs stage done)")
+    parser.add_argument("--variant", default="dpo")
+    parser.add_argument("--steps", type=int, default=3, help="optimizer steps per process (the first is not timed)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--child", nargs=2, metavar=("CHECKPOINTING", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    run = ROOT / "runs" / "reproduce" / args.run
+    if args.child:
+        child(run, args.variant, args.steps, args.child[0] == "on", Path(args.child[1]))
+        return
+    if not (run / "pairs.jsonl").is_file():
+        sys.exit(f"step_time: {run / 'pairs.jsonl'} is missing: run bench/reproduce.py --name {args.run} first "
+                 "(its pairs stage)")
+    if args.steps < 2:
+        sys.exit("step_time: --steps must be at least 2 (the first step is not timed)")
+    seen: dict[str, list[dict]] = {"on": [], "off": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeats):
+            for mode in ("on", "off"):
+                out = Path(tmp) / f"{mode}{i}.json"
+                subprocess.run([sys.executable, __file__, "--run", args.run, "--variant", args.variant,
+                                "--steps", str(args.steps), "--child", mode, str(out)], check=True)
+                seen[mode].append(json.loads(out.read_text()))
+                print(f"[step_time] checkpointing {mode}: {seen[mode][-1]}", flush=True)
+    on = statistics.median(r["median_step_seconds"] for r in seen["on"])
+    off = statistics.median(r["median_step_seconds"] for r in seen["off"])
+    print(f"{args.run} {args.variant}: {on:.1f} s/step with gradient checkpointing (peak "
+          f"{max(r['peak_rss_gb'] for r in seen['on'])} GB), {off:.1f} s/step without (peak "
+          f"{max(r['peak_rss_gb'] for r in seen['off'])} GB): off/on = {off / on:.2f}")
+
+
+if __name__ == "__main__":
+    main()
