@@ -55,11 +55,13 @@ def model_dirs(name: str, results: dict, wanted: list[str],
     with (``runs/reproduce/<run>``). A trained model is looked for under this run and, for one merged in from
     another run (``--merge-into``), under every run; a name kept under several runs is refused. The original
     goes with any run whose identification prompts are this results file's (the same hash as ``meta.split``)."""
-    from safeneuron_plugins.identify.prompts import prompts_hash
+    from safeneuron_plugins.identify.prompts import load_prompts, prompts_hash
+
+    def identify_hash(run: Path) -> str:  # as meta.split records it: the hash of the prompt texts
+        return prompts_hash([p.text for p in load_prompts(str(run / "identify_harmful.jsonl"), min_prompts=1)])
 
     want = results["meta"]["split"]["identify_harmful"]["hash"]
-    same = [d for d in sorted(runs.glob("*")) if (d / "identify_harmful.jsonl").is_file()
-            and prompts_hash(_prompts(d / "identify_harmful.jsonl")) == want]
+    same = [d for d in sorted(runs.glob("*")) if (d / "identify_harmful.jsonl").is_file() and identify_hash(d) == want]
     # the original (always: the direction attack's reference); its run only matters to the best attacker
     dirs: dict[str, tuple[str, Path | None]] = {"original": (results["meta"]["config"]["model"],
                                                              same[0] if same else None)}
@@ -77,10 +79,6 @@ def model_dirs(name: str, results: dict, wanted: list[str],
                      "delete the ones that are not the results file's")
         dirs[model] = (str(found[0]), found[0].parents[1])
     return dirs
-
-
-def _prompts(path: Path) -> list[str]:
-    return [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()]
 
 
 def attack_command(family: str, model: str, out: Path, cfg: dict, args, original: str, pairs: Path) -> list[str]:

@@ -169,17 +169,20 @@ def split_prompts(cfg: ExperimentConfig) -> tuple[dict[str, list[str]], dict[str
     return sets, record
 
 
+#: the variants whose interval is the experiment's setting (the others carry their own): variant -> (option, field)
+_INTERVAL_FROM_EXPERIMENT = {"safeneuron_rounds": ("safeneuron_reidentify_steps", "reidentify_steps"),
+                             "safeneuron_adversarial": ("safeneuron_adversarial_steps", "adversarial_steps")}
+
+
 def variant_options(cfg: ExperimentConfig, name: str, mask_path: Path,
                     identify: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``safeneuron_*`` options variant ``name`` trains with."""
     options = dict(VARIANTS[name])
-    # the two variants whose interval comes from the experiment's settings (the others carry their own)
-    for variant, option, field_ in (("safeneuron_rounds", "safeneuron_reidentify_steps", "reidentify_steps"),
-                                    ("safeneuron_adversarial", "safeneuron_adversarial_steps", "adversarial_steps")):
-        if name == variant:
-            if not getattr(cfg, field_):
-                raise ValueError(f"variant {variant} needs {field_} > 0 (--{field_.replace('_', '-')} N)")
-            options[option] = getattr(cfg, field_)
+    if name in _INTERVAL_FROM_EXPERIMENT:
+        option, field_ = _INTERVAL_FROM_EXPERIMENT[name]
+        if not getattr(cfg, field_):
+            raise ValueError(f"variant {name} needs {field_} > 0 (--{field_.replace('_', '-')} N)")
+        options[option] = getattr(cfg, field_)
     if options.get("safeneuron_freeze"):
         if not {"safeneuron_neuron_ratio", "safeneuron_signal"} & set(options):
             # T0: the mask identified once on the original (re-identifying variants extend it later)
