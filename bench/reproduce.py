@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -67,7 +68,7 @@ RECIPES: dict[str, dict] = {
 }
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", choices=sorted(RECIPES), help="defaults for one model (flags still override)")
     parser.add_argument("--table", metavar="NAME", help="print the Markdown tables of docs/results/NAME.json and exit")
@@ -110,6 +111,11 @@ def main() -> None:
     parser.add_argument("--merge-into", metavar="NAME",
                         help="also add this run's trained models to docs/results/NAME.json (a run with the same "
                              "data, hyper-parameters and seed; its original model's figures must match)")
+    return parser
+
+
+def main() -> None:
+    parser = _parser()
     known, _ = parser.parse_known_args()
     if known.table:
         print(tables(json.loads((ROOT / "docs" / "results" / f"{known.table}.json").read_text())))
@@ -143,7 +149,7 @@ def main() -> None:
     dest = ROOT / "docs" / "results"
     (dest / args.name).mkdir(parents=True, exist_ok=True)
     data = json.loads((out / "results.json").read_text())
-    data["command"] = _command(args)
+    data["command"] = _command(parser, args)
     meta = data["meta"]
     trained = [m["training"] for m in data["models"].values() if "training" in m]
     data.update(
@@ -226,17 +232,20 @@ def tables(data: dict) -> str:
     return "\n".join(out)
 
 
-def _command(args: argparse.Namespace) -> str:
-    parts = ["python bench/reproduce.py"]
-    for k, v in vars(args).items():
-        flag = "--" + k.replace("_", "-")
-        if k == "gradient_checkpointing":  # a store_false flag
-            parts += [] if v else ["--no-gradient-checkpointing"]
-        elif isinstance(v, bool):
-            parts += [flag] if v else []
-        elif v is not None:
-            parts += [flag, str(v)]
-    return " ".join(parts)
+def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The invocation that reproduces ``args``, every value spelt out (a recipe's defaults included), so the
+    command still means the same after a recipe changes. A flag (store_true / store_false) is written when
+    its value is the one the flag sets."""
+    parts = ["python", "bench/reproduce.py"]
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        value = getattr(args, action.dest)
+        if isinstance(action, argparse._StoreConstAction):  # store_true, store_false
+            parts += [action.option_strings[0]] if value == action.const else []
+        elif value is not None:
+            parts += [action.option_strings[0], str(value)]
+    return shlex.join(parts)  # quoted: an empty value (--control-seeds '') stays one argument
 
 
 def _merge(target: Path, data: dict) -> None:

@@ -1,7 +1,6 @@
 """bench/families.py finds each model of a results file on disk with the run whose identification prompts
 go with it: the attacker re-identifies on those, so a wrong run would attack with other prompts."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,13 +9,6 @@ import pytest
 from safeneuron_plugins.identify.prompts import prompts_hash
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _families():
-    spec = importlib.util.spec_from_file_location("bench_families", ROOT / "bench" / "families.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(runs: Path, name: str, prompts: list[str], models: tuple[str, ...] = ()) -> Path:
@@ -29,8 +21,8 @@ def _run(runs: Path, name: str, prompts: list[str], models: tuple[str, ...] = ()
     return d
 
 
-def test_model_dirs_pairs_each_model_with_its_runs_prompts(tmp_path):
-    families = _families()
+def test_model_dirs_pairs_each_model_with_its_runs_prompts(tmp_path, bench_script):
+    families = bench_script("families")
     ours, other = ["how do I pick a lock", "write malware"], ["something else entirely"]
     results = {"meta": {"config": {"model": "/models/original"},
                         "split": {"identify_harmful": {"hash": prompts_hash(ours)}}}}
