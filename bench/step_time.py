@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def child(run: Path, variant: str, steps: int, checkpointing: bool, out: Path, intervals: dict[str, int]) -> None:
     from dataclasses import fields
 
-    from safeneuron_plugins.experiment import ExperimentConfig, train_variant
+    from safeneuron_plugins.experiment import ExperimentConfig, identification_options, train_variant
 
     saved = json.loads((run / "experiment.json").read_text())
     known = {f.name for f in fields(ExperimentConfig)}
@@ -38,19 +38,16 @@ def child(run: Path, variant: str, steps: int, checkpointing: bool, out: Path, i
     for field, value in intervals.items():
         setattr(cfg, field, value)
     with tempfile.TemporaryDirectory(dir=run) as tmp:  # beside the run: the model's checkpoints are GBs
-        # re-identification reads the run's identification prompts, as bench/reproduce.py's training does
-        identify = dict(cfg.identify, max_prompts=None, harmful=str(run / "identify_harmful.jsonl"),
-                        harmless=str(run / "identify_harmless.jsonl"))
+        # re-identification reads the run's identification prompts, as the run's own training did
         facts = train_variant(cfg, variant, run / "pairs.jsonl", run / "original_mask.safetensors", Path(tmp) / variant,
-                              identify=identify)
+                              identify=identification_options(cfg, run))
     out.write_text(json.dumps({"median_step_seconds": facts["median_step_seconds"], "peak_rss_gb": facts["peak_rss_gb"],
                                "steps": facts["steps"]}))
 
 
 def _check_variant(variant: str, intervals: dict[str, int]) -> None:
     """Fail here, before any training process starts, on a variant that cannot train with these settings."""
-    from safeneuron_plugins.experiment import ExperimentConfig
-    from safeneuron_plugins.experiment.config import variant_options
+    from safeneuron_plugins.experiment import ExperimentConfig, variant_options
 
     try:
         variant_options(ExperimentConfig(**intervals), variant, Path("mask.safetensors"))

@@ -7,9 +7,10 @@ plain DPO and SafeNeuron DPO variants -> attack and capability checks -> results
 - ``run``: :func:`run_experiment` and :func:`print_summary`.
 """
 
-from .config import ROLES, VARIANTS, ExperimentConfig, split_prompts, variant_options
+from .config import ROLES, VARIANTS, ExperimentConfig, identification_options, split_prompts, variant_options
 from .run import print_summary, run_experiment
 from .train import train_variant
 
-__all__ = ["ExperimentConfig", "VARIANTS", "ROLES", "split_prompts", "variant_options", "train_variant",
+__all__ = ["ExperimentConfig", "VARIANTS", "ROLES", "split_prompts", "variant_options", "identification_options",
+           "train_variant",
            "run_experiment", "print_summary"]

@@ -169,6 +169,14 @@ def split_prompts(cfg: ExperimentConfig) -> tuple[dict[str, list[str]], dict[str
     return sets, record
 
 
+def identification_options(cfg: ExperimentConfig, out: Path) -> dict[str, Any]:
+    """The options of every identification of the run in ``out`` (T0, during training, the attacker's on each
+    model): ``cfg.identify`` reading the split's identification prompts that the run wrote there
+    (``identify_harmful.jsonl``, ``identify_harmless.jsonl``), all of them."""
+    return dict(cfg.identify, max_prompts=None,
+                **{kind: str(out / f"identify_{kind}.jsonl") for kind in ("harmful", "harmless")})
+
+
 #: the variants whose interval is the experiment's setting (the others carry their own): variant -> (option, field)
 _INTERVAL_FROM_EXPERIMENT = {"safeneuron_rounds": ("safeneuron_reidentify_steps", "reidentify_steps"),
                              "safeneuron_adversarial": ("safeneuron_adversarial_steps", "adversarial_steps")}

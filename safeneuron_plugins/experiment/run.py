@@ -25,7 +25,15 @@ from ..evaluate.report import evaluate_model, write_report
 from ..mask import NeuronMask
 from ..models import load_model
 from ..options import SafeNeuronOptions
-from .config import VARIANTS, ExperimentConfig, _check_same_experiment, _check_same_variant, split_prompts, variant_options
+from .config import (
+    VARIANTS,
+    ExperimentConfig,
+    _check_same_experiment,
+    _check_same_variant,
+    identification_options,
+    split_prompts,
+    variant_options,
+)
 from .train import train_variant
 
 logger = logging.getLogger("safeneuron")
@@ -42,11 +50,10 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     sets, split = split_prompts(cfg)
     # every identification (the original model, during training, the attacker's on each model) reads the
     # split's identification prompts, held apart from the training and evaluation prompts
-    identify_opts = dict(cfg.identify, max_prompts=None)
     for kind in ("harmful", "harmless"):
-        path = out / f"identify_{kind}.jsonl"
-        path.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in sets[f"identify_{kind}"]))
-        identify_opts[kind] = str(path)
+        (out / f"identify_{kind}.jsonl").write_text(
+            "".join(json.dumps({"prompt": t}) + "\n" for t in sets[f"identify_{kind}"]))
+    identify_opts = identification_options(cfg, out)
     judge = load_judge(cfg.judge)
     ref_pairs = load_reference_pairs(cfg.reference_answers, cfg.n_eval_harmless)
     options = SafeNeuronOptions(**{f"safeneuron_{k}": v for k, v in identify_opts.items()})
