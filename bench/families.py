@@ -11,8 +11,8 @@ original) with the other two families through the `safeneuron attack` CLI, on th
 - best (family `best`, pruning by a stronger attacker): re-identify on the model with every setting of a grid
   (scorer x signal x pooling x share of neurons), prune each set, keep the highest ASR
   (:func:`safeneuron_plugins.evaluate.attack.best_attacker`); its result is also written into NAME.json as
-  each model's `best_attacker`. `--grid full` is the CLI's `--attacker best` grid (14 settings); the default
-  `small` is 3 settings that each differ from the default attacker (attribution top 1%) in one way.
+  each model's `best_attacker`. `--grid full` is the CLI's `--attacker best` grid (11 settings); the default
+  `small` is 3 of them, each differing from the default attacker (attribution top 1%) in one way.
 
     .venv/bin/python bench/families.py --name qwen05            # runs what is missing, then prints the table
     .venv/bin/python bench/families.py --name qwen05 --table     # the table only
@@ -49,16 +49,29 @@ def finetune_pairs(out: Path) -> Path:
     return out
 
 
-def model_dirs(name: str, results: dict, wanted: list[str],
-               runs: Path = ROOT / "runs" / "reproduce") -> dict[str, tuple[str, Path | None]]:
+#: the figures that tell one trained model from another of the same name (a retrained twin's differ)
+_IDENTITY = ("asr", "rates", "perplexity", "kl")
+
+
+def model_dirs(name: str, results: dict, wanted: list[str], runs: Path = ROOT / "runs" / "reproduce",
+               results_dir: Path = RESULTS) -> dict[str, tuple[str, Path | None]]:
     """Each wanted model's directory, with the reproduction run directory whose identification prompts it goes
     with (``runs/reproduce/<run>``). A trained model is looked for under this run and, for one merged in from
-    another run (``--merge-into``), under every run; a name kept under several runs is refused. The original
-    goes with any run whose identification prompts are this results file's (the same hash as ``meta.split``)."""
+    another run (``--merge-into``), under every run whose own results file (``results_dir/<run>.json``) holds
+    the very figures this file has for it: a model of the same name trained again elsewhere (a twin, e.g. a
+    rerun on another machine) is another model, and its attack must not be written into this file's row.
+    A name kept under several such runs is refused. The original goes with any run whose identification
+    prompts are this results file's (the same hash as ``meta.split``)."""
     from safeneuron_plugins.identify.prompts import load_prompts, prompts_hash
 
     def identify_hash(run: Path) -> str:  # as meta.split records it: the hash of the prompt texts
         return prompts_hash([p.text for p in load_prompts(str(run / "identify_harmful.jsonl"), min_prompts=1)])
+
+    def evaluated_here(run: Path, model: str) -> bool:
+        path = results_dir / f"{run.name}.json"
+        theirs = json.loads(path.read_text())["models"].get(model) if path.is_file() else None
+        ours = results["models"].get(model, {})
+        return theirs is not None and all(theirs.get(k) == ours.get(k) for k in _IDENTITY)
 
     want = results["meta"]["split"]["identify_harmful"]["hash"]
     same = [d for d in sorted(runs.glob("*")) if (d / "identify_harmful.jsonl").is_file() and identify_hash(d) == want]
@@ -69,8 +82,17 @@ def model_dirs(name: str, results: dict, wanted: list[str],
         if model == "original":
             continue
         own = runs / name / "models" / model
-        found = [own] if (own / "config.json").exists() else [
-            p.parent for p in sorted(runs.glob(f"*/models/{model}/config.json"))]
+        if (own / "config.json").exists():
+            kept = found = [own]
+        else:  # merged in from another run
+            kept = [p.parent for p in sorted(runs.glob(f"*/models/{model}/config.json"))]
+            found = [p for p in kept if evaluated_here(p.parents[1], model)]
+        if not found and kept:
+            sys.exit(f"families: model {model} is kept under {', '.join(str(p) for p in kept)}, but its results file "
+                     f"({', '.join(str(results_dir / (p.parents[1].name + '.json')) for p in kept)}) does not hold "
+                     f"the figures {name}.json has for it: it is another model of the same name (trained again), "
+                     f"and its attack would be written into the wrong row. Attack it under its own results file "
+                     f"(--name {kept[0].parents[1].name}), or keep the model that {name}.json evaluated")
         if not found:
             sys.exit(f"families: {own} is missing: rerun bench/reproduce.py --recipe {name} --keep-models "
                      "(with --name and --merge-into for a variant merged in from another run)")
@@ -96,8 +118,8 @@ def attack_command(family: str, model: str, out: Path, cfg: dict, args, original
     return cmd
 
 
-#: --grid small: a stronger attacker at a fifth of the cost of the full grid: more attribution neurons, and the
-#: paper's activation statistics with either signal (each at the top 5% of neurons)
+#: --grid small: 3 of the full grid's 11 settings, a stronger attacker at about a quarter of its cost: more
+#: attribution neurons, and the paper's activation statistics with either signal (each at the top 5% of neurons)
 SMALL_GRID = (
     {"method": "attribution", "neuron_ratio": 0.02, "ratio_scope": "global"},
     {"method": "safeneuron", "signal": "product", "pooling": "max", "neuron_ratio": 0.05, "ratio_scope": "global",
@@ -227,7 +249,7 @@ def main() -> None:
     parser.add_argument("--finetune-steps", default="5,10,20",
                         help="k of the steps-to-break curve (k=0 is the direction run's ORI: same prompts, same replies)")
     parser.add_argument("--grid", choices=["small", "full"], default="small",
-                        help="the best attacker's grid (family `best`): small (3 settings) or full (the CLI's, 14)")
+                        help="the best attacker's grid (family `best`): small (3 settings) or full (the CLI's, 11)")
     parser.add_argument("--table", action="store_true", help="print the table of what has run and exit")
     args = parser.parse_args()
     results = json.loads((RESULTS / f"{args.name}.json").read_text())

@@ -24,27 +24,57 @@ def _run(runs: Path, name: str, prompts: list[str], models: tuple[str, ...] = ()
 def test_model_dirs_pairs_each_model_with_its_runs_prompts(tmp_path, bench_script):
     families = bench_script("families")
     ours, other = ["how do I pick a lock", "write malware"], ["something else entirely"]
+    rows = {m: {"asr": {"FULL": f}, "rates": {}, "perplexity": 13.0 + f, "kl": f}
+            for m, f in (("dpo", 0.62), ("safeneuron_rounds8", 0.73), ("safeneuron_adversarial", 0.62))}
     results = {"meta": {"config": {"model": "/models/original"},
-                        "split": {"identify_harmful": {"hash": prompts_hash(ours)}}}}
-    runs = tmp_path / "reproduce"
+                        "split": {"identify_harmful": {"hash": prompts_hash(ours)}}}, "models": rows}
+    runs, docs = tmp_path / "reproduce", tmp_path / "results"
+    docs.mkdir()
     _run(runs, "a_other_setup", other, ("safeneuron_x",))     # sorts first; other prompts
     base = _run(runs, "qwen05", ours, ("dpo",))
-    merged = _run(runs, "qwen05_more", ours, ("safeneuron_rounds8",))
+    merged = _run(runs, "qwen05_more", ours, ("safeneuron_rounds8", "safeneuron_adversarial"))
+    # qwen05_more evaluated the rounds8 model that qwen05.json holds (merged in), and a twin of the adversarial
+    # one, trained again: same name, other figures
+    twin = {**rows["safeneuron_adversarial"], "perplexity": 12.5}
+    (docs / "qwen05_more.json").write_text(json.dumps(
+        {"models": {"safeneuron_rounds8": rows["safeneuron_rounds8"], "safeneuron_adversarial": twin}}))
 
-    dirs = families.model_dirs("qwen05", results, ["original", "dpo", "safeneuron_rounds8"], runs=runs)
+    def model_dirs(name, wanted):
+        return families.model_dirs(name, results, wanted, runs=runs, results_dir=docs)
+
+    dirs = model_dirs("qwen05", ["original", "dpo", "safeneuron_rounds8"])
     assert dirs["original"] == ("/models/original", base), "the first run with this file's prompts, not a_other_setup"
     assert dirs["dpo"] == (str(base / "models" / "dpo"), base)
     assert dirs["safeneuron_rounds8"] == (str(merged / "models" / "safeneuron_rounds8"), merged)
 
-    # a model merged in from another run with the same name as one kept elsewhere: refused, naming both
+    # the twin is not qwen05.json's adversarial model: its attack must not go into that row ...
+    with pytest.raises(SystemExit, match="safeneuron_adversarial is kept under .*qwen05_more.*another model of the "
+                                         "same name.*--name qwen05_more"):
+        model_dirs("qwen05", ["safeneuron_adversarial"])
+    # ... while under its own results file it is attacked
+    assert model_dirs("qwen05_more", ["safeneuron_adversarial"])["safeneuron_adversarial"] == (
+        str(merged / "models" / "safeneuron_adversarial"), merged)
+
+    # a model merged in from another run with the same name and figures kept elsewhere too: refused, naming both
     _run(runs, "qwen05_again", ours, ("safeneuron_rounds8",))
+    (docs / "qwen05_again.json").write_text(json.dumps({"models": {"safeneuron_rounds8": rows["safeneuron_rounds8"]}}))
     with pytest.raises(SystemExit, match="safeneuron_rounds8 is kept under several runs.*qwen05_again"):
-        families.model_dirs("qwen05", results, ["safeneuron_rounds8"], runs=runs)
+        model_dirs("qwen05", ["safeneuron_rounds8"])
     with pytest.raises(SystemExit, match="qwen05/models/missing is missing"):
-        families.model_dirs("qwen05", results, ["missing"], runs=runs)
+        model_dirs("qwen05", ["missing"])
     # no run with this file's prompts: the original is still known (the direction attack's reference) ...
     results["meta"]["split"]["identify_harmful"]["hash"] = prompts_hash(["not on this machine"])
-    assert families.model_dirs("qwen05", results, ["dpo"], runs=runs)["original"] == ("/models/original", None)
+    assert model_dirs("qwen05", ["dpo"])["original"] == ("/models/original", None)
     # ... but the best attacker, which re-identifies, refuses to guess its prompts
     with pytest.raises(SystemExit, match="identification prompts of this results file"):
         families.run_best("/models/original", None, tmp_path / "x.json", {}, "small")
+
+
+def test_small_grid_is_part_of_the_clis_grid(bench_script):
+    """`--grid small` is documented as 3 of the CLI's `--attacker best` settings: a small-grid result is then a
+    lower bound of the full grid's on the same model, never a setting the CLI cannot reproduce."""
+    from safeneuron_plugins.evaluate.attack import BEST_ATTACKER_GRID
+
+    small = bench_script("families").SMALL_GRID
+    assert len(small) == 3 and all(setting in BEST_ATTACKER_GRID for setting in small)
+    assert len(BEST_ATTACKER_GRID) == 11  # the count bench/families.py, README.md and qwen.md state
