@@ -12,7 +12,9 @@ original) with the other two families through the `safeneuron attack` CLI, on th
   (scorer x signal x pooling x share of neurons), prune each set, keep the highest ASR
   (:func:`safeneuron_plugins.evaluate.attack.best_attacker`); its result is also written into NAME.json as
   each model's `best_attacker`. `--grid full` is the CLI's `--attacker best` grid (11 settings); the default
-  `small` is 3 of them, each differing from the default attacker (attribution top 1%) in one way.
+  `small` is 3 of them, each differing from the default attacker (attribution top 1%) in one way. It
+  re-identifies on the run's identification prompts; on a machine without the run directory they are rebuilt
+  from the results file's recorded config (``runs/families/NAME``), if their hashes match ``meta.split``.
 
     .venv/bin/python bench/families.py --name qwen05            # runs what is missing, then prints the table
     .venv/bin/python bench/families.py --name qwen05 --table     # the table only
@@ -49,6 +51,33 @@ def finetune_pairs(out: Path) -> Path:
     return out
 
 
+def rebuild_identification(results: dict, where: Path) -> Path | None:
+    """The identification prompts of a results file, rebuilt from its recorded config by the split the run made
+    them with (:func:`safeneuron_plugins.experiment.config.split_prompts`), for a machine that no longer holds
+    the run directory: written to ``where``, or None unless both kinds' hashes are ``meta.split``'s."""
+    from dataclasses import fields
+
+    from safeneuron_plugins.errors import PromptSourceError
+    from safeneuron_plugins.experiment.config import ExperimentConfig, split_prompts
+
+    known = {f.name for f in fields(ExperimentConfig)}
+    cfg = ExperimentConfig(**{k: v for k, v in results["meta"]["config"].items() if k in known})
+    try:
+        sets, split = split_prompts(cfg)
+    except (PromptSourceError, OSError) as e:  # a prompt source not on this machine
+        print(f"[families] the identification prompts cannot be rebuilt here: {e}", flush=True)
+        return None
+    kinds = ("harmful", "harmless")
+    if any(split[f"identify_{k}"]["hash"] != results["meta"]["split"][f"identify_{k}"]["hash"] for k in kinds):
+        print("[families] the identification prompts rebuilt from the recorded config are not the run's "
+              "(another version of a prompt source?)", flush=True)
+        return None
+    where.mkdir(parents=True, exist_ok=True)
+    for k in kinds:
+        (where / f"identify_{k}.jsonl").write_text("".join(json.dumps({"prompt": t}) + "\n" for t in sets[f"identify_{k}"]))
+    return where
+
+
 #: the figures that tell one trained model from another of the same name (a retrained twin's differ)
 _IDENTITY = ("asr", "rates", "perplexity", "kl")
 
@@ -75,6 +104,9 @@ def model_dirs(name: str, results: dict, wanted: list[str], runs: Path = ROOT / 
 
     want = results["meta"]["split"]["identify_harmful"]["hash"]
     same = [d for d in sorted(runs.glob("*")) if (d / "identify_harmful.jsonl").is_file() and identify_hash(d) == want]
+    if not same:  # no run of this set-up on this machine: the prompts from the recorded config
+        rebuilt = rebuild_identification(results, runs.parent / "families" / name)
+        same = [rebuilt] if rebuilt else []
     # the original (always: the direction attack's reference); its run only matters to the best attacker
     dirs: dict[str, tuple[str, Path | None]] = {"original": (results["meta"]["config"]["model"],
                                                              same[0] if same else None)}
@@ -139,8 +171,9 @@ def run_best(model_dir: str, run_dir: Path | None, out: Path, cfg: dict, grid_na
     from safeneuron_plugins.options import SafeNeuronOptions
 
     if run_dir is None:
-        sys.exit("families: no run under runs/reproduce has the identification prompts of this results file: rerun "
-                 "its bench/reproduce.py command (or another run of the same set-up with --merge-into)")
+        sys.exit("families: no run under runs/reproduce has the identification prompts of this results file, and "
+                 "they cannot be rebuilt from its recorded config here (see above): rerun its bench/reproduce.py "
+                 "command (or another run of the same set-up with --merge-into)")
     options = SafeNeuronOptions(safeneuron_harmful=str(run_dir / "identify_harmful.jsonl"),
                                 safeneuron_harmless=str(run_dir / "identify_harmless.jsonl"))
     harmful = [p.text for p in load_prompts(cfg["eval_harmful"], kind="harmful", max_prompts=cfg["n_eval_harmful"])]

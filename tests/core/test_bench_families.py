@@ -78,3 +78,31 @@ def test_small_grid_is_part_of_the_clis_grid(bench_script):
     small = bench_script("families").SMALL_GRID
     assert len(small) == 3 and all(setting in BEST_ATTACKER_GRID for setting in small)
     assert len(BEST_ATTACKER_GRID) == 11  # the count bench/families.py, README.md and qwen.md state
+
+
+def test_identification_prompts_are_rebuilt_from_the_recorded_config(tmp_path, bench_script):
+    """A machine without the run directory (the 1.5B runs were made elsewhere) still gets the attacker the run's
+    identification prompts: rebuilt from meta.config by the run's own split, accepted only if the hashes match."""
+    from dataclasses import asdict
+
+    from safeneuron_plugins.experiment.config import ExperimentConfig, split_prompts
+
+    families = bench_script("families")
+    cfg = ExperimentConfig(n_train_harmful=4, n_train_harmless=4, n_eval_harmful=4, n_eval_harmless=4,
+                           identify={"max_prompts": 6})
+    sets, split = split_prompts(cfg)
+    results = {"meta": {"config": asdict(cfg), "split": split}, "models": {}}
+    runs = tmp_path / "runs" / "reproduce"
+    runs.mkdir(parents=True)
+
+    original_dir, run_dir = families.model_dirs("qwen_x", results, ["original"], runs=runs)["original"]
+    assert run_dir == tmp_path / "runs" / "families" / "qwen_x"
+    for kind in ("harmful", "harmless"):
+        rows = [json.loads(line)["prompt"] for line in (run_dir / f"identify_{kind}.jsonl").read_text().splitlines()]
+        assert rows == sets[f"identify_{kind}"] and len(rows) == 6
+        assert not set(rows) & set(sets[f"train_{kind}"] + sets[f"eval_{kind}"])
+
+    # a recorded split that the config no longer gives (another version of a source): not guessed
+    split["identify_harmless"] = {**split["identify_harmless"], "hash": prompts_hash(["edited"])}
+    assert families.model_dirs("qwen_y", results, ["original"], runs=runs)["original"][1] is None
+    assert not (tmp_path / "runs" / "families" / "qwen_y").exists()
