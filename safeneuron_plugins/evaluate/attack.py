@@ -220,7 +220,8 @@ def best_attacker(model: nn.Module, tokenizer, harmful: list[str], *,
     """A stronger attacker: for every setting of ``grid`` re-identify the safety neurons on ``model``
     (the other identification options from ``options``, e.g. its prompt sources), prune them all and
     judge the replies. Reports the worst case for the defender, the highest ASR (the first such
-    setting in grid order), the setting that achieved it and every setting's result."""
+    setting in grid order), the setting that achieved it and every setting's result (``grid``: ASR, interval,
+    neurons pruned and the rate of each label)."""
     from ..identify import identify
 
     judge = judge or default_judge()
@@ -241,7 +242,8 @@ def best_attacker(model: nn.Module, tokenizer, harmful: list[str], *,
         verdicts = _runner(f"best:{_label(setting)}", mask.subset("full"), record=False)
         wins = sum(v.success for v in verdicts)
         rows.append({"setting": setting, "asr": wins / max(len(verdicts), 1),
-                     "ci95": list(wilson(wins, len(verdicts))), "pruned_neurons": mask.num_neurons})
+                     "ci95": list(wilson(wins, len(verdicts))), "pruned_neurons": mask.num_neurons,
+                     "rates": rates(verdicts)})  # refusal / evasive too: a low ASR may be a broken model
     best = max(rows, key=lambda r: r["asr"])  # max keeps the first of equal ones
     return {"asr": best["asr"], "ci95": best["ci95"], "n": len(harmful), "setting": best["setting"],
             "pruned_neurons": best["pruned_neurons"], "grid": rows}

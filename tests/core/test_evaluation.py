@@ -200,6 +200,7 @@ def test_best_attacker_reports_the_worst_case_of_its_grid(tiny):
         m = identify(model, tok, progress=False, **row["setting"])
         plain = run_attack(model, tok, prompts, m, max_new_tokens=6, sweep=(), progress=False)
         assert row["asr"] == plain["asr"]["FULL"]
+        assert row["rates"] == {label: plain["rates"]["FULL"][label] for label in ("refusal", "compliance", "evasive")}
     conditions = {g["condition"] for g in res["generations"]}
     assert sum(c.startswith("best:") for c in conditions) == 2 and "best" not in str(list(res["rates"]))
     alone = best_attacker(model, tok, prompts, grid=grid[:1], max_new_tokens=6, progress=False)
