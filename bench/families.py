@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -80,6 +81,26 @@ def rebuild_identification(results: dict, where: Path) -> Path | None:
 
 #: the figures that tell one trained model from another of the same name (a retrained twin's differ)
 _IDENTITY = ("asr", "rates", "perplexity", "kl")
+#: a twin trained again from the same start, data and seed on another CPU can differ from the first model only in
+#: floating-point rounding: it is taken for the same model when every ASR and rate is equal, the attacker's
+#: re-identified neurons are the same set, and perplexity and KL agree to this relative tolerance
+_ROUNDING = 1e-4
+
+
+def same_model(ours: dict, theirs: dict, our_mask: Path, their_mask: Path) -> bool:
+    """Whether two evaluations of a model of one name are of the same model: identical figures, or (a retrained
+    twin) identical ASR, rates and attacker neurons with perplexity and KL equal up to floating-point rounding."""
+    if all(theirs.get(k) == ours.get(k) for k in _IDENTITY):
+        return True
+    if any(theirs.get(k) != ours.get(k) for k in ("asr", "rates")) or not (our_mask.is_file() and their_mask.is_file()):
+        return False
+    if not all(isinstance(ours.get(k), float) and isinstance(theirs.get(k), float)
+               and math.isclose(ours[k], theirs[k], rel_tol=_ROUNDING) for k in ("perplexity", "kl")):
+        return False
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(our_mask)), load_file(str(their_mask))
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and bool((a[k] == b[k]).all()) for k in a)
 
 
 def model_dirs(name: str, results: dict, wanted: list[str], runs: Path = ROOT / "runs" / "reproduce",
@@ -87,8 +108,8 @@ def model_dirs(name: str, results: dict, wanted: list[str], runs: Path = ROOT / 
     """Each wanted model's directory, with the reproduction run directory whose identification prompts it goes
     with (``runs/reproduce/<run>``). A trained model is looked for under this run and, for one merged in from
     another run (``--merge-into``), under every run whose own results file (``results_dir/<run>.json``) holds
-    the very figures this file has for it: a model of the same name trained again elsewhere (a twin, e.g. a
-    rerun on another machine) is another model, and its attack must not be written into this file's row.
+    the very figures this file has for it (``same_model``: a twin trained again on another CPU counts only if it
+    differs by rounding alone); another model of the same name must not have its attack written into this row.
     A name kept under several such runs is refused. The original goes with any run whose identification
     prompts are this results file's (the same hash as ``meta.split``)."""
     from safeneuron_plugins.identify.prompts import load_prompts, prompts_hash
@@ -99,8 +120,9 @@ def model_dirs(name: str, results: dict, wanted: list[str], runs: Path = ROOT / 
     def evaluated_here(run: Path, model: str) -> bool:
         path = results_dir / f"{run.name}.json"
         theirs = json.loads(path.read_text())["models"].get(model) if path.is_file() else None
-        ours = results["models"].get(model, {})
-        return theirs is not None and all(theirs.get(k) == ours.get(k) for k in _IDENTITY)
+        return theirs is not None and same_model(results["models"].get(model, {}), theirs,
+                                                 results_dir / name / "masks" / f"attacker_{model}.safetensors",
+                                                 run / "evaluations" / f"{model}.safetensors")
 
     want = results["meta"]["split"]["identify_harmful"]["hash"]
     same = [d for d in sorted(runs.glob("*")) if (d / "identify_harmful.jsonl").is_file() and identify_hash(d) == want]
@@ -182,6 +204,7 @@ def run_best(model_dir: str, run_dir: Path | None, out: Path, cfg: dict, grid_na
     result = best_attacker(model, tok, harmful, grid=grid, options=options, judge=load_judge(cfg["judge"]),
                            max_new_tokens=cfg["max_new_tokens"], batch_size=cfg["gen_batch_size"])
     result["grid_name"] = grid_name
+    result["model_dir"] = model_dir  # which kept model was attacked (a retrained twin's, see same_model)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     return result

@@ -106,3 +106,28 @@ def test_identification_prompts_are_rebuilt_from_the_recorded_config(tmp_path, b
     split["identify_harmless"] = {**split["identify_harmless"], "hash": prompts_hash(["edited"])}
     assert families.model_dirs("qwen_y", results, ["original"], runs=runs)["original"][1] is None
     assert not (tmp_path / "runs" / "families" / "qwen_y").exists()
+
+
+def test_a_twin_that_differs_by_rounding_alone_is_the_same_model(tmp_path, bench_script):
+    """A variant trained again from the same start, data and seed on another CPU reproduced every reply and the
+    attacker's neurons, with perplexity 12.067037 vs 12.067079: its attack may go into the first model's row.
+    Anything that a measurement can tell apart may not."""
+    import torch
+    from safetensors.torch import save_file
+
+    same_model = bench_script("families").same_model
+    row = {"asr": {"ORI": 0.09, "FULL": 0.62}, "rates": {"FULL": {"compliance": 0.62}},
+           "perplexity": 12.067078627287716, "kl": 0.5428299483407664}
+    twin = {**row, "perplexity": 12.067036533369643, "kl": 0.5427964538050849}
+    ours, same, other = tmp_path / "ours.safetensors", tmp_path / "same.safetensors", tmp_path / "other.safetensors"
+    neurons = torch.tensor([3, 17, 40])
+    save_file({"neurons.0": neurons}, str(ours))
+    save_file({"neurons.0": neurons.clone()}, str(same))
+    save_file({"neurons.0": torch.tensor([3, 17, 41])}, str(other))
+
+    assert same_model(row, dict(row), ours, tmp_path / "absent")  # identical figures: no masks needed
+    assert same_model(row, twin, ours, same)
+    assert not same_model(row, twin, ours, other), "another attacker set: another model"
+    assert not same_model(row, twin, ours, tmp_path / "absent"), "rounding alone is only shown with both masks"
+    assert not same_model(row, {**twin, "perplexity": 12.5}, ours, same), "beyond rounding"
+    assert not same_model(row, {**twin, "asr": {"ORI": 0.10, "FULL": 0.62}}, ours, same), "one reply differs"
