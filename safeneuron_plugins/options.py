@@ -76,8 +76,9 @@ class SafeNeuronOptions:
         "the safety neurons of the current policy as an attacker would and zero them in the policy's "
         "training forward passes until the next re-identification (the frozen set does not change). "
         "Costs one identification every N steps. Measured on Qwen2.5-Coder-0.5B (docs/results/qwen.md): "
-        "lower ASR without attack than plain DPO (0.09 vs 0.16), the same under the pruning attack, and "
-        "far easier to undo by harmful fine-tuning (0.82 vs 0.35 after 20 LoRA steps): not a default.", low=1)
+        "at N=8 lower ASR without attack than plain DPO (0.09 vs 0.16), the same under the pruning attack, "
+        "and far easier to undo by harmful fine-tuning (0.82 vs 0.35 after 20 LoRA steps); at N=16 ASR "
+        "0.05 without attack and 0.91 under it (plain DPO 0.62): not a default.", low=1)
     safeneuron_reidentify_steps: int | None = _opt(
         None,
         "Iterative mode: every N optimizer steps, re-identify on the current model and freeze the "
