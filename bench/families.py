@@ -97,10 +97,11 @@ def same_model(ours: dict, theirs: dict, our_mask: Path, their_mask: Path) -> bo
     if not all(isinstance(ours.get(k), float) and isinstance(theirs.get(k), float)
                and math.isclose(ours[k], theirs[k], rel_tol=_ROUNDING) for k in ("perplexity", "kl")):
         return False
-    from safetensors.torch import load_file
+    from safeneuron_plugins import NeuronMask
 
-    a, b = load_file(str(our_mask)), load_file(str(their_mask))
-    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and bool((a[k] == b[k]).all()) for k in a)
+    a, b = NeuronMask.load(our_mask), NeuronMask.load(their_mask)
+    shape = lambda m: {k: m.fingerprint.get(k) for k in ("num_layers", "intermediate_size")}  # noqa: E731
+    return a.cells() == b.cells() and shape(a) == shape(b)
 
 
 def model_dirs(name: str, results: dict, wanted: list[str], runs: Path = ROOT / "runs" / "reproduce",

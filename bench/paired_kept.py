@@ -27,7 +27,7 @@ def _jsonl(path: Path) -> list[dict]:
 
 
 def _cells(path: Path) -> set[tuple[int, int]]:
-    return {(layer, i) for layer, idx in NeuronMask.load(path).neurons.items() for i in idx}
+    return NeuronMask.load(path).cells()
 
 
 def compare(run: Path, model: str, results: Path = RESULTS) -> list[str]:

@@ -188,7 +188,7 @@ def overlaps(masks: Path) -> str:
     from safeneuron_plugins import NeuronMask
 
     def cells(path):
-        return {(layer, i) for layer, idx in NeuronMask.load(path).neurons.items() for i in idx}
+        return NeuronMask.load(path).cells()
 
     t0 = cells(masks / "t0.safetensors")
     lines = ["| model | attacker's neurons | of them in T0 | in the model's frozen set | in any run's frozen set |",

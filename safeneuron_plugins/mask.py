@@ -47,6 +47,10 @@ class NeuronMask:
     def fingerprint(self) -> dict[str, Any]:
         return self.metadata.get("fingerprint", {})
 
+    def cells(self) -> set[tuple[int, int]]:
+        """The selected neurons as a set of (layer, index): masks compare and overlap independent of order."""
+        return {(layer, i) for layer, idx in self.neurons.items() for i in idx}
+
     def total_neurons_in_model(self) -> int | None:
         fp = self.fingerprint
         size, layers = fp.get("intermediate_size"), fp.get("num_layers")

@@ -113,21 +113,27 @@ def test_a_twin_that_differs_by_rounding_alone_is_the_same_model(tmp_path, bench
     attacker's neurons, with perplexity 12.067037 vs 12.067079: its attack may go into the first model's row.
     Anything that a measurement can tell apart may not."""
     import torch
-    from safetensors.torch import save_file
+
+    from safeneuron_plugins import NeuronMask
+
+    def mask(path, neurons, size=64):
+        NeuronMask({layer: torch.tensor(idx) for layer, idx in neurons.items()},
+                   metadata={"fingerprint": {"num_layers": 6, "intermediate_size": size}}).save(path)
+        return path
 
     same_model = bench_script("families").same_model
     row = {"asr": {"ORI": 0.09, "FULL": 0.62}, "rates": {"FULL": {"compliance": 0.62}},
            "perplexity": 12.067078627287716, "kl": 0.5428299483407664}
     twin = {**row, "perplexity": 12.067036533369643, "kl": 0.5427964538050849}
-    ours, same, other = tmp_path / "ours.safetensors", tmp_path / "same.safetensors", tmp_path / "other.safetensors"
-    neurons = torch.tensor([3, 17, 40])
-    save_file({"neurons.0": neurons}, str(ours))
-    save_file({"neurons.0": neurons.clone()}, str(same))
-    save_file({"neurons.0": torch.tensor([3, 17, 41])}, str(other))
+    ours = mask(tmp_path / "ours.safetensors", {0: [3, 17, 40], 5: [1]})
+    same = mask(tmp_path / "same.safetensors", {5: [1], 0: [40, 3, 17]})  # the same cells, listed in another order
+    other = mask(tmp_path / "other.safetensors", {0: [3, 17, 41], 5: [1]})
+    wider = mask(tmp_path / "wider.safetensors", {0: [3, 17, 40], 5: [1]}, size=128)
 
     assert same_model(row, dict(row), ours, tmp_path / "absent")  # identical figures: no masks needed
     assert same_model(row, twin, ours, same)
     assert not same_model(row, twin, ours, other), "another attacker set: another model"
+    assert not same_model(row, twin, ours, wider), "the same indices in a model of another shape"
     assert not same_model(row, twin, ours, tmp_path / "absent"), "rounding alone is only shown with both masks"
     assert not same_model(row, {**twin, "perplexity": 12.5}, ours, same), "beyond rounding"
     assert not same_model(row, {**twin, "asr": {"ORI": 0.10, "FULL": 0.62}}, ours, same), "one reply differs"
