@@ -188,3 +188,39 @@ def test_forward_pruning_spares_the_reference_pass_when_down_proj_is_not_a_lora_
             model(input_ids=torch.tensor([[1, 5, 9, 12]]))
     h.remove()
     assert seen == [True, False], "the policy pass is pruned, the reference pass (adapters off) is not"
+
+
+def test_training_under_the_attack_with_lora(tmp_path):
+    """safeneuron_adversarial_steps with a LoRA adapter (the 1.5B recipe's set-up): the attack set is
+    re-identified on the adapted policy, zeroed in its training passes, and the frozen rows stay exact."""
+    import transformers
+    from test_freeze_trl import _down_inputs
+
+    path = save_tiny_model(tmp_path / "m", "llama")
+    cb = SafeNeuronCallback(safeneuron_freeze=True, safeneuron_adversarial_steps=2, **IDENT)
+    seen = []
+
+    class Probe(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kw):
+            attack = cb.run.attack_mask
+            x = _down_inputs(model)
+            seen.append((attack, all(torch.all(x[..., i] == 0) for i in attack.neurons.get(0, []))))
+
+    base, _ = load(path)
+    model, tok = load(path)
+    args = trl.DPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=4,
+                         learning_rate=2e-2, report_to="none", save_strategy="no", use_cpu=True, seed=0)
+    trainer = trl.DPOTrainer(model=model, args=args, train_dataset=preference_data(), processing_class=tok,
+                             peft_config=peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS,
+                                                         task_type="CAUSAL_LM"),
+                             callbacks=[cb, Probe()])
+    trainer.train()
+    t0 = cb.mask
+    assert seen[0][0] is t0 and t0.num_neurons > 0, "the attack starts from the initial policy's neurons"
+    assert seen[1][0] is not t0 and seen[2][0] is seen[1][0], "re-identified on the adapted policy at step 2"
+    assert any(a.neurons.get(0) for a, _ in seen) and all(zero for _, zero in seen), \
+        "the attacked neurons are zero in training passes"
+    merged = trainer.model.merge_and_unload()
+    before, after = frozen_rows(base, t0), frozen_rows(merged, t0)
+    assert all(torch.equal(rows, after[key][0]) for key, (rows, *_) in before.items()), "frozen rows moved"
+    assert any(not torch.equal(full, after[key][1]) for key, (_, full, *_) in before.items()), "nothing trained"
