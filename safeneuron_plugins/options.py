@@ -80,7 +80,7 @@ class SafeNeuronOptions:
         "and far easier to undo by harmful fine-tuning (0.82 vs 0.35 after 20 LoRA steps); at N=16 ASR "
         "0.05 without attack and 0.91 under it (plain DPO 0.62). With a safety pair for every harmful training "
         "prompt (94 instead of 30) N=16 halved it: 0.00 without attack, 0.39 under it vs plain DPO's 0.83 on the "
-        "same pairs, at 0.13 over-refusal vs 0.01; not yet a default (one seed, 0.5B only).", low=1)
+        "same pairs, at 0.13 over-refusal vs 0.01 (a second seed: 0.46, 0.11); not yet a default (0.5B only).", low=1)
     safeneuron_reidentify_steps: int | None = _opt(
         None,
         "Iterative mode: every N optimizer steps, re-identify on the current model and freeze the "
