@@ -3,7 +3,7 @@
 import pytest
 import torch
 from safeneuron_plugins.integrations.hf import SafeNeuronCallback
-from test_freeze_trl import IDENT, frozen_rows, load, preference_data
+from test_freeze_trl import IDENT, assert_frozen_exactly, frozen_rows, load, preference_data
 from tiny import BNB_SIZES, save_tiny_model
 
 from safeneuron_plugins.errors import UnsupportedSetupError
@@ -15,13 +15,13 @@ trl = pytest.importorskip("trl")
 TARGETS = ["gate_proj", "up_proj", "down_proj", "q_proj", "v_proj"]
 
 
-def lora_train(path, out, cb, **lora):
+def lora_train(path, out, cb, extra_callbacks=(), **lora):
     model, tok = load(path)
     config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, task_type="CAUSAL_LM", **lora)
     args = trl.DPOConfig(output_dir=str(out), per_device_train_batch_size=4, max_steps=4, learning_rate=2e-2,
                          weight_decay=0.1, report_to="none", save_strategy="no", use_cpu=True, seed=0)
     trainer = trl.DPOTrainer(model=model, args=args, train_dataset=preference_data(), processing_class=tok,
-                             peft_config=config, callbacks=[cb])
+                             peft_config=config, callbacks=[cb, *extra_callbacks])
     trainer.train()
     return trainer.model
 
@@ -207,20 +207,10 @@ def test_training_under_the_attack_with_lora(tmp_path):
             seen.append((attack, all(torch.all(x[..., i] == 0) for i in attack.neurons.get(0, []))))
 
     base, _ = load(path)
-    model, tok = load(path)
-    args = trl.DPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=4,
-                         learning_rate=2e-2, report_to="none", save_strategy="no", use_cpu=True, seed=0)
-    trainer = trl.DPOTrainer(model=model, args=args, train_dataset=preference_data(), processing_class=tok,
-                             peft_config=peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS,
-                                                         task_type="CAUSAL_LM"),
-                             callbacks=[cb, Probe()])
-    trainer.train()
+    merged = lora_train(path, tmp_path / "out", cb, extra_callbacks=[Probe()]).merge_and_unload()
     t0 = cb.mask
     assert seen[0][0] is t0 and t0.num_neurons > 0, "the attack starts from the initial policy's neurons"
     assert seen[1][0] is not t0 and seen[2][0] is seen[1][0], "re-identified on the adapted policy at step 2"
     assert any(a.neurons.get(0) for a, _ in seen) and all(zero for _, zero in seen), \
         "the attacked neurons are zero in training passes"
-    merged = trainer.model.merge_and_unload()
-    before, after = frozen_rows(base, t0), frozen_rows(merged, t0)
-    assert all(torch.equal(rows, after[key][0]) for key, (rows, *_) in before.items()), "frozen rows moved"
-    assert any(not torch.equal(full, after[key][1]) for key, (_, full, *_) in before.items()), "nothing trained"
+    assert_frozen_exactly(frozen_rows(base, t0), frozen_rows(merged, t0))
