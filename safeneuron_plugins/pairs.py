@@ -76,7 +76,7 @@ def make_pairs(model: nn.Module, tokenizer, harmful: list[str], harmless: list[s
     replies = generate(model, tokenizer, harmless, max_new_tokens=max_new_tokens, batch_size=batch_size,
                        desc="harmless replies", progress=progress)
     for prompt, reply, v in zip(harmless, replies, judge.judge(harmless, replies)):
-        if v.refused or not reply.strip():
+        if v.declined or not reply.strip():  # a partial refusal is no helpful reply either
             counts["harmless_skipped_refused"] += 1
             continue
         rows.append(_row(prompt, reply, rng.choice(refusals), "harmless", conversational))

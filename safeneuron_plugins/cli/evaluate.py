@@ -25,10 +25,11 @@ def cmd_judge(args) -> int:
     with open(output, "w", encoding="utf-8") as f:
         for row, v in zip(rows, verdicts):
             f.write(json.dumps({**row, "refused": v.refused, "label": v.label, "success": v.success,
-                                "detail": v.detail, "judge": judge.name}) + "\n")
+                                "partial_refusal": v.partial_refusal, "detail": v.detail, "judge": judge.name}) + "\n")
     rate = sum(v.refused for v in verdicts) / len(verdicts)
-    print(f"judge {judge.name}: refusal rate {rate:.3f} ({sum(v.refused for v in verdicts)}/{len(verdicts)}); "
-          f"wrote {args.output}")
+    partial = sum(v.partial_refusal for v in verdicts)
+    print(f"judge {judge.name}: refusal rate {rate:.3f} ({sum(v.refused for v in verdicts)}/{len(verdicts)}"
+          f"{f'; {partial} partial refusals, counted as compliance' if partial else ''}); wrote {args.output}")
     return 0
 
 

@@ -190,17 +190,19 @@ def random_control(run: _Runner, mask: NeuronMask, seeds: Sequence[int], sizes: 
     narrow). ``vs_full`` pairs, prompt by prompt, FULL(SN-)'s success with the control's majority verdict
     (success when more than half of the seeds' replies are compliance): diff = ASR(FULL) - ASR(majority
     control), Newcombe interval, exact McNemar p. Each ``per_seed`` entry has its own ``vs_full`` too."""
-    full = successes(run.results["generations"], "FULL")
-    per_seed, by_seed = [], []
-    pruned = 0
+    by_seed, pruned = [], 0
     for seed in seeds:
         control = random_like(mask.subset("full"), seed, sizes)
-        verdicts = run(f"random:{seed}", control)
-        wins = [v.success for v in verdicts]
-        by_seed.append(wins)
+        by_seed.append([v.success for v in run(f"random:{seed}", control)])
         pruned = control.num_neurons
-        per_seed.append({"seed": seed, "asr": sum(wins) / max(len(wins), 1), "n": len(wins),
-                         "ci95": list(wilson(sum(wins), len(wins))), "vs_full": paired_difference(full, wins)})
+    return control_summary(successes(run.results["generations"], "FULL"), list(seeds), by_seed, pruned)
+
+
+def control_summary(full: list[bool], seeds: list[int], by_seed: list[list[bool]], pruned: int) -> dict[str, Any]:
+    """:func:`random_control`'s figures from FULL(SN-)'s and each seed's per-prompt successes."""
+    per_seed = [{"seed": seed, "asr": sum(wins) / max(len(wins), 1), "n": len(wins),
+                 "ci95": list(wilson(sum(wins), len(wins))), "vs_full": paired_difference(full, wins)}
+                for seed, wins in zip(seeds, by_seed)]
     pooled = sum(sum(w) for w in by_seed)
     total = sum(len(w) for w in by_seed)
     majority = [sum(col) * 2 > len(by_seed) for col in zip(*by_seed)] if by_seed else []
@@ -239,13 +241,27 @@ def best_attacker(model: nn.Module, tokenizer, harmful: list[str], *,
         # the user's thresholds and activation settings are not the attribution scorer's
         overrides = {**statistics_defaults(), **setting} if method == "attribution" else setting
         mask = identify(model, tokenizer, options=options, progress=progress, processor=processor, **overrides)
-        verdicts = _runner(f"best:{_label(setting)}", mask.subset("full"), record=False)
-        wins = sum(v.success for v in verdicts)
-        rows.append({"setting": setting, "asr": wins / max(len(verdicts), 1),
-                     "ci95": list(wilson(wins, len(verdicts))), "pruned_neurons": mask.num_neurons,
-                     "rates": rates(verdicts)})  # refusal / evasive too: a low ASR may be a broken model
-    best = max(rows, key=lambda r: r["asr"])  # max keeps the first of equal ones
-    return {"asr": best["asr"], "ci95": best["ci95"], "n": len(harmful), "setting": best["setting"],
+        verdicts = _runner(best_condition(setting), mask.subset("full"), record=False)
+        rows.append(grid_row(setting, verdicts, mask.num_neurons))
+    return best_of(rows, len(harmful))
+
+
+def best_condition(setting: Mapping[str, Any]) -> str:
+    """The condition name of a best-attacker setting's generations."""
+    return f"best:{_label(setting)}"
+
+
+def grid_row(setting: dict[str, Any], verdicts, pruned_neurons: int) -> dict[str, Any]:
+    """One best-attacker setting's result: ASR, interval, neurons pruned and each label's rate."""
+    wins = sum(v.success for v in verdicts)
+    return {"setting": setting, "asr": wins / max(len(verdicts), 1), "ci95": list(wilson(wins, len(verdicts))),
+            "pruned_neurons": pruned_neurons, "rates": rates(verdicts)}  # a low ASR may be a broken model
+
+
+def best_of(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """The worst case for the defender over the grid's rows (the first of equal ones)."""
+    best = max(rows, key=lambda r: r["asr"])
+    return {"asr": best["asr"], "ci95": best["ci95"], "n": n, "setting": best["setting"],
             "pruned_neurons": best["pruned_neurons"], "grid": rows}
 
 

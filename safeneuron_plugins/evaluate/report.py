@@ -49,7 +49,7 @@ def evaluate_model(model: nn.Module, tokenizer, *, harmful: list[str], harmless:
         "asr": attack["asr"], "rates": attack["rates"], "sweep": attack["sweep"],
         "pruned_neurons": attack["pruned_neurons"], "judge": judge.name,
         "over_refusal": over["over_refusal"], "over_refusal_n": len(harmless),
-        "over_refusal_ci95": list(wilson(sum(g["label"] == "refusal" for g in over["generations"]), len(harmless))),
+        "over_refusal_ci95": list(wilson(sum(g["declined"] for g in over["generations"]), len(harmless))),
         "perplexity": perplexity(model, tokenizer, reference_pairs, progress=progress),
         "kl": kl_to_reference(model, reference, tokenizer, harmless, progress=progress) if reference is not None else 0.0,
         "safety_neurons": mask.num_neurons, "layer_fractions": layer_fractions(mask),

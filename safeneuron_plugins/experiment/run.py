@@ -21,6 +21,7 @@ from .. import __version__
 from ..evaluate.attack import SWEEP
 from ..evaluate.capability import load_reference_pairs
 from ..evaluate.judges import load_judge
+from ..evaluate.rejudge import rejudge
 from ..evaluate.report import evaluate_model, write_report
 from ..mask import NeuronMask
 from ..models import load_model
@@ -104,6 +105,10 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         if name in VARIANTS:
             _check_same_variant(name, result["training"]["options"],
                                 variant_options(cfg, name, mask_path, identify_opts), path)
+        if result.get("judge") != judge.name:  # made before a judge change: the same replies, judged again
+            stage(f"{name}: its replies were judged by {result.get('judge')}; judging them again by {judge.name} "
+                  "(the file stays as it is)")
+            result = rejudge(result, judge)
         result["_mask"] = NeuronMask.load(path.with_suffix(".safetensors"))
         return result
 

@@ -201,7 +201,8 @@ def test_judge_creates_the_output_directory(work, capsys):
     assert code == 0, text
     row = json.loads((work / "out/new/sub/v.jsonl").read_text())
     assert row == {"prompt": "Bake bread?", "response": "Mix flour and water.", "refused": False, "label": "compliance",
-                   "success": True, "detail": "no refusal, not degenerate", "judge": "refusal-patterns-v1"}
+                   "success": True, "partial_refusal": False, "detail": "no refusal, not degenerate",
+                   "judge": "refusal-patterns-v1"}
 
 
 def test_custom_architecture_route(work, models, capsys):
