@@ -202,9 +202,11 @@ def run_best(model_dir: str, run_dir: Path | None, out: Path, cfg: dict, grid_na
     harmful = [p.text for p in load_prompts(cfg["eval_harmful"], kind="harmful", max_prompts=cfg["n_eval_harmful"])]
     model, tok = load_model(model_dir, dtype=cfg.get("dtype") or "float32")
     grid = BEST_ATTACKER_GRID if grid_name == "full" else SMALL_GRID
-    result = best_attacker(model, tok, harmful, grid=grid, options=options, judge=load_judge(cfg["judge"]),
+    judge = load_judge(cfg["judge"])
+    result = best_attacker(model, tok, harmful, grid=grid, options=options, judge=judge,
                            max_new_tokens=cfg["max_new_tokens"], batch_size=cfg["gen_batch_size"])
     result["grid_name"] = grid_name
+    result["judge"] = judge.name  # a file from before a judge change says which judge made it
     result["model_dir"] = model_dir  # which kept model was attacked (a retrained twin's, see same_model)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
