@@ -36,9 +36,9 @@ check), ``classifier`` (Llama-Guard-style model), ``accuracy`` (measuring a judg
 
 from __future__ import annotations
 
-from .base import LABELS, Judge, Verdict
+from .base import LABELS, PARTIAL_REFUSAL, Judge, Verdict
 from .classifier import ClassifierJudge, parse_guard_output
-from .patterns import PARTIAL_REFUSAL, RefusalJudge, RefusalJudgeV2, RefusalJudgeV3, handed_over, normalize, refusal_match
+from .patterns import RefusalJudge, RefusalJudgeV2, RefusalJudgeV3, handed_over, normalize, refusal_match
 from .relevance import (
     EMBEDDING_PACKAGE,
     EMBEDDING_PIN,

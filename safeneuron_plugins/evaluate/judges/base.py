@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LABELS = ("refusal", "compliance", "evasive")
+#: how a partial refusal's detail starts (:attr:`Verdict.partial_refusal`; refusal-patterns-v3)
+PARTIAL_REFUSAL = "partial refusal"
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class Verdict:
     @property
     def partial_refusal(self) -> bool:
         """A reply that opens with a refusal and then hands the content over (compliance; refusal-patterns-v3)."""
-        return self.label == "compliance" and self.detail.startswith("partial refusal")
+        return self.label == "compliance" and self.detail.startswith(PARTIAL_REFUSAL)
 
     @property
     def declined(self) -> bool:
