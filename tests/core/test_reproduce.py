@@ -74,6 +74,25 @@ def test_quickstart_pipeline_end_to_end(tmp_path, capsys):
     assert split["eval_harmful"]["n"] == 4 and split["train_harmful"]["n"] == 8
     assert set(split["identify_harmless"]["indices"]).isdisjoint(split["eval_harmless"]["indices"])
 
+    # resumed after a judge change: an evaluation made by another judge is judged again from its stored replies
+    # (here: one that called every reply compliance), the file is left as it was, nothing is trained again
+    path = out / "evaluations" / "dpo.json"
+    older = json.loads(path.read_text())
+    for g in older["generations"]:
+        g.update(label="compliance", success=True, detail="older judge")
+    older.update(judge="older-judge", asr={c: 1.0 for c in older["asr"]})
+    path.write_text(json.dumps(older))
+    before_file = path.read_text()
+    assert main(["quickstart", str(model_dir), "--output-dir", str(out), "--n-train", "8", "--n-eval", "4",
+                 "--max-steps", "2", "--max-new-tokens", "6", "--sweep", "--method", "safeneuron", "--tau-es", "0.5",
+                 "--tau-sas", "1.0", "--max-prompts", "24", "--variants", "dpo,safeneuron,safeneuron_prune"]) == 0
+    text = capsys.readouterr().out
+    assert "judging them again" in text and "dpo: trained and evaluated by an earlier invocation" in text
+    again = json.loads((out / "results.json").read_text())["models"]["dpo"]
+    assert again["judge"] == models["dpo"]["judge"] and again["rejudged_from"] == "older-judge"
+    assert again["asr"] == models["dpo"]["asr"] and again["over_refusal"] == models["dpo"]["over_refusal"]
+    assert path.read_text() == before_file
+
 
 def test_split_keeps_identification_training_and_evaluation_prompts_apart(tmp_path):
     """The quickstart's defaults identified on the first 128 built-in prompts, which held its training and
