@@ -70,6 +70,14 @@ class SafeNeuronOptions:
         "1.0: Algorithm 1's deterministic pruning. Measured on Qwen2.5-Coder-0.5B at 0.5 "
         "(docs/results/qwen.md): easier to attack than plain DPO (ASR under the pruning attack 0.84 "
         "vs 0.62), not a default.", low=0.0, high=1.0, low_open=True)
+    safeneuron_forward_prune_pass_probability: float = _opt(
+        1.0,
+        "With safeneuron_forward_prune or safeneuron_adversarial_steps: the share of the policy's training "
+        "forward passes that prune (all of the set, or nothing, drawn once per pass); the others train the "
+        "unpruned network on the same kind of pairs. 1.0: every pass prunes. Meant for training under the "
+        "attack, whose every pass is pruned at 1.0, so the unpruned model it ships is never trained as such and "
+        "over-refuses (Qwen2.5-Coder-1.5B: 0.27 vs plain DPO's 0.02, docs/results/qwen.md); not measured yet.",
+        low=0.0, high=1.0, low_open=True)
     safeneuron_adversarial_steps: int | None = _opt(
         None,
         "Adversarial re-identification (training under the attack): every N optimizer steps, identify "

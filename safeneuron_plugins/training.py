@@ -160,7 +160,8 @@ class SafeNeuronTraining:
             self._prune = contextlib.ExitStack()
             self._prune.enter_context(pruned(self.model, list(self.freezer.layers.values()), target,
                                              only_training=True,
-                                             probability=self.options.safeneuron_forward_prune_probability))
+                                             probability=self.options.safeneuron_forward_prune_probability,
+                                             pass_probability=self.options.safeneuron_forward_prune_pass_probability))
 
     def _log_start(self, source: str) -> None:
         f = self.freezer

@@ -40,6 +40,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the same, re-identified every 16 steps: the last attack set is trained against for half the run, while the
     # cosine schedule's learning rate is still high (every 8 steps left it 8 steps at a low rate)
     "safeneuron_adversarial16": {"safeneuron_freeze": True, "safeneuron_adversarial_steps": 16},
+    # the same, with half of the training passes unpruned, so that the unpruned model it ships is trained too (the
+    # every-pass variant over-refuses: 0.27 vs 0.02 at 1.5B)
+    "safeneuron_adversarial16_half": {"safeneuron_freeze": True, "safeneuron_adversarial_steps": 16,
+                                      "safeneuron_forward_prune_pass_probability": 0.5},
     "safeneuron_product": {"safeneuron_freeze": True, "safeneuron_signal": "product", "safeneuron_neuron_ratio": 0.05},
 }
 

@@ -269,6 +269,68 @@ def test_stochastic_forward_pruning_draws_a_new_subset_every_pass(tmp_path):
     assert not any(torch.all(x[..., i] == 0) for i in others)
 
 
+def test_pass_probability_prunes_whole_passes_and_recomputation_reuses_the_draw(tmp_path):
+    """safeneuron_forward_prune_pass_probability: a training pass prunes every masked neuron of every layer, or none
+    (drawn once per pass from torch's generator); with gradient checkpointing the backward's recomputed layers use
+    their pass's draw, so each gradient is exactly the pruned or the unpruned network's; eval passes never prune."""
+    from safeneuron_plugins.prune import pruned
+
+    model, _ = load(save_tiny_model(tmp_path / "m", "llama"))
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    layers = find_mlp_layers(model)
+    mask = NeuronMask({l.index: list(range(0, l.intermediate_size, 3)) for l in layers})
+    ids = torch.tensor([[1, 5, 9, 12, 7, 3]])
+
+    def grads(**kw):
+        model.train()
+        model.zero_grad()
+        with pruned(model, layers, mask, only_training=True, **kw):
+            model(input_ids=ids, labels=ids).loss.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    full, none = grads(), grads(pass_probability=1e-9)
+    assert not torch.equal(full, none)
+    seen = []
+    for seed in range(8):
+        torch.manual_seed(seed)
+        g = grads(pass_probability=0.5)
+        assert torch.equal(g, full) or torch.equal(g, none), seed  # never a mix of the two within a pass
+        seen.append(torch.equal(g, full))
+    assert any(seen) and not all(seen), "both kinds of pass occur"
+    with pruned(model, layers, mask, only_training=True, pass_probability=0.5):
+        model.eval()
+        captured = []
+        h = model.get_submodule(layers[0].down).register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+        with torch.no_grad():
+            for _ in range(4):
+                model(input_ids=ids)
+        h.remove()
+    assert not any(torch.all(x[..., 0] == 0) for x in captured), "never in eval mode"
+
+
+def test_training_under_the_attack_in_a_share_of_passes(tmp_path):
+    """The callback hands safeneuron_forward_prune_pass_probability to the training-time pruning: with it at 0.5,
+    some of the policy's training passes prune the attack set and some do not."""
+    path = save_tiny_model(tmp_path / "m", "llama")
+    cb = SafeNeuronCallback(safeneuron_freeze=True, safeneuron_adversarial_steps=2,
+                            safeneuron_forward_prune_pass_probability=0.5, **IDENT)
+    seen = []
+
+    class Probe(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kw):
+            attack = cb.run.attack_mask.neurons.get(0, [])
+            for _ in range(6):
+                x = _down_inputs(model)
+                seen.append(all(torch.all(x[..., i] == 0) for i in attack))
+
+    model, tok = load(path)
+    args = trl.DPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=2,
+                         learning_rate=5e-3, report_to="none", use_cpu=True, seed=3)
+    trl.DPOTrainer(model=model, ref_model=transformers.AutoModelForCausalLM.from_pretrained(path), args=args,
+                   train_dataset=preference_data(), processing_class=tok, callbacks=[cb, Probe()]).train()
+    assert cb.run.attack_mask.neurons.get(0) and any(seen) and not all(seen), seen
+
+
 def test_adversarial_reidentification_trains_under_the_attack(tmp_path):
     """safeneuron_adversarial_steps: the policy's forward passes prune what an attacker finds on it now
     (T0 at first, re-identified every N steps, kept in checkpoints), while the frozen set stays T0."""
