@@ -76,7 +76,9 @@ class SafeNeuronOptions:
         "forward passes that prune (all of the set, or nothing, drawn once per pass); the others train the "
         "unpruned network on the same kind of pairs. 1.0: every pass prunes. Meant for training under the "
         "attack, whose every pass is pruned at 1.0, so the unpruned model it ships is never trained as such and "
-        "over-refuses (Qwen2.5-Coder-1.5B: 0.27 vs plain DPO's 0.02, docs/results/qwen.md); not measured yet.",
+        "over-refuses (Qwen2.5-Coder-1.5B: 0.27 vs plain DPO's 0.02, docs/results/qwen.md). Measured there at 0.5 "
+        "(N=16): over-refusal 0.03, but the robustness went with it (ASR under the attack 0.84 vs 0.59 at 1.0 and "
+        "plain DPO's 0.91; without attack 0.13 vs 0.00 and 0.05), so the default stays 1.0.",
         low=0.0, high=1.0, low_open=True)
     safeneuron_adversarial_steps: int | None = _opt(
         None,
