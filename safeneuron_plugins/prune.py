@@ -35,9 +35,8 @@ def pruned(model: nn.Module, layers: list[MLPLayer], mask: NeuronMask, *,
     this_pass = {"prune": True}
     if pass_probability < 1.0:
         def draw(module, args, kwargs):
-            # drawn on the policy's passes only: a recomputed layer (gradient checkpointing) reuses its pass's draw.
-            # (not _reference_pass: a transformers model's disable_adapters is a method)
-            if not (only_training and (not module.training or (lora is not None and lora.disable_adapters))):
+            # drawn on the policy's passes only: a recomputed layer (gradient checkpointing) reuses its pass's draw
+            if not (only_training and _reference_pass(module, lora)):
                 this_pass["prune"] = bool(torch.rand(()) < pass_probability)
         handles.append(model.register_forward_pre_hook(draw, with_kwargs=True))
     try:
@@ -55,8 +54,9 @@ def pruned(model: nn.Module, layers: list[MLPLayer], mask: NeuronMask, *,
 
 
 def _reference_pass(module: nn.Module, lora: nn.Module | None) -> bool:
-    """Not a pass of the training policy: eval mode, or a PEFT model with its adapters disabled."""
-    return (not module.training or getattr(module, "disable_adapters", False)
+    """Not a pass of the training policy: eval mode, or a PEFT model with its adapters disabled. ``is True``: a PEFT
+    layer's ``disable_adapters`` is a flag, a transformers model's a method (not a sign of anything)."""
+    return (not module.training or getattr(module, "disable_adapters", False) is True
             or (lora is not None and lora.disable_adapters))
 
 
