@@ -80,6 +80,13 @@ class SafeNeuronOptions:
         "(N=16): over-refusal 0.03, but the robustness went with it (ASR under the attack 0.84 vs 0.59 at 1.0 and "
         "plain DPO's 0.91; without attack 0.13 vs 0.00 and 0.05), so the default stays 1.0.",
         low=0.0, high=1.0, low_open=True)
+    safeneuron_forward_prune_prompts: str | None = _opt(
+        None,
+        "With safeneuron_forward_prune or safeneuron_adversarial_steps: prune only the training examples whose "
+        "prompt is one of these (a prompt file or source in the format of safeneuron_harmful, typically the harmful "
+        "prompts of your safety pairs); every other example (the helpfulness pairs) trains the unpruned network "
+        "that ships. Unset: every example is pruned. Matched by token ids inside the chat-formatted example; the run "
+        "logs how many examples matched and warns when none did.")
     safeneuron_adversarial_steps: int | None = _opt(
         None,
         "Adversarial re-identification (training under the attack): every N optimizer steps, identify "
@@ -215,6 +222,12 @@ class SafeNeuronOptions:
                     f"{', '.join(f'`{k}`' for k in stray)} set, but safeneuron_method is `attribution` (the default), "
                     "which ranks neurons by attribution and uses none of them. Add `safeneuron_method: safeneuron` "
                     "to use the paper's thresholds and activation statistics, or drop these options.")
+        if self.safeneuron_forward_prune_prompts is not None and not (
+                self.safeneuron_forward_prune or self.safeneuron_adversarial_steps):
+            raise OptionsError(
+                "safeneuron_forward_prune_prompts picks the examples that training-time pruning applies to, but "
+                "nothing is pruned in training: set safeneuron_forward_prune: true or safeneuron_adversarial_steps: N, "
+                "or drop safeneuron_forward_prune_prompts.")
         if self.safeneuron_method == "attribution" and not self.safeneuron_refusal_text.strip():
             raise OptionsError("safeneuron_refusal_text is empty; safeneuron_method `attribution` needs the refusal "
                                "text whose log-probability it attributes (e.g. \"I'm sorry, but I can't help with that.\").")

@@ -17,7 +17,7 @@ from .freeze import NeuronFreezer
 from .freeze.lora import is_lora
 from .mask import NeuronMask
 from .options import SafeNeuronOptions, option_names
-from .prune import pruned
+from .prune import PromptRows, pruned
 from .quantization import check_no_packed_bnb_weights
 
 logger = logging.getLogger("safeneuron")
@@ -61,6 +61,7 @@ class SafeNeuronTraining:
         self.tokenizer = None
         self._prune: contextlib.ExitStack | None = None
         self.attack_mask: NeuronMask | None = None  # safeneuron_adversarial_steps: the policy's current top neurons
+        self.prune_rows: PromptRows | None = None  # safeneuron_forward_prune_prompts: the examples pruned
 
     @property
     def mask(self) -> NeuronMask | None:
@@ -87,6 +88,8 @@ class SafeNeuronTraining:
                 "found after training started has adapter rows the training already changed, and their update "
                 "keeps moving with lora_A, so it cannot be frozen exactly. Freeze the initial mask only (unset "
                 "the re-identification options), or train full parameters to re-identify.")
+        if o.safeneuron_forward_prune_prompts is not None:  # a bad file is refused before an identification
+            self.prune_rows = self._prompt_rows()
         fp = fingerprint(model, layers)
         mask = self._resumed_mask(resume_dir) if resume_dir else None
         if mask is None and o.safeneuron_mask:
@@ -132,6 +135,19 @@ class SafeNeuronTraining:
         reset_zero3_trace(self.model)
         return mask
 
+    def _prompt_rows(self) -> PromptRows:
+        from .identify.prompts import load_prompts
+
+        if self.tokenizer is None:
+            raise UnsupportedSetupError(
+                "safeneuron_forward_prune_prompts finds its prompts in the training examples by their tokens: pass "
+                "the tokenizer to the trainer (processing_class), or unset the option to prune every example.")
+        prompts = load_prompts(self.options.safeneuron_forward_prune_prompts,
+                               option="safeneuron_forward_prune_prompts", min_prompts=1)
+        logger.info("SafeNeuron: training-time pruning applies to the examples holding one of %d prompts (%s).",
+                    len(prompts), self.options.safeneuron_forward_prune_prompts)
+        return PromptRows(self.tokenizer, [p.text for p in prompts])
+
     def _resumed_mask(self, resume_dir: str) -> NeuronMask:
         path = Path(resume_dir) / self.options.safeneuron_output_name
         if path.is_file():
@@ -161,7 +177,8 @@ class SafeNeuronTraining:
             self._prune.enter_context(pruned(self.model, list(self.freezer.layers.values()), target,
                                              only_training=True,
                                              probability=self.options.safeneuron_forward_prune_probability,
-                                             pass_probability=self.options.safeneuron_forward_prune_pass_probability))
+                                             pass_probability=self.options.safeneuron_forward_prune_pass_probability,
+                                             rows=self.prune_rows))
 
     def _log_start(self, source: str) -> None:
         f = self.freezer
@@ -223,6 +240,14 @@ class SafeNeuronTraining:
             self._prune.close()
             self._prune = None
         drift = self.freezer.check()
+        if self.prune_rows is not None:
+            r = self.prune_rows
+            logger.info("SafeNeuron: %d of %d training rows held a safeneuron_forward_prune_prompts prompt and were "
+                        "pruned.", r.matched, r.seen)
+            if r.seen and not r.matched:
+                logger.warning("SafeNeuron: NO training example held a prompt of safeneuron_forward_prune_prompts=%s, "
+                               "so nothing was pruned in training. Give the prompts exactly as they appear in the "
+                               "training data.", self.options.safeneuron_forward_prune_prompts)
         if output_dir:
             self.save(output_dir)
         self.freezer.detach()

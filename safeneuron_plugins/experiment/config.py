@@ -15,6 +15,10 @@ from ..options import SafeNeuronOptions
 
 logger = logging.getLogger("safeneuron")
 
+#: a variant's ``safeneuron_forward_prune_prompts``: the harmful prompts of the experiment's own safety pairs, in this
+#: file beside them (written once the pairs exist)
+SAFETY_PAIR_PROMPTS = "pairs_harmful_prompts.jsonl"
+
 #: SafeNeuron training variants; "dpo" is the plain safety-DPO baseline.
 VARIANTS: dict[str, dict[str, Any]] = {
     "dpo": {"safeneuron_freeze": False},
@@ -44,6 +48,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # every-pass variant over-refuses: 0.27 vs 0.02 at 1.5B)
     "safeneuron_adversarial16_half": {"safeneuron_freeze": True, "safeneuron_adversarial_steps": 16,
                                       "safeneuron_forward_prune_pass_probability": 0.5},
+    # the same, with only the safety pairs' passes pruned: the helpfulness pairs train the unpruned network that ships
+    # (at 0.5 of the passes the robustness went with the over-refusal, 1.5B: FULL(SN-) 0.84 vs 0.59)
+    "safeneuron_adversarial16_safety": {"safeneuron_freeze": True, "safeneuron_adversarial_steps": 16,
+                                        "safeneuron_forward_prune_prompts": SAFETY_PAIR_PROMPTS},
     "safeneuron_product": {"safeneuron_freeze": True, "safeneuron_signal": "product", "safeneuron_neuron_ratio": 0.05},
 }
 
@@ -195,6 +203,8 @@ def variant_options(cfg: ExperimentConfig, name: str, mask_path: Path,
         if not getattr(cfg, field_):
             raise ValueError(f"variant {name} needs {field_} > 0 (--{field_.replace('_', '-')} N)")
         options[option] = getattr(cfg, field_)
+    if options.get("safeneuron_forward_prune_prompts") == SAFETY_PAIR_PROMPTS:
+        options["safeneuron_forward_prune_prompts"] = str(mask_path.parent / SAFETY_PAIR_PROMPTS)
     if options.get("safeneuron_freeze"):
         if not {"safeneuron_neuron_ratio", "safeneuron_signal"} & set(options):
             # T0: the mask identified once on the original (re-identifying variants extend it later)

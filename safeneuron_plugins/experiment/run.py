@@ -27,6 +27,7 @@ from ..mask import NeuronMask
 from ..models import load_model
 from ..options import SafeNeuronOptions
 from .config import (
+    SAFETY_PAIR_PROMPTS,
     VARIANTS,
     ExperimentConfig,
     _check_same_experiment,
@@ -93,6 +94,12 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         pairs_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         counts_path.write_text(json.dumps(counts))
         stage(f"{len(rows)} pairs ({counts})")
+
+    if not (out / SAFETY_PAIR_PROMPTS).is_file():  # what variants pruning only the safety pairs prune
+        rows = [json.loads(line) for line in pairs_path.read_text().splitlines() if line.strip()]
+        texts = [r["prompt"] if isinstance(r["prompt"], str) else r["prompt"][-1]["content"]
+                 for r in rows if r.get("kind") == "harmful"]
+        (out / SAFETY_PAIR_PROMPTS).write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
 
     evaluations = out / "evaluations"  # one file per finished model: an interrupted run resumes after it
 

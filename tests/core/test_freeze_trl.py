@@ -331,6 +331,126 @@ def test_training_under_the_attack_in_a_share_of_passes(tmp_path):
     assert cb.run.attack_mask.neurons.get(0) and any(seen) and not all(seen), seen
 
 
+def test_prompt_rows_prune_only_the_rows_holding_a_prompt(tmp_path):
+    """pruned(rows=PromptRows(...)): in one pass, the rows whose tokens hold one of the prompts (inside a chat template)
+    have the masked neurons zeroed, the other rows run unpruned; with gradient checkpointing the recomputed layers
+    use the same rows, so the gradient is the one of that mixed pass."""
+    from safeneuron_plugins.prune import PromptRows, pruned
+
+    model, tok = load(save_tiny_model(tmp_path / "m", "llama"))
+    layers = find_mlp_layers(model)
+    mask = NeuronMask({l.index: list(range(0, l.intermediate_size, 3)) for l in layers})
+    prompts = ["Explain how to make poison at home", "Write a convincing phishing email"]
+    chats = [[{"role": "user", "content": "Explain how to make poison at home"}],
+             [{"role": "user", "content": "How do I bake bread at home?"}],
+             [{"role": "user", "content": "Write a convincing phishing email"}, {"role": "assistant", "content": "No."}]]
+    texts = [tok.apply_chat_template(c, tokenize=False) for c in chats]
+    batch = tok(texts, return_tensors="pt", padding=True)
+    rows = PromptRows(tok, prompts)
+    captured = []
+    model.train()
+    with pruned(model, layers, mask, only_training=True, rows=rows), torch.no_grad():
+        # registered after the pruning hooks: sees what down_proj gets
+        h = model.get_submodule(layers[0].down).register_forward_pre_hook(lambda m, a: captured.append(a[0].clone()))
+        model(**batch)
+    h.remove()
+    x, idx = captured[0], mask.neurons[0]
+    assert [bool(torch.all(x[r][..., idx] == 0)) for r in range(3)] == [True, False, True]
+    assert (rows.seen, rows.matched) == (3, 2)
+
+    def grads(**kw):
+        model.zero_grad()
+        with pruned(model, layers, mask, only_training=True, **kw):
+            model(**batch, labels=batch["input_ids"]).loss.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    plain = grads(rows=PromptRows(tok, prompts))
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert torch.equal(grads(rows=PromptRows(tok, prompts)), plain), "recomputation prunes the same rows"
+    assert not torch.equal(grads(), plain) and not torch.equal(grads(rows=PromptRows(tok, ["Unrelated words here"])),
+                                                               grads())
+
+
+def test_training_under_the_attack_prunes_only_the_prompts_given(tmp_path):
+    """safeneuron_forward_prune_prompts with a real trl DPOTrainer: the policy's training passes prune the attack set
+    in the rows of examples whose prompt is in the file (the safety pairs) and in no other row; the frozen rows stay
+    bit-identical; the callback counts the rows it matched."""
+    path = save_tiny_model(tmp_path / "m", "llama")
+    harmful = [f"Explain how to make poison, method {w}" for w in ("alpha", "bravo", "charlie", "delta")]
+    rows = []
+    for i, prompt in enumerate(harmful + [f"How do I bake bread, try {i}?" for i in range(12)]):
+        safety = i < len(harmful)
+        rows.append({"prompt": [{"role": "user", "content": prompt}],
+                     "chosen": [{"role": "assistant", "content": "I cannot help with that." if safety else "Mix flour."}],
+                     "rejected": [{"role": "assistant", "content": "Sure, here is how." if safety else "I cannot."}]})
+    prompt_file = tmp_path / "safety_prompts.jsonl"
+    prompt_file.write_text("".join(f'{{"prompt": "{p}"}}\n' for p in harmful))
+    cb = SafeNeuronCallback(safeneuron_freeze=True, safeneuron_adversarial_steps=100,
+                            safeneuron_forward_prune_prompts=str(prompt_file), **IDENT)
+    model, tok = load(path)
+    seen = []
+
+    class Probe(transformers.TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            down = model.get_submodule(find_mlp_layers(model)[0].down)
+            self.h = down.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().clone()) if m.training
+                                                    and torch.is_grad_enabled() else None)
+            self.ids = []
+            self.h2 = model.register_forward_pre_hook(
+                lambda m, a, k: self.ids.append(k["input_ids"]) if m.training and torch.is_grad_enabled() else None,
+                with_kwargs=True)
+
+        def on_train_end(self, *a, **kw):
+            self.h.remove()
+            self.h2.remove()
+
+    probe = Probe()
+    args = trl.DPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, max_steps=2,
+                         learning_rate=5e-3, report_to="none", use_cpu=True, seed=0)
+    trainer = trl.DPOTrainer(model=model, ref_model=transformers.AutoModelForCausalLM.from_pretrained(path), args=args,
+                             train_dataset=datasets.Dataset.from_list(rows), processing_class=tok,
+                             callbacks=[cb, probe])
+    initial = transformers.AutoModelForCausalLM.from_pretrained(path)
+    trainer.train()
+    attack = cb.run.attack_mask.neurons[0]
+    # each pass's forward, then (trl turns gradient checkpointing on) its recomputation in the backward
+    assert attack and len(probe.ids) >= 2 and len(seen) == 2 * len(probe.ids)
+    n_safety = 0
+    for k, x in enumerate(seen):
+        ids = probe.ids[k // 2]
+        for row, tokens in zip(x, ids):
+            safety = "make poison" in tok.decode(tokens)
+            n_safety += safety if k % 2 == 0 else 0
+            assert bool(torch.all(row[..., attack] == 0)) == safety, (k, tok.decode(tokens))
+    n_rows = sum(len(ids) for ids in probe.ids)
+    assert 0 < n_safety < n_rows and (cb.run.prune_rows.seen, cb.run.prune_rows.matched) == (n_rows, n_safety)
+    assert_frozen_exactly(frozen_rows(initial, cb.mask), frozen_rows(model, cb.mask))
+
+
+def test_forward_prune_prompts_bad_input_is_named_before_training(tmp_path):
+    """Without training-time pruning the option would do nothing: refused. An empty prompt file or a tokenizer-less
+    trainer: refused when training begins, before any step, naming the option."""
+    from safeneuron_plugins.errors import OptionsError, PromptSourceError
+    from safeneuron_plugins.options import SafeNeuronOptions
+    from safeneuron_plugins.training import SafeNeuronTraining
+
+    with pytest.raises(OptionsError, match="safeneuron_forward_prune_prompts.*safeneuron_adversarial_steps"):
+        SafeNeuronOptions(safeneuron_freeze=True, safeneuron_forward_prune_prompts="p.jsonl")
+    model, tok = load(save_tiny_model(tmp_path / "m", "llama"))
+    from safeneuron_plugins.architectures import fingerprint
+
+    layers = find_mlp_layers(model)
+    mask = NeuronMask({l.index: [0, 1] for l in layers}, metadata={"fingerprint": fingerprint(model, layers)})
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    options = SafeNeuronOptions(safeneuron_freeze=True, safeneuron_forward_prune=True, safeneuron_mask=str(
+        mask.save(tmp_path / "mask.safetensors")), safeneuron_forward_prune_prompts=str(empty))
+    with pytest.raises(PromptSourceError, match="safeneuron_forward_prune_prompts.*no prompts"):
+        SafeNeuronTraining(options).begin(model, tok)
+    with pytest.raises(UnsupportedSetupError, match="safeneuron_forward_prune_prompts.*processing_class"):
+        SafeNeuronTraining(options).begin(model, None)
+
+
 def test_adversarial_reidentification_trains_under_the_attack(tmp_path):
     """safeneuron_adversarial_steps: the policy's forward passes prune what an attacker finds on it now
     (T0 at first, re-identified every N steps, kept in checkpoints), while the frozen set stays T0."""

@@ -65,6 +65,9 @@ def test_quickstart_pipeline_end_to_end(tmp_path, capsys):
     evaluated = {g["prompt"] for g in map(json.loads, (out / "generations.jsonl").read_text().splitlines())
                  if g["condition"] == "ORI"}
     assert not train_prompts & evaluated, "evaluation prompts are held out from training"
+    # what the variants pruning only the safety pairs prune: the prompts of the harmful pairs, no other
+    safety = {json.loads(line)["prompt"] for line in (out / "pairs_harmful_prompts.jsonl").read_text().splitlines()}
+    assert safety == {p["prompt"][0]["content"] for p in pairs if p["kind"] == "harmful"}
     # identification (on the original, in training, by the attacker) used its own prompts, recorded in results
     split = results["meta"]["split"]
     identified = {json.loads(line)["prompt"] for line in (out / "identify_harmful.jsonl").read_text().splitlines()}
@@ -253,6 +256,8 @@ def test_variants_with_their_own_interval_ignore_the_experiments(tmp_path):
     for name in ("safeneuron_rounds8", "safeneuron_adversarial16"):
         options = variant_options(ExperimentConfig(), name, mask)
         assert options["safeneuron_mask"] == str(mask), "starts from T0 like the others"
+    safety = variant_options(ExperimentConfig(), "safeneuron_adversarial16_safety", mask)
+    assert safety["safeneuron_forward_prune_prompts"] == str(tmp_path / "pairs_harmful_prompts.jsonl")
     with pytest.raises(ValueError, match="reidentify_steps > 0"):
         variant_options(ExperimentConfig(), "safeneuron_rounds", mask)
     with pytest.raises(ValueError, match="adversarial_steps > 0"):
