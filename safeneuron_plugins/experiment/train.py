@@ -89,6 +89,9 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
              "frozen_neurons": callback.mask.num_neurons if callback.mask is not None else 0,
              "options": {k: v for k, v in options.items() if k != "safeneuron_mask"},
              "resumed_from": checkpoints[-1].name if checkpoints else None, **clock.summary()}
+    rows = getattr(callback.run, "prune_rows", None)
+    if rows is not None:  # safeneuron_forward_prune_prompts: the policy's training rows pruned, of those it ran
+        facts["pruned_rows"] = {"matched": rows.matched, "seen": rows.seen}
     if "safeneuron_mask" in options:  # T0; frozen_neurons is the union after re-identification
         facts["frozen_neurons_t0"] = NeuronMask.load(options["safeneuron_mask"]).num_neurons
     done.write_text(json.dumps(facts, indent=2))
