@@ -60,6 +60,7 @@ def rebuild_identification(results: dict, where: Path) -> Path | None:
 
     from safeneuron_plugins.errors import PromptSourceError
     from safeneuron_plugins.experiment.config import ExperimentConfig, split_prompts
+    from safeneuron_plugins.identify.prompts import write_prompts
 
     known = {f.name for f in fields(ExperimentConfig)}
     cfg = ExperimentConfig(**{k: v for k, v in results["meta"]["config"].items() if k in known})
@@ -75,7 +76,7 @@ def rebuild_identification(results: dict, where: Path) -> Path | None:
         return None
     where.mkdir(parents=True, exist_ok=True)
     for k in kinds:
-        (where / f"identify_{k}.jsonl").write_text("".join(json.dumps({"prompt": t}) + "\n" for t in sets[f"identify_{k}"]))
+        write_prompts(where / f"identify_{k}.jsonl", sets[f"identify_{k}"])
     return where
 
 

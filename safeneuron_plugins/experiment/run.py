@@ -44,6 +44,7 @@ logger = logging.getLogger("safeneuron")
 def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     """Run everything; writes ``results.json``, ``report.md``, plots and generations to ``out_dir``."""
     from ..identify import identify
+    from ..identify.prompts import write_prompts
     from ..pairs import make_pairs
 
     t0 = time.perf_counter()
@@ -53,8 +54,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     # every identification (the original model, during training, the attacker's on each model) reads the
     # split's identification prompts, held apart from the training and evaluation prompts
     for kind in ("harmful", "harmless"):
-        (out / f"identify_{kind}.jsonl").write_text(
-            "".join(json.dumps({"prompt": t}) + "\n" for t in sets[f"identify_{kind}"]))
+        write_prompts(out / f"identify_{kind}.jsonl", sets[f"identify_{kind}"])
     identify_opts = identification_options(cfg, out)
     judge = load_judge(cfg.judge)
     ref_pairs = load_reference_pairs(cfg.reference_answers, cfg.n_eval_harmless)
@@ -99,7 +99,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         rows = [json.loads(line) for line in pairs_path.read_text().splitlines() if line.strip()]
         texts = [r["prompt"] if isinstance(r["prompt"], str) else r["prompt"][-1]["content"]
                  for r in rows if r.get("kind") == "harmful"]
-        (out / SAFETY_PAIR_PROMPTS).write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+        write_prompts(out / SAFETY_PAIR_PROMPTS, texts)
 
     evaluations = out / "evaluations"  # one file per finished model: an interrupted run resumes after it
 

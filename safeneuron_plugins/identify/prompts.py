@@ -239,6 +239,12 @@ def system_turn_refused(render, system_prompt: str | None, tokenizer, user, syst
         return True
 
 
+def write_prompts(path: Path, texts: list[str]) -> Path:
+    """Write ``texts`` as a prompt file that :func:`load_prompts` reads back (JSON lines, field ``prompt``)."""
+    path.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+    return path
+
+
 def prompts_hash(*sets: list[str]) -> str:
     digest = hashlib.sha256()
     for texts in sets:
