@@ -52,6 +52,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # (at 0.5 of the passes the robustness went with the over-refusal, 1.5B: FULL(SN-) 0.84 vs 0.59)
     "safeneuron_adversarial16_safety": {"safeneuron_freeze": True, "safeneuron_adversarial_steps": 16,
                                         "safeneuron_forward_prune_prompts": SAFETY_PAIR_PROMPTS},
+    # the same, with a quarter of the passes unpruned, so the unpruned network also trains on the safety pairs
+    # (pruned in every pass, 1.5B: ORI 0.20 vs plain DPO's 0.05, the attack 0.55 vs 0.91)
+    "safeneuron_adversarial16_safety75": {"safeneuron_freeze": True, "safeneuron_adversarial_steps": 16,
+                                          "safeneuron_forward_prune_prompts": SAFETY_PAIR_PROMPTS,
+                                          "safeneuron_forward_prune_pass_probability": 0.75},
     "safeneuron_product": {"safeneuron_freeze": True, "safeneuron_signal": "product", "safeneuron_neuron_ratio": 0.05},
 }
 

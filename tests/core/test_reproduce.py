@@ -258,6 +258,10 @@ def test_variants_with_their_own_interval_ignore_the_experiments(tmp_path):
         assert options["safeneuron_mask"] == str(mask), "starts from T0 like the others"
     safety = variant_options(ExperimentConfig(), "safeneuron_adversarial16_safety", mask)
     assert safety["safeneuron_forward_prune_prompts"] == str(tmp_path / "pairs_harmful_prompts.jsonl")
+    safety75 = variant_options(ExperimentConfig(), "safeneuron_adversarial16_safety75", mask)
+    assert safety75["safeneuron_forward_prune_prompts"] == safety["safeneuron_forward_prune_prompts"]
+    assert safety75["safeneuron_forward_prune_pass_probability"] == 0.75
+    assert "safeneuron_forward_prune_pass_probability" not in safety, "the safety variant prunes every pass"
     with pytest.raises(ValueError, match="reidentify_steps > 0"):
         variant_options(ExperimentConfig(), "safeneuron_rounds", mask)
     with pytest.raises(ValueError, match="adversarial_steps > 0"):
