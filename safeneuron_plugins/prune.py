@@ -37,7 +37,7 @@ def pruned(model: nn.Module, layers: list[MLPLayer], mask: NeuronMask, *,
     # trl's reference pass of a PEFT model without ref_model is the policy with its adapters disabled;
     # any LoRA layer tells, also when down_proj itself is not a LoRA target
     lora = next((m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "disable_adapters")), None)
-    this_pass: dict = {"prune": True, "rows": None}
+    this_pass: dict = {"prune": True, "rows": None, "any_row": False}
     if pass_probability < 1.0 or rows is not None:
         def draw(module, args, kwargs):
             # drawn on the policy's passes only: a recomputed layer (gradient checkpointing) reuses its pass's draw
@@ -52,7 +52,9 @@ def pruned(model: nn.Module, layers: list[MLPLayer], mask: NeuronMask, *,
                         "safeneuron_forward_prune_prompts picks the examples to prune by their token ids, but this "
                         "model's forward pass got no input_ids of shape (batch, length) (inputs_embeds?). Unset "
                         "safeneuron_forward_prune_prompts to prune every example.")
-                this_pass["rows"] = rows(ids)
+                found = rows(ids)
+                # on the pass's device once, and whether any row prunes as a Python bool: no copy or sync per layer
+                this_pass["rows"], this_pass["any_row"] = found.to(ids.device), bool(found.any())
         handles.append(model.register_forward_pre_hook(draw, with_kwargs=True))
     try:
         for layer_index, neurons in mask.neurons.items():
@@ -91,14 +93,14 @@ def _prune_hook(index: torch.Tensor, only_training: bool, probability: float = 1
         rows = this_pass["rows"] if this_pass is not None else None
         if rows is None:
             return (x.index_fill(-1, idx, 0),) + tuple(args[1:])
-        if not rows.any():
+        if not this_pass["any_row"]:
             return None
         if x.dim() < 2 or x.shape[0] != rows.shape[0]:
             raise UnsupportedSetupError(
                 f"safeneuron_forward_prune_prompts: the pass has {rows.shape[0]} rows of input_ids but the MLP sees "
                 f"{tuple(x.shape)} (packed or padding-free batches?). Train with padded batches, or unset "
                 "safeneuron_forward_prune_prompts to prune every example.")
-        keep = rows.to(x.device).view(-1, *([1] * (x.dim() - 1)))
+        keep = (rows if rows.device == x.device else rows.to(x.device)).view(-1, *([1] * (x.dim() - 1)))
         return (torch.where(keep, x.index_fill(-1, idx, 0), x),) + tuple(args[1:])
 
     return hook
