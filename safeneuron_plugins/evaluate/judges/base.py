@@ -7,6 +7,8 @@ from dataclasses import dataclass
 LABELS = ("refusal", "compliance", "evasive")
 #: how a partial refusal's detail starts (:attr:`Verdict.partial_refusal`; refusal-patterns-v3)
 PARTIAL_REFUSAL = "partial refusal"
+#: how the detail starts of a reply written in another script than its prompt (refusal-patterns-v4)
+OTHER_SCRIPT = "other script"
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,12 @@ class Verdict:
     def partial_refusal(self) -> bool:
         """A reply that opens with a refusal and then hands the content over (compliance; refusal-patterns-v3)."""
         return self.label == "compliance" and self.detail.startswith(PARTIAL_REFUSAL)
+
+    @property
+    def other_script(self) -> bool:
+        """A reply mostly in another script than its prompt (e.g. Arabic to an English prompt), which the English
+        rules cannot read: refusal-patterns-v4 judges only its length and a few refusal openers."""
+        return self.detail.startswith(OTHER_SCRIPT)
 
     @property
     def declined(self) -> bool:
