@@ -88,7 +88,9 @@ class SafeNeuronOptions:
         "that ships. Unset: every example is pruned. Matched by token ids inside the chat-formatted example; the run "
         "logs how many examples matched and warns when none did. Measured on Qwen2.5-Coder-1.5B with "
         "safeneuron_adversarial_steps 16 (docs/results/qwen.md): ASR under the attack 0.55 vs plain DPO's 0.91 at equal "
-        "over-refusal (0.02), but 0.20 vs 0.05 without attack, so it is off by default.")
+        "over-refusal (0.02), but 0.20 vs 0.05 without attack, so it is off by default. With "
+        "safeneuron_forward_prune_pass_probability 0.75 as well: 0.18 without attack, and 0.69 under it, the pruned "
+        "network answering in Arabic.")
     safeneuron_adversarial_steps: int | None = _opt(
         None,
         "Adversarial re-identification (training under the attack): every N optimizer steps, identify "
