@@ -100,7 +100,7 @@ def _prune_hook(index: torch.Tensor, only_training: bool, probability: float = 1
                 f"safeneuron_forward_prune_prompts: the pass has {rows.shape[0]} rows of input_ids but the MLP sees "
                 f"{tuple(x.shape)} (packed or padding-free batches?). Train with padded batches, or unset "
                 "safeneuron_forward_prune_prompts to prune every example.")
-        keep = (rows if rows.device == x.device else rows.to(x.device)).view(-1, *([1] * (x.dim() - 1)))
+        keep = rows.to(x.device).view(-1, *([1] * (x.dim() - 1)))  # no copy: the draw put rows on the pass's device
         return (torch.where(keep, x.index_fill(-1, idx, 0), x),) + tuple(args[1:])
 
     return hook
