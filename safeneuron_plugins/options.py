@@ -138,8 +138,9 @@ class SafeNeuronOptions:
         "the harmful prompts; keeps the top safeneuron_neuron_ratio of neurons (default 0.01) with a "
         "positive score. `safeneuron`: the paper's activation statistics (effect size + activation "
         "shift thresholds). `neurostrike`: a logistic-regression probe per layer, z-score of its "
-        "weights. Default settled by bench/specificity.py (docs/research/"
-        "identification.md): on Qwen2.5-Coder-0.5B-Instruct pruning the attribution top 1% removes the model's "
+        "weights. Default settled by bench/specificity.py "
+        "(docs/research/identification.md): on Qwen2.5-Coder-0.5B-Instruct pruning the attribution top 1% removes "
+        "the model's "
         "refusals while as many random neurons per layer remove none; the paper's statistics select "
         "neurons no better than random there (gate signal: worse).", identify=True)
     safeneuron_refusal_text: str = _opt(
