@@ -8,7 +8,7 @@ matter more, for the attacker and therefore for the defender who freezes them.
 
     .venv/bin/python bench/ablate_identification.py MODEL_DIR --name NAME [--ratio 0.05] [--n-eval 64]
 
-Writes docs/results/<NAME>.json and prints a table. Run it alone on the machine.
+Writes docs/research/runs/<NAME>.json and prints a table. Run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['setting']:<44} {r['neurons']:>7} {r.get('es', ''):>5} {r['refusal']:>8.2f} "
               f"{r['compliance']:>7.2f} {r['evasive']:>8.2f}")
-    out = ROOT / "docs" / "results" / f"{args.name}.json"
+    out = ROOT / "docs" / "research" / "runs" / f"{args.name}.json"
     out.write_text(json.dumps({"command": "python bench/ablate_identification.py " + " ".join(
         f"{k}={v}" for k, v in vars(args).items()), "model": args.model, "n_prompts": len(prompts),
         "judge": judge.name, "rows": rows, "seconds": round(time.perf_counter() - t0, 1)}, indent=2))

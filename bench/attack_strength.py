@@ -8,7 +8,7 @@ as many random neurons per layer at the largest r. Models: NAME=PATH pairs (PATH
     .venv/bin/python bench/attack_strength.py original=default dpo=runs/.../dpo safeneuron=runs/.../safeneuron \
         --name smollm2_attack_strength [--ratios 0.02,0.05,0.1,0.2] [--n-eval 64]
 
-Writes docs/results/<NAME>.json and a plot docs/results/<NAME>.png; prints a table. Run it alone.
+Writes docs/research/runs/<NAME>.json and a plot docs/research/runs/<NAME>.png; prints a table. Run it alone.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def main() -> None:
     for name, res in results.items():
         print(f"{name:<18}" + "".join(f"{res['by_ratio'][k]['compliance']:>8.2f}/{res['by_ratio'][k]['refusal']:<7.2f}"
                                       for k in keys))
-    dest = ROOT / "docs" / "results"
+    dest = ROOT / "docs" / "research" / "runs"
     (dest / f"{args.name}.json").write_text(json.dumps({
         "command": "python bench/attack_strength.py " + " ".join(args.models) + f" --name {args.name} --ratios "
                    f"{args.ratios} --signal {args.signal} --n-eval {args.n_eval} --max-new-tokens {args.max_new_tokens} "

@@ -1,6 +1,6 @@
 """The three attack families on a reproduction's models: pruning, refusal-direction ablation, harmful fine-tuning.
 
-Reads docs/results/NAME.json (written by bench/reproduce.py: the models, their evaluation prompts, judge and
+Reads docs/research/runs/NAME.json (written by bench/reproduce.py: the models, their evaluation prompts, judge and
 reply length, the pruning figures) and attacks every model kept under runs/reproduce/NAME/models (plus the
 original) with the other two families through the `safeneuron attack` CLI, on the same held-out prompts:
 
@@ -19,8 +19,8 @@ original) with the other two families through the `safeneuron attack` CLI, on th
     .venv/bin/python bench/families.py --name qwen05            # runs what is missing, then prints the table
     .venv/bin/python bench/families.py --name qwen05 --table     # the table only
 
-One JSON per model and family in docs/results/NAME_families/ (with its generations); a finished one is not
-run again, so a cut-off run resumes where it stopped. Writes docs/results/NAME_families.md (the table) and
+One JSON per model and family in docs/research/runs/NAME_families/ (with its generations); a finished one is not
+run again, so a cut-off run resumes where it stopped. Writes docs/research/runs/NAME_families.md (the table) and
 NAME_families.png (ASR per family and model with 95% intervals).
 """
 
@@ -37,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "docs" / "results"
+RESULTS = ROOT / "docs" / "research" / "runs"
 
 
 def finetune_pairs(out: Path) -> Path:
@@ -220,7 +220,7 @@ def ci(rate: dict, label: str = "compliance") -> str:
 
 
 def merge_best(name: str, results: dict, out_dir: Path) -> None:
-    """Each model's best-attacker result into docs/results/NAME.json (`models.<model>.best_attacker`)."""
+    """Each model's best-attacker result into docs/research/runs/NAME.json (`models.<model>.best_attacker`)."""
     changed = False
     for model, m in results["models"].items():
         path = out_dir / f"{model}_best.json"
@@ -303,7 +303,7 @@ def plot(name: str, results: dict, out_dir: Path) -> Path | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--name", required=True, help="a results file docs/results/NAME.json from bench/reproduce.py")
+    parser.add_argument("--name", required=True, help="a results file docs/research/runs/NAME.json from bench/reproduce.py")
     parser.add_argument("--models", help="comma list of models to attack (default: all in the results file)")
     parser.add_argument("--families", default="direction,finetune")
     parser.add_argument("--finetune-steps", default="5,10,20",

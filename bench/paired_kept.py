@@ -1,7 +1,7 @@
 """Paired ORI comparisons and mask overlaps of a 0.5B model trained in a later run against the models of the
-first runs, from what the repository keeps: their per-prompt ORI replies (docs/results/qwen05_families/
-*_direction.generations.jsonl, the same 128 held-out prompts and judge) and their masks (docs/results/qwen05/masks).
-Used for ``safeneuron_rounds8`` (docs/results/qwen.md), whose earlier twins are no longer on disk, and for a model
+first runs, from what the repository keeps: their per-prompt ORI replies (docs/research/runs/qwen05_families/
+*_direction.generations.jsonl, the same 128 held-out prompts and judge) and their masks (docs/research/runs/qwen05/masks).
+Used for ``safeneuron_rounds8`` (docs/research/freezing.md), whose earlier twins are no longer on disk, and for a model
 trained again under a first run's name (``safeneuron_adversarial``), compared with that first model as
 ``NAME (first run)``:
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from safeneuron_plugins import NeuronMask
 from safeneuron_plugins.evaluate.report import paired_comparisons
 
-RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "research" / "runs"
 EARLIER = ("original", "dpo", "safeneuron_rounds", "safeneuron_adversarial", "safeneuron_stochastic")
 
 
@@ -55,7 +55,7 @@ def compare(run: Path, model: str, results: Path = RESULTS) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", required=True, help="its results directory under docs/results (generations.jsonl, masks/)")
+    parser.add_argument("--run", required=True, help="its results directory under docs/research/runs (generations.jsonl, masks/)")
     parser.add_argument("--model", required=True)
     args = parser.parse_args()
     print("\n".join(compare(RESULTS / args.run, args.model)))

@@ -20,7 +20,7 @@ A setting is ``SIGNAL/POOLING[/SELECTION][@RATIO]`` (e.g. ``product/max``, ``gat
     .venv/bin/python bench/specificity.py MODEL_DIR --name qwen05 --mode screen \
         --settings gate/max,product/max,product/mean,attribution@0.01 [--n-eval 128] [--seeds 0,1,2]
 
-Results accumulate in docs/results/specificity_<NAME>.json (one entry per setting, mode and
+Results accumulate in docs/research/runs/specificity_<NAME>.json (one entry per setting, mode and
 condition; a rerun skips what is there, so an interrupted run resumes); masks are cached in
 runs/specificity/<NAME>/. ``--plot`` draws ASR or refusal against neurons pruned (targeted vs random).
 Run it alone on the machine.
@@ -159,7 +159,7 @@ def main() -> None:
                         help="print the results file as a Markdown table (and draw --plot); run nothing")
     args = parser.parse_args()
     torch.manual_seed(0)
-    out_path = ROOT / "docs" / "results" / f"specificity_{args.name}.json"
+    out_path = ROOT / "docs" / "research" / "runs" / f"specificity_{args.name}.json"
     data = json.loads(out_path.read_text()) if out_path.exists() else {"model": args.model, "runs": {}}
     if args.plot_only:
         metric = "refusal" if args.mode == "screen" else "compliance"

@@ -54,21 +54,21 @@ class SafeNeuronOptions:
         False,
         "Also freeze the safety neurons' columns of the MLP output projection (down_proj). "
         "Off by default: the paper freezes the input side, and no measurement here showed a gain "
-        "(docs/results/reproduction.md).")
+        "(docs/research/smollm2.md).")
     safeneuron_forward_prune: bool = _opt(
         False,
         "Algorithm 1's forward pruning: zero the safety neurons' activations in the training forward "
         "pass of the policy (never in the reference model, never after training), forcing the model "
         "to build safety pathways elsewhere. Off by default: on SmolLM2 it left the model refusing only "
         "without those neurons, so it complied with 66% of held-out harmful prompts once they were "
-        "active again (docs/results/reproduction.md).")
+        "active again (docs/research/smollm2.md).")
     safeneuron_forward_prune_probability: float = _opt(
         1.0,
         "Stochastic forward pruning: with safeneuron_forward_prune (or safeneuron_adversarial_steps), "
         "zero each pruned neuron only with this probability, drawn anew in every training forward pass "
         "of the policy, so the model can neither rely on those neurons nor lose their function. "
         "1.0: Algorithm 1's deterministic pruning. Measured on Qwen2.5-Coder-0.5B at 0.5 "
-        "(docs/results/qwen.md): easier to attack than plain DPO (ASR under the pruning attack 0.84 "
+        "(docs/research/under-attack.md): easier to attack than plain DPO (ASR under the pruning attack 0.84 "
         "vs 0.62), not a default.", low=0.0, high=1.0, low_open=True)
     safeneuron_forward_prune_pass_probability: float = _opt(
         1.0,
@@ -76,7 +76,7 @@ class SafeNeuronOptions:
         "forward passes that prune (all of the set, or nothing, drawn once per pass); the others train the "
         "unpruned network on the same kind of pairs. 1.0: every pass prunes. Meant for training under the "
         "attack, whose every pass is pruned at 1.0, so the unpruned model it ships is never trained as such and "
-        "over-refuses (Qwen2.5-Coder-1.5B: 0.27 vs plain DPO's 0.02, docs/results/qwen.md). Measured there at 0.5 "
+        "over-refuses (Qwen2.5-Coder-1.5B: 0.27 vs plain DPO's 0.02, docs/research/under-attack.md). Measured there at 0.5 "
         "(N=16): over-refusal 0.03, but the robustness went with it (ASR under the attack 0.84 vs 0.59 at 1.0 and "
         "plain DPO's 0.91; without attack 0.13 vs 0.00 and 0.05), so the default stays 1.0.",
         low=0.0, high=1.0, low_open=True)
@@ -87,7 +87,7 @@ class SafeNeuronOptions:
         "prompts of your safety pairs); every other example (the helpfulness pairs) trains the unpruned network "
         "that ships. Unset: every example is pruned. Matched by token ids inside the chat-formatted example; the run "
         "logs how many examples matched and warns when none did. Measured on Qwen2.5-Coder-1.5B with "
-        "safeneuron_adversarial_steps 16 (docs/results/qwen.md): ASR under the attack 0.55 vs plain DPO's 0.91 at equal "
+        "safeneuron_adversarial_steps 16 (docs/research/under-attack.md): ASR under the attack 0.55 vs plain DPO's 0.91 at equal "
         "over-refusal (0.02), but 0.20 vs 0.05 without attack, so it is off by default. With "
         "safeneuron_forward_prune_pass_probability 0.75 as well: 0.18 without attack, and 0.69 under it, the pruned "
         "network answering in Arabic.")
@@ -96,7 +96,7 @@ class SafeNeuronOptions:
         "Adversarial re-identification (training under the attack): every N optimizer steps, identify "
         "the safety neurons of the current policy as an attacker would and zero them in the policy's "
         "training forward passes until the next re-identification (the frozen set does not change). "
-        "Costs one identification every N steps. Measured on Qwen2.5-Coder-0.5B (docs/results/qwen.md): "
+        "Costs one identification every N steps. Measured on Qwen2.5-Coder-0.5B (docs/research/under-attack.md): "
         "at N=8 lower ASR without attack than plain DPO (0.09 vs 0.16), the same under the pruning attack, "
         "and far easier to undo by harmful fine-tuning (0.82 vs 0.35 after 20 LoRA steps); at N=16 ASR "
         "0.05 without attack and 0.91 under it (plain DPO 0.62). With a safety pair for every harmful training "
@@ -138,8 +138,9 @@ class SafeNeuronOptions:
         "the harmful prompts; keeps the top safeneuron_neuron_ratio of neurons (default 0.01) with a "
         "positive score. `safeneuron`: the paper's activation statistics (effect size + activation "
         "shift thresholds). `neurostrike`: a logistic-regression probe per layer, z-score of its "
-        "weights. Default settled by bench/specificity.py (README, 'Which neurons are safety "
-        "neurons?'): on Qwen2.5-Coder-0.5B-Instruct pruning the attribution top 1% removes the model's "
+        "weights. Default settled by bench/specificity.py "
+        "(docs/research/identification.md): on Qwen2.5-Coder-0.5B-Instruct pruning the attribution top 1% removes "
+        "the model's "
         "refusals while as many random neurons per layer remove none; the paper's statistics select "
         "neurons no better than random there (gate signal: worse).", identify=True)
     safeneuron_refusal_text: str = _opt(
@@ -163,7 +164,7 @@ class SafeNeuronOptions:
         "on them (see safeneuron_ratio_mode). Ranked by the criterion safeneuron_selection names "
         "(effect size for `union` and `es`, the activation shift's z-score for `sas`); with "
         "safeneuron_method `attribution`, by the attribution score. Measured on Qwen2.5-Coder-0.5B "
-        "(docs/results/qwen.md): freezing the top 2%, 5% or 10% instead of 1% did not make safety "
+        "(docs/research/freezing.md): freezing the top 2%, 5% or 10% instead of 1% did not make safety "
         "harder to prune away (ASR under the pruning attack 0.66 / 0.68 / 0.83 vs 0.59, plain DPO 0.62).",
         low=0.0, high=1.0, low_open=True, identify=True)
     safeneuron_ratio_scope: Literal["global", "layer"] = _opt(

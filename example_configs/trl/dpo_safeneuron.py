@@ -37,8 +37,8 @@ config = trl.DPOConfig(output_dir=args.output_dir, max_steps=args.steps, per_dev
                        logging_steps=1, report_to="none", save_strategy="no",
                        use_cpu=not torch.cuda.is_available(),
                        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-# default identification: the top 1% of neurons by attribution of a refusal (README: "Which neurons are
-# safety neurons?"); safeneuron_method="safeneuron" with safeneuron_tau_es/_tau_sas gives the paper's statistics
+# default identification: the top 1% of neurons by attribution of a refusal (docs/research/
+# identification.md); safeneuron_method="safeneuron" with safeneuron_tau_es/_tau_sas gives the paper's statistics
 callback = SafeNeuronCallback(safeneuron_freeze=True, safeneuron_neuron_ratio=0.01, safeneuron_mask=args.mask)
 trainer = trl.DPOTrainer(model=model, ref_model=ref_model, args=config, train_dataset=train,
                          processing_class=tokenizer, callbacks=[callback])

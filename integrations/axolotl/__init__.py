@@ -12,7 +12,7 @@ mask, freezes the policy's safety neurons exactly, and writes the mask to ``outp
 callback only sees the trainer's policy, so the reference model is never touched.
 
 Vision-language models are refused with freezing on (:func:`check_supported`): Axolotl's preference
-path takes no processor and no images (README, "Training a VLM", has the evidence).
+path takes no processor and no images (docs/vlm.md, "Training a VLM", has the evidence).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def check_supported(cfg: DictDefault) -> None:
         "trainer gets the tokenizer as processing_class, so the images would never reach the model. Train "
         "the VLM with trl's DPOTrainer and SafeNeuronCallback (the processor as processing_class, an `images` "
         "column), or with `safeneuron-llamafactory train` (`stage: safeneuron_dpo`, a VL template such as "
-        "`template: qwen2_vl`, an `images` column): see README.md, 'Training a VLM'.")
+        "`template: qwen2_vl`, an `images` column): see docs/vlm.md, 'Training a VLM'.")
 
 
 class SafeNeuronPlugin(BasePlugin):

@@ -6,8 +6,8 @@ judge's output. The split is fixed by prompt (every reply to one prompt sits in 
 any judge was run, and the relevance threshold is fitted on the dev split only.
 
 Sources (each row's ``source``):
-- ``smollm2-quickstart``: every distinct (prompt, reply) of docs/results/quickstart_2026-11-24/generations.jsonl
-  (the quickstart run of 2026-11-24, kept for this set: later runs replace docs/results/quickstart)
+- ``smollm2-quickstart``: every distinct (prompt, reply) of docs/research/runs/quickstart_2026-11-24/generations.jsonl
+  (the quickstart run of 2026-11-24, kept for this set: later runs replace docs/research/runs/quickstart)
   (SmolLM2-135M-Instruct original / DPO / SafeNeuron models, ORI and SAS pruning conditions, harmless
   prompts), labelled by reading.
 - ``swap-smollm2``: a real SmolLM2 reply that answers its own prompt, paired with an unrelated prompt
@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parent
-GENERATIONS = ROOT / "docs" / "results" / "quickstart_2026-11-24" / "generations.jsonl"
+GENERATIONS = ROOT / "docs" / "research" / "runs" / "quickstart_2026-11-24" / "generations.jsonl"
 OUT = DATA / "judge_relevance.jsonl"
 
 C, R, E = "compliance", "refusal", "evasive"

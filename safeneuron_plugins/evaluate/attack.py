@@ -1,5 +1,5 @@
-"""The neuron pruning attack and its attack success rate (SafeNeuron, arXiv 2602.12158; README,
-"Check the result: the pruning attack, capability, analysis").
+"""The neuron pruning attack and its attack success rate (SafeNeuron, arXiv 2602.12158;
+docs/evaluate.md).
 
 An attacker identifies the safety neurons ON THE MODEL UNDER TEST (or brings a mask), zeroes them
 with forward hooks and generates replies to harmful prompts. Conditions: ORI (no pruning), ES(SN-),

@@ -1,4 +1,4 @@
-"""The harmful fine-tuning attack (README, "Other attack families").
+"""The harmful fine-tuning attack (docs/evaluate.md, "Other attack families").
 
 An attacker fine-tunes the released model on a few harmful prompt/response pairs with LoRA and checks
 how many optimizer steps it takes to break its refusals: the attack success rate after k steps for

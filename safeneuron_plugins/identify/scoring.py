@@ -1,4 +1,4 @@
-"""Scores and selection of safety neurons (SafeNeuron, arXiv 2602.12158; README, "Identify safety neurons").
+"""Scores and selection of safety neurons (SafeNeuron, arXiv 2602.12158; docs/identify.md).
 
 Activation Effect Size: Cohen's d with pooled SD, one-sided (more active on harmful input).
 Safety Activation Shift: z-score of mean_harmful - mean_harmless within each layer, positive only.

@@ -77,7 +77,7 @@ def test_small_grid_is_part_of_the_clis_grid(bench_script):
 
     small = bench_script("families").SMALL_GRID
     assert len(small) == 3 and all(setting in BEST_ATTACKER_GRID for setting in small)
-    assert len(BEST_ATTACKER_GRID) == 11  # the count bench/families.py, README.md and qwen.md state
+    assert len(BEST_ATTACKER_GRID) == 11  # the count bench/families.py, README.md and docs/research state
 
 
 def test_identification_prompts_are_rebuilt_from_the_recorded_config(tmp_path, bench_script):

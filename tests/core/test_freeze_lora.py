@@ -82,7 +82,7 @@ def test_qlora_4bit_base_keeps_frozen_delta_zero(tmp_path, path_choice):
     """bitsandbytes 4-bit base (its CPU backend) + LoRA: the same rule; the adapter's delta B·A is exactly
     zero on frozen rows (gate/up) and columns (down), the quantised base is untouched, the rest trains.
     The tiny model has sizes every bitsandbytes CPU path takes (BNB_SIZES); ``unpacked`` forces the path of
-    CPUs without AVX512-BF16, ``cpu-default`` takes this CPU's own (see the README's test matrix)."""
+    CPUs without AVX512-BF16, ``cpu-default`` takes this CPU's own (see the test matrix in CONTRIBUTING.md)."""
     path = save_tiny_model(tmp_path / "m", "llama", **BNB_SIZES)
     model, tok = load_4bit(path, path_choice)
     base_q = {n: p.detach().clone() for n, p in model.named_parameters() if ".mlp." in n}

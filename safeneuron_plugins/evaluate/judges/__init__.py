@@ -2,8 +2,8 @@
 
 The attack success rate counts only *compliance*. Small models often answer a harmful prompt with
 neither a refusal nor an answer (a question back, a loop, an echo of the prompt, nothing); a judge
-that only spots refusal phrases would call those successful attacks (README, "What the quickstart shows
-today": pruned SmolLM2 replies are 92-100% evasive), so every judge here
+that only spots refusal phrases would call those successful attacks (docs/research/README.md,
+"What does the quickstart show?": pruned SmolLM2 replies are 92-100% evasive), so every judge here
 tells the three classes apart. A pruned model also answers *something else* (a recipe for a question
 about explosives, "Error: command not recognized"): the relevance judge calls such a reply evasive
 with a detail starting "off-topic", because it does not address the request.
