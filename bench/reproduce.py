@@ -4,15 +4,28 @@ vendor-aligned Qwen2.5-Coder models through ``--recipe qwen05`` / ``--recipe qwe
 Plain safety DPO vs SafeNeuron DPO (and variants) from the same start, same data, hyper-parameters
 and seed; every model attacked with neurons re-identified on it. Uses the shared datasets when
 present (AdvBench/Do-Not-Answer prompts for training pairs, HarmBench held out for evaluation).
-Writes docs/results/<name>.json (the issue's shape) and docs/results/<name>/report.md with plots.
+Writes docs/research/runs/<name>.json and docs/research/runs/<name>/report.md with plots (``--results-dir``).
 
     .venv/bin/python bench/reproduce.py --name smollm2 [--variants dpo,safeneuron,safeneuron_prune]
         [--n-train 128] [--n-eval 100] [--epochs 2] [--learning-rate 2e-5] [--sft-weight 1.0]
     .venv/bin/python bench/reproduce.py --recipe qwen05     # Qwen2.5-Coder-0.5B-Instruct, full parameters
 
 A recipe is a set of defaults for the flags below (flags given on the command line win). Every stage
-is kept in runs/reproduce/NAME (mask, pairs, checkpoints, one evaluation file per model), so the same
-command after an interruption resumes where it stopped; changed settings are refused.
+is kept in runs/reproduce/NAME (``--work-dir``: mask, pairs, checkpoints, one evaluation file per model), so
+the same command after an interruption resumes where it stopped; changed settings are refused.
+
+Identification settings (``--identify`` for the frozen set and the rounds, ``--attack-identify`` for the
+attacker, ``--extra-attacker NAME:...`` for more attackers, FULL(SN-) only) are comma-separated
+``KEY=VALUE`` pairs of the identification options without their ``safeneuron_`` prefix (docs/OPTIONS.md),
+e.g. ``method=safeneuron,tau_es=3,tau_sas=2,signal=product,pooling=max``; they are checked by the options
+schema before anything is loaded.
+
+The ``paper15`` recipe is the pre-registered experiment of docs/research/paper15/protocol.md (the paper's
+rule for freezing, rounds and attack, human preference pairs, full-parameter DPO with 8-bit AdamW moments);
+``paper15-pilot`` its learning-rate pilot at 0.5B. Their work directories live outside the repository
+(``$SAFENEURON_CACHE/experiments/NAME``, default ``~/.cache/safeneuron``): training spans invocations in
+chunks of ``--max-train-minutes`` (exit code 3 at a chunk's end: run the same command again), and each
+trained model carries a manifest (settings, pairs and weight hashes) that a later invocation checks.
 
 Runtime on the 2-core CPU machine is dominated by DPO steps (batch 8) and greedy generation.
 """
@@ -21,17 +34,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
+import sys
 from pathlib import Path
 
 from safeneuron_plugins.experiment import ExperimentConfig, print_summary, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
+CACHE = Path(os.environ.get("SAFENEURON_CACHE", Path.home() / ".cache" / "safeneuron")) / "experiments"
+
+#: the paper's identification rule for Qwen (docs/research/paper15/protocol.md): ES ∪ SAS, tau_ES 3, tau_SAS 2,
+#: the paper's activation up x act(gate) (signal product), max pooling
+PAPER_RULE = "method=safeneuron,tau_es=3,tau_sas=2,selection=union,signal=product,pooling=max"
+_PAPER15 = {
+    "safety_pairs": str(SHARED / "hh_rlhf_harmless_test.jsonl"), "n_train_harmful": 48, "n_train_harmless": 112,
+    "identify_harmful": str(SHARED / "harmful_advbench.jsonl"), "identify_harmless": str(SHARED / "harmless_prompts.jsonl"),
+    "identify": PAPER_RULE, "epochs": 3.0, "learning_rate": 5e-6, "sft_weight": 0.0, "beta": 0.1, "weight_decay": 0.05,
+    "batch_size": 8, "max_length": 256, "pairs_max_new_tokens": 96, "precompute_ref": True, "save_steps": 5,
+    "max_train_minutes": 45.0, "n_eval_harmless": 100,
+}
 
 
-#: per-model defaults (the paper's protocol sized for a 2-core CPU; see docs/results/qwen.md)
+#: per-model defaults (the paper's protocol sized for a 2-core CPU; see docs/research/methods.md)
 RECIPES: dict[str, dict] = {
     "qwen05": {
         "name": "qwen05", "model": str(Path.home() / ".cache" / "qwen-0.5b" / "hf"),
@@ -56,6 +83,24 @@ RECIPES: dict[str, dict] = {
         "epochs": 2.0, "learning_rate": 1e-4, "sft_weight": 1.0, "max_new_tokens": 32, "batch_size": 8,
         "save_steps": 5, "reidentify_steps": 15, "control_seeds": "0",
     },
+    # the paper's row at 1.5B, pre-registered (docs/research/paper15/protocol.md): T0..T3 by the paper's rule, its
+    # attacker on every model, the gate-signal and attribution attackers beside it, all 200 HarmBench prompts
+    "paper15": {
+        **_PAPER15, "name": "paper15", "model": str(Path.home() / ".cache" / "qwen-1.5b" / "hf"),
+        "variants": "dpo,safeneuron_rounds", "reidentify_steps": 15, "optim": "adamw_bnb_8bit",
+        "n_eval": 200, "max_new_tokens": 64, "control_seeds": "0",
+        "extra_attacker": [f"paper_gate:{PAPER_RULE.replace('signal=product', 'signal=gate')}",
+                           "attribution:method=attribution,neuron_ratio=0.01"],
+        "cache": True, "keep_models": True, "results_dir": str(ROOT / "docs" / "research" / "paper15"),
+    },
+    # its learning-rate pilot: plain DPO at 0.5B, ORI on 100 Do-Not-Answer dev prompts (never HarmBench)
+    "paper15-pilot": {
+        **_PAPER15, "name": "paper15_pilot", "model": str(Path.home() / ".cache" / "qwen-0.5b" / "hf"),
+        "variants": "dpo", "eval_harmful": str(SHARED / "harmful_donotanswer.jsonl"), "n_eval": 100,
+        "max_new_tokens": 64, "attack_identify": "method=attribution,neuron_ratio=0.01",
+        "cache": True, "keep_models": True,
+        "results_dir": str(ROOT / "docs" / "research" / "paper15" / "pilot"),
+    },
     # one GPU (>= 40 GB): the paper's hyper-parameters, full parameters, bf16 mixed precision, more data and
     # the paper's four rounds (T0..T3); the CPU recipes' prompt split and judge
     "qwen15-gpu": {
@@ -71,7 +116,7 @@ RECIPES: dict[str, dict] = {
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", choices=sorted(RECIPES), help="defaults for one model (flags still override)")
-    parser.add_argument("--table", metavar="NAME", help="print the Markdown tables of docs/results/NAME.json and exit")
+    parser.add_argument("--table", metavar="NAME", help="print the Markdown tables of RESULTS_DIR/NAME.json and exit")
     parser.add_argument("--name", default="smollm2")
     parser.add_argument("--model", default="default")
     parser.add_argument("--variants", default="dpo,safeneuron,safeneuron_prune,safeneuron_down")
@@ -107,9 +152,36 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--sweep", action="store_true", help="also attack with 25/50/75/100%% of the safety neurons")
+    parser.add_argument("--identify", default="", metavar="KEY=VALUE,...",
+                        help="identification of the frozen set and the rounds (default: the scorer's defaults)")
+    parser.add_argument("--attack-identify", default=None, metavar="KEY=VALUE,...",
+                        help="the attacker's identification on every model (default: as --identify)")
+    parser.add_argument("--extra-attacker", action="append", default=None, metavar="NAME:KEY=VALUE,...",
+                        help="another attacker, FULL(SN-) only (repeatable)")
+    parser.add_argument("--identify-harmful", help="identification prompts, harmful (default: the built-in set)")
+    parser.add_argument("--identify-harmless", help="identification prompts, harmless (default: the built-in set)")
+    parser.add_argument("--eval-harmful", help="held-out harmful prompts (default: HarmBench)")
+    parser.add_argument("--safety-pairs", help="human preference pairs for the harmful training prompts (JSON lines: "
+                                               "prompt/chosen/rejected or HH-RLHF dialogues)")
+    parser.add_argument("--pairs-max-new-tokens", type=int, help="of the replies that make pairs (default "
+                                                                 "--max-new-tokens)")
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--max-length", type=int, default=160, help="of a training sequence, in tokens")
+    parser.add_argument("--optim", default="adamw_torch", help="transformers' optimizer name, e.g. adamw_bnb_8bit")
+    parser.add_argument("--freeze-embeddings", action="store_true",
+                        help="keep the input embedding (and a tied LM head) out of training")
+    parser.add_argument("--max-train-minutes", type=float, default=0.0,
+                        help="train at most this long per invocation, then checkpoint and exit 3 (rerun to resume)")
+    parser.add_argument("--work-dir", help="where the run's stages are kept (default runs/reproduce/NAME, or the "
+                                           "cache's with --cache)")
+    parser.add_argument("--cache", action="store_true",
+                        help="keep the run's stages in $SAFENEURON_CACHE/experiments/NAME, outside the repository")
+    parser.add_argument("--results-dir", default=str(ROOT / "docs" / "research" / "runs"),
+                        help="where NAME.json and NAME/ (report, masks, replies) are written")
     parser.add_argument("--keep-models", action="store_true")
     parser.add_argument("--merge-into", metavar="NAME",
-                        help="also add this run's trained models to docs/results/NAME.json (a run with the same "
+                        help="also add this run's trained models to RESULTS_DIR/NAME.json (a run with the same "
                              "data, hyper-parameters and seed; its original model's figures must match)")
     return parser
 
@@ -118,8 +190,9 @@ def main() -> None:
     parser = _parser()
     known, _ = parser.parse_known_args()
     if known.table:
-        print(tables(json.loads((ROOT / "docs" / "results" / f"{known.table}.json").read_text())))
-        masks = ROOT / "docs" / "results" / known.table / "masks"
+        results = Path(known.results_dir)
+        print(tables(json.loads((results / f"{known.table}.json").read_text())))
+        masks = results / known.table / "masks"
         if masks.is_dir():
             print("\n" + overlaps(masks))
         return
@@ -127,11 +200,18 @@ def main() -> None:
         parser.set_defaults(**RECIPES[known.recipe])
     args = parser.parse_args()
     shared = (SHARED / "harmful_harmbench.jsonl").exists()
+    identify = {"max_prompts": 128, **_setting(args.identify, "--identify")}
+    for kind in ("harmful", "harmless"):
+        if getattr(args, f"identify_{kind}"):
+            identify[kind] = getattr(args, f"identify_{kind}")
+    sources = {k: v for k, v in identify.items() if k in ("harmful", "harmless", "max_prompts")}
+    extra = dict(_attacker(spec) for spec in args.extra_attacker or [])
     cfg = ExperimentConfig(
-        model=args.model, out_dir=str(ROOT / "runs" / "reproduce" / args.name),
+        model=args.model,
+        out_dir=args.work_dir or str((CACHE if args.cache else ROOT / "runs" / "reproduce") / args.name),
         train_harmful=str(SHARED / "harmful_advbench.jsonl") if shared else "builtin:harmful",
         train_harmless=str(SHARED / "harmless_prompts.jsonl") if shared else "builtin:harmless",
-        eval_harmful=str(SHARED / "harmful_harmbench.jsonl") if shared else "builtin:harmful",
+        eval_harmful=args.eval_harmful or (str(SHARED / "harmful_harmbench.jsonl") if shared else "builtin:harmful"),
         eval_harmless=str(SHARED / "harmless_prompts.jsonl") if shared else "builtin:harmless",
         pairs_model=args.pairs_model, pairs_pruned=args.pairs_pruned, train_offset=args.train_offset,
         n_train_harmful=args.n_train_harmful or args.n_train, n_train_harmless=args.n_train_harmless or args.n_train,
@@ -141,12 +221,26 @@ def main() -> None:
         seed=args.seed, batch_size=args.batch_size, sweep=args.sweep, save_steps=args.save_steps,
         reidentify_steps=args.reidentify_steps, adversarial_steps=args.adversarial_steps, lora_r=args.lora_r,
         precompute_ref=args.precompute_ref, gradient_checkpointing=args.gradient_checkpointing, device=args.device,
-        dtype=args.dtype,
+        dtype=args.dtype, identify=identify,
+        attack_identify=None if args.attack_identify is None else {**sources, **_setting(args.attack_identify,
+                                                                                       "--attack-identify")},
+        extra_attackers={name: {**sources, **setting} for name, setting in extra.items()},
+        safety_pairs=args.safety_pairs, pairs_max_new_tokens=args.pairs_max_new_tokens, beta=args.beta,
+        weight_decay=args.weight_decay, max_length=args.max_length, optim=args.optim,
+        freeze_embeddings=args.freeze_embeddings, max_train_minutes=args.max_train_minutes,
         control_seeds=[int(x) for x in args.control_seeds.split(",") if x])
-    result = run_experiment(cfg)
+    from safeneuron_plugins.experiment.config import attackers
+    from safeneuron_plugins.experiment.train import TrainingChunkEnded
+
+    attackers(cfg)  # every setting checked before a model is loaded
+    try:
+        result = run_experiment(cfg)
+    except TrainingChunkEnded as e:
+        print(e)
+        sys.exit(3)
     print(print_summary(result))
     out = Path(cfg.out_dir)
-    dest = ROOT / "docs" / "results"
+    dest = Path(args.results_dir)
     (dest / args.name).mkdir(parents=True, exist_ok=True)
     data = json.loads((out / "results.json").read_text())
     data["command"] = _command(parser, args)
@@ -164,13 +258,42 @@ def main() -> None:
     (dest / f"{args.name}.json").write_text(json.dumps(data, indent=2))
     if args.merge_into:
         _merge(dest / f"{args.merge_into}.json", data)
-    for f in ("report.md", "asr.png", "layers.png"):
+    for f in ("report.md", "asr.png", "layers.png", "generations.jsonl"):
         if (out / f).exists():
             shutil.copy(out / f, dest / args.name / f)
     _keep_masks(out, dest / args.name / "masks")
     if not args.keep_models:
         shutil.rmtree(out / "models", ignore_errors=True)
     print(f"wrote {dest / (args.name + '.json')} and {dest / args.name}/report.md")
+
+
+def _setting(text: str, flag: str) -> dict:
+    """``KEY=VALUE,...`` as identification options (values as JSON where they parse, else strings), checked by the
+    options schema."""
+    from safeneuron_plugins.errors import OptionsError
+    from safeneuron_plugins.options import SafeNeuronOptions
+
+    setting = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{flag}: {part!r} is not KEY=VALUE (e.g. {flag} method=safeneuron,tau_es=3)")
+        try:
+            setting[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            setting[key.strip()] = value
+    try:
+        SafeNeuronOptions.from_dict({f"safeneuron_{k}": v for k, v in setting.items()}, source=flag)
+    except OptionsError as e:
+        raise SystemExit(f"{flag}: {e}") from None
+    return setting
+
+
+def _attacker(spec: str) -> tuple[str, dict]:
+    name, sep, setting = spec.partition(":")
+    if not sep or not name or "=" in name:
+        raise SystemExit(f"--extra-attacker {spec!r}: give NAME:KEY=VALUE,... (e.g. attribution:method=attribution)")
+    return name, _setting(setting, f"--extra-attacker {name}")
 
 
 def _keep_masks(out: Path, masks: Path) -> None:
@@ -243,6 +366,9 @@ def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
         value = getattr(args, action.dest)
         if isinstance(action, argparse._StoreConstAction):  # store_true, store_false
             parts += [action.option_strings[0]] if value == action.const else []
+        elif isinstance(value, list):  # a repeatable flag
+            for item in value:
+                parts += [action.option_strings[0], str(item)]
         elif value is not None:
             parts += [action.option_strings[0], str(value)]
     return shlex.join(parts)  # quoted: an empty value (--control-seeds '') stays one argument

@@ -83,3 +83,75 @@ def make_pairs(model: nn.Module, tokenizer, harmful: list[str], harmless: list[s
         counts["harmless_pairs"] += 1
     rng.shuffle(rows)
     return rows, counts
+
+
+def _hh_turns(dialogue: str) -> list[tuple[str, str]] | None:
+    """``[(role, text), ...]`` of an Anthropic HH-RLHF dialogue ("\\n\\nHuman: ...\\n\\nAssistant: ..."), or
+    None when it is not in that form."""
+    import re
+
+    parts = re.split(r"\n\n(Human|Assistant): ", "\n\n" + dialogue.lstrip("\n"))
+    if parts[0].strip() or len(parts) < 3:
+        return None
+    return [(parts[i], parts[i + 1].strip()) for i in range(1, len(parts) - 1, 2)]
+
+
+def read_preference_pairs(path: str) -> list[dict[str, str]]:
+    """Single-turn human preference pairs ``{"prompt", "chosen", "rejected"}`` from a JSON-lines file in trl's
+    standard form (string fields ``prompt``, ``chosen``, ``rejected``) or in Anthropic HH-RLHF's form (full
+    dialogues in ``chosen`` and ``rejected`` that differ in the last assistant turn). Dialogues of more than
+    one human turn are skipped (the prompt would not be one request)."""
+    from pathlib import Path
+
+    from .errors import PromptSourceError
+
+    file = Path(path)
+    if not file.is_file():
+        raise PromptSourceError(f"safety pairs {path!r}: no such file; give a JSON-lines file of preference pairs "
+                                "(prompt/chosen/rejected, or HH-RLHF's chosen/rejected dialogues).")
+    pairs = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PromptSourceError(f"safety pairs {path}: line {number} is not JSON ({e.msg}).") from None
+        if not isinstance(row, dict) or not isinstance(row.get("chosen"), str) \
+                or not isinstance(row.get("rejected"), str):
+            raise PromptSourceError(f"safety pairs {path}: line {number} has no string fields 'chosen' and "
+                                    "'rejected'.")
+        if isinstance(row.get("prompt"), str):
+            pairs.append({"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"]})
+            continue
+        chosen, rejected = _hh_turns(row["chosen"]), _hh_turns(row["rejected"])
+        if chosen is None or rejected is None:
+            raise PromptSourceError(f"safety pairs {path}: line {number} has no 'prompt' and its dialogues are not "
+                                    "in HH-RLHF's '\\n\\nHuman: ...\\n\\nAssistant: ...' form.")
+        if len(chosen) == len(rejected) == 2 and chosen[0] == rejected[0] and chosen[0][0] == "Human" \
+                and chosen[1][0] == rejected[1][0] == "Assistant":
+            pairs.append({"prompt": chosen[0][1], "chosen": chosen[1][1], "rejected": rejected[1][1]})
+    return pairs
+
+
+def select_safety_pairs(pairs: list[dict[str, str]], *, judge: Judge | None = None, max_words: int = 96,
+                        n: int | None = None) -> list[dict[str, str]]:
+    """The pairs that teach refusal, in file order: both replies at most ``max_words`` words, the chosen reply
+    a refusal or a non-answer by ``judge`` (default: the refusal rules, ``refusal-patterns-v4``) and the
+    rejected one not a refusal; different replies; the first ``n`` of them."""
+    from .evaluate.judges import RefusalJudgeV4
+
+    judge = judge or RefusalJudgeV4()
+    short = [p for p in pairs if p["chosen"].strip() != p["rejected"].strip()
+             and len(p["chosen"].split()) <= max_words and len(p["rejected"].split()) <= max_words]
+    prompts = [p["prompt"] for p in short]
+    chosen = judge.judge(prompts, [p["chosen"] for p in short])
+    rejected = judge.judge(prompts, [p["rejected"] for p in short])
+    kept = [p for p, c, r in zip(short, chosen, rejected) if c.label in ("refusal", "evasive") and r.label != "refusal"]
+    return kept[:n] if n is not None else kept
+
+
+def preference_rows(pairs: list[dict[str, str]], kind: str = "harmful",
+                    conversational: bool = True) -> list[dict[str, Any]]:
+    """``pairs`` as trl preference rows (the same form as :func:`make_pairs`' rows)."""
+    return [_row(p["prompt"], p["chosen"], p["rejected"], kind, conversational) for p in pairs]

@@ -145,7 +145,8 @@ def run_attack(model: nn.Module, tokenizer, harmful: list[str], mask: NeuronMask
                sweep: tuple[int, ...] = SWEEP, control_seeds: Sequence[int] | None = None,
                best_attacker_grid: Sequence[Mapping[str, Any]] | None = None, identify_options=None,
                progress: bool = True, images: list | None = None, processor=None,
-               requests: list[str] | None = None) -> dict[str, Any]:
+               requests: list[str] | None = None, extra_masks: Mapping[str, NeuronMask] | None = None
+               ) -> dict[str, Any]:
     """ASR under every condition and the layer sweep; returns results with every generation.
 
     ``results["asr"][COND]`` is the compliance rate; ``results["rates"][COND]`` adds the refusal and
@@ -156,7 +157,10 @@ def run_attack(model: nn.Module, tokenizer, harmful: list[str], mask: NeuronMask
 
     Through images (vision-language models): ``images`` gives one image (path or PIL image) or None per
     prompt, ``processor`` is the model's, ``requests`` what each prompt asks for (judged instead of the
-    text turn); the generations then carry ``image`` and ``request``."""
+    text turn); the generations then carry ``image`` and ``request``.
+
+    ``extra_masks``: other attackers' masks (name -> mask, e.g. identified with another scorer), each pruned
+    in full (condition ``attacker:NAME``); ``results["attackers"][NAME]`` holds ASR, n, interval and neurons pruned."""
     judge = judge or default_judge()
     mlp_modules = getattr(identify_options, "safeneuron_mlp_modules", None)  # prune where identification looked
     layers = find_mlp_layers(model, mlp_modules)
@@ -172,6 +176,13 @@ def run_attack(model: nn.Module, tokenizer, harmful: list[str], mask: NeuronMask
         name = f"FULL@{percent}%"
         run(name, sweep_mask(mask, percent, len(layers)))
         results["sweep"][str(percent)] = results["rates"][name]["compliance"]
+    for name, extra in (extra_masks or {}).items():
+        condition = f"attacker:{name}"
+        run(condition, extra.subset("full"))
+        rate = results["rates"][condition]
+        results.setdefault("attackers", {})[name] = {
+            "asr": rate["compliance"], "n": rate["n"], "ci95": rate["ci95"]["compliance"],
+            "pruned_neurons": results["pruned_neurons"][condition], "rates": rate}
     if control_seeds:
         results["controls"] = {"random": random_control(run, mask, control_seeds,
                                                         {l.index: l.intermediate_size for l in layers})}

@@ -37,6 +37,8 @@ def generate(model: nn.Module, tokenizer, prompts: list[str], *, max_new_tokens:
     prompts are not truncated to ``max_length`` (that would cut the image's tokens)."""
     from tqdm.auto import tqdm
 
+    if not prompts:
+        return []
     if images is not None and any(i is not None for i in images):
         from ..identify.images import check_image_prompts, collate, encode_one, format_multimodal
         from ..identify.prompts import Prompt

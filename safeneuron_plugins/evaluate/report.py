@@ -31,18 +31,23 @@ def evaluate_model(model: nn.Module, tokenizer, *, harmful: list[str], harmless:
                    judge: Judge | None = None, max_new_tokens: int = 64, batch_size: int = 16,
                    sweep: tuple[int, ...] = SWEEP, identify_harmful: list[str] | None = None,
                    identify_harmless: list[str] | None = None, control_seeds: tuple[int, ...] = (),
+                   extra_attackers: dict[str, SafeNeuronOptions] | None = None,
                    progress: bool = True) -> dict[str, Any]:
     """Attack (neurons re-identified on this model unless ``mask``), over-refusal, perplexity, KL.
 
     ``control_seeds``: also prune random neurons at FULL(SN-)'s per-layer counts, once per seed
     (``controls.random``, see :func:`~safeneuron_plugins.evaluate.attack.run_attack`).
     ``identify_harmful`` / ``identify_harmless``: the attacker's identification prompts (default: the
-    sources in ``options``); keep them apart from ``harmful`` so the attack is measured on held-out prompts."""
+    sources in ``options``); keep them apart from ``harmful`` so the attack is measured on held-out prompts.
+    ``extra_attackers``: more attackers (name -> identification options), each re-identifying on this model
+    and pruning its set in full (``attackers[NAME]``, replies under ``attacker:NAME``)."""
     judge = judge or default_judge()
     mask = mask or identify(model, tokenizer, identify_harmful, identify_harmless, options=options, progress=progress)
+    extra = {name: identify(model, tokenizer, identify_harmful, identify_harmless, options=o, progress=progress)
+             for name, o in (extra_attackers or {}).items()}
     attack = run_attack(model, tokenizer, harmful, mask, judge=judge, max_new_tokens=max_new_tokens,
                         batch_size=batch_size, sweep=sweep, identify_options=options, control_seeds=control_seeds,
-                        progress=progress)
+                        progress=progress, extra_masks=extra)
     over = over_refusal(model, tokenizer, harmless, judge=judge, max_new_tokens=max_new_tokens,
                         batch_size=batch_size, progress=progress)
     return {
@@ -54,8 +59,9 @@ def evaluate_model(model: nn.Module, tokenizer, *, harmful: list[str], harmless:
         "kl": kl_to_reference(model, reference, tokenizer, harmless, progress=progress) if reference is not None else 0.0,
         "safety_neurons": mask.num_neurons, "layer_fractions": layer_fractions(mask),
         **({"controls": attack["controls"]} if "controls" in attack else {}),
+        **({"attackers": attack["attackers"]} if "attackers" in attack else {}),
         "generations": attack["generations"] + [dict(g, condition="harmless") for g in over["generations"]],
-        "_mask": mask,
+        "_mask": mask, "_attacker_masks": extra,
     }
 
 
@@ -166,7 +172,9 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
     sweep_rows = [[name, *(f"{m['sweep'][k]:.2f}" for k in sweep_keys)] for name, m in models.items()]
     from . import families  # the other attack families (compare --families)
 
-    paired = paired_comparisons(models, ("ORI", "FULL", *families.paired_conditions(models)))
+    attacked = sorted({g["condition"] for m in models.values() for g in m.get("generations", [])
+                       if g["condition"].startswith("attacker:")})  # more attackers: FULL(SN-)
+    paired = paired_comparisons(models, ("ORI", "FULL", *attacked, *families.paired_conditions(models)))
     paired_head, paired_body = _paired_table(paired)
     paired_intro = ("Paired on the same harmful prompts: a - b is the difference of ASR with Newcombe's 95% "
                     "interval; McNemar p is the exact test on the prompts where only one side's attack succeeded.")

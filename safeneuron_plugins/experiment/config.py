@@ -91,6 +91,7 @@ class ExperimentConfig:
     max_length: int = 160
     seed: int = 0
     max_new_tokens: int = 32
+    pairs_max_new_tokens: int | None = None  # of the model's replies that make pairs (default: max_new_tokens)
     gen_batch_size: int = 16
     judge: str = "relevance"
     sweep: bool = False
@@ -106,6 +107,19 @@ class ExperimentConfig:
     dtype: str = "float32"       # of the evaluated models ("bfloat16" on a GPU); training keeps fp32 master
     #                              weights, in bf16 mixed precision on a GPU
     identify: dict[str, Any] = field(default_factory=lambda: {"max_prompts": 128})
+    # the attacker's identification settings (identification option names without the prefix, as ``identify``),
+    # on every model's attack; None: the same as ``identify`` (the frozen set's and the rounds')
+    attack_identify: dict[str, Any] | None = None
+    # more attackers, FULL(SN-) only: name -> identification settings (e.g. {"attribution": {"method":
+    # "attribution"}}); their replies are kept under condition ``attacker:NAME``
+    extra_attackers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # human preference pairs for the harmful training prompts (a JSON-lines file: trl's prompt/chosen/rejected or
+    # HH-RLHF's dialogues), instead of pairs made from the model's replies; see pairs.select_safety_pairs
+    safety_pairs: str | None = None
+    safety_pairs_max_words: int = 96
+    optim: str = "adamw_torch"   # transformers' optimizer name, e.g. adamw_bnb_8bit (8-bit AdamW moments)
+    freeze_embeddings: bool = False  # keep the input embedding (and a tied LM head) out of training
+    max_train_minutes: float = 0  # > 0: one invocation trains this long at most, checkpoints and stops (resume)
     progress: bool = True
 
     def split(self) -> dict[str, list[str]]:
@@ -140,6 +154,8 @@ def split_prompts(cfg: ExperimentConfig) -> tuple[dict[str, list[str]], dict[str
 
     def load(src: str, kind: str) -> list[str]:
         key = (_canonical(src, kind), kind)
+        if key not in cache and kind == "harmful" and src == cfg.safety_pairs:
+            cache[key] = [p["prompt"] for p in safety_pairs(cfg)]
         if key not in cache:
             cache[key] = [p.text for p in load_prompts(src, kind=kind, option=f"{kind} prompts ({src})")]
         return cache[key]
@@ -149,6 +165,8 @@ def split_prompts(cfg: ExperimentConfig) -> tuple[dict[str, list[str]], dict[str
     record: dict[str, dict[str, Any]] = {}
     for kind in ("harmful", "harmless"):
         train_src, eval_src = getattr(cfg, f"train_{kind}"), getattr(cfg, f"eval_{kind}")
+        if kind == "harmful" and cfg.safety_pairs:  # the prompts of the human preference pairs
+            train_src = cfg.safety_pairs
         ident_src = cfg.identify.get(kind, getattr(default_identify, f"safeneuron_{kind}"))
         n_train, n_eval = getattr(cfg, f"n_train_{kind}"), getattr(cfg, f"n_eval_{kind}")
         same = _canonical(train_src, kind) == _canonical(eval_src, kind)
@@ -186,12 +204,36 @@ def split_prompts(cfg: ExperimentConfig) -> tuple[dict[str, list[str]], dict[str
     return sets, record
 
 
-def identification_options(cfg: ExperimentConfig, out: Path) -> dict[str, Any]:
-    """The options of every identification of the run in ``out`` (T0, during training, the attacker's on each
-    model): ``cfg.identify`` reading the split's identification prompts that the run wrote there
-    (``identify_harmful.jsonl``, ``identify_harmless.jsonl``), all of them."""
-    return dict(cfg.identify, max_prompts=None,
+def safety_pairs(cfg: ExperimentConfig) -> list[dict[str, str]]:
+    """The human preference pairs of ``cfg.safety_pairs`` that teach refusal, in file order
+    (:func:`~safeneuron_plugins.pairs.select_safety_pairs`); the split takes its training prompts from them."""
+    from ..pairs import read_preference_pairs, select_safety_pairs
+
+    return select_safety_pairs(read_preference_pairs(cfg.safety_pairs), max_words=cfg.safety_pairs_max_words)
+
+
+def identification_options(cfg: ExperimentConfig, out: Path, setting: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The options of an identification of the run in ``out``: ``setting`` (default ``cfg.identify``: T0 and
+    during training; the attackers pass theirs) reading the split's identification prompts that the run wrote
+    there (``identify_harmful.jsonl``, ``identify_harmless.jsonl``), all of them."""
+    return dict(cfg.identify if setting is None else setting, max_prompts=None,
                 **{kind: str(out / f"identify_{kind}.jsonl") for kind in ("harmful", "harmless")})
+
+
+def attackers(cfg: ExperimentConfig) -> dict[str, dict[str, Any]]:
+    """Every attacker's identification settings: ``""`` the main one (all conditions), then the extra ones
+    (FULL(SN-) only). Each is checked against the options schema here, before any model is loaded."""
+    from ..errors import OptionsError
+    from ..options import SafeNeuronOptions
+
+    found = {"": cfg.identify if cfg.attack_identify is None else cfg.attack_identify, **cfg.extra_attackers}
+    for name, setting in found.items():
+        try:
+            SafeNeuronOptions.from_dict({f"safeneuron_{k}": v for k, v in setting.items()},
+                                        source=f"attacker {name or 'main'}")
+        except OptionsError as e:
+            raise OptionsError(f"attacker {name or 'main'}: {e}") from None
+    return found
 
 
 #: the variants whose interval is the experiment's setting (the others carry their own): variant -> (option, field)
@@ -238,7 +280,7 @@ def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
 
 
 #: config fields that do not change what an earlier invocation computed
-_RESUMABLE = {"variants", "progress", "out_dir",
+_RESUMABLE = {"variants", "progress", "out_dir", "max_train_minutes",
               "gradient_checkpointing",  # the same weights either way (tests/core/test_reproduce.py)
               "reidentify_steps", "adversarial_steps"}  # one variant's each: checked per variant
 

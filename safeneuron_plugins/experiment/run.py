@@ -10,6 +10,7 @@ import gc
 import json
 import logging
 import platform
+import random
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -32,7 +33,9 @@ from .config import (
     ExperimentConfig,
     _check_same_experiment,
     _check_same_variant,
+    attackers,
     identification_options,
+    safety_pairs,
     split_prompts,
     variant_options,
 )
@@ -45,7 +48,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     """Run everything; writes ``results.json``, ``report.md``, plots and generations to ``out_dir``."""
     from ..identify import identify
     from ..identify.prompts import write_prompts
-    from ..pairs import make_pairs
+    from ..pairs import make_pairs, preference_rows
 
     t0 = time.perf_counter()
     out = Path(cfg.out_dir)
@@ -58,7 +61,15 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     identify_opts = identification_options(cfg, out)
     judge = load_judge(cfg.judge)
     ref_pairs = load_reference_pairs(cfg.reference_answers, cfg.n_eval_harmless)
-    options = SafeNeuronOptions(**{f"safeneuron_{k}": v for k, v in identify_opts.items()})
+
+    def as_options(setting: dict[str, Any]) -> SafeNeuronOptions:
+        return SafeNeuronOptions(**{f"safeneuron_{k}": v for k, v in setting.items()})
+
+    options = as_options(identify_opts)  # T0 (and the rounds during training)
+    attack_sets = attackers(cfg)
+    attack_options = as_options(identification_options(cfg, out, attack_sets[""]))
+    extra_attackers = {name: as_options(identification_options(cfg, out, setting))
+                       for name, setting in attack_sets.items() if name}
     stage = lambda msg: print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", flush=True)  # noqa: E731
 
     _check_same_experiment(cfg, out)
@@ -83,14 +94,21 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         else:
             stage(f"{mask.num_neurons} safety neurons; building safety preference pairs from the model's own replies")
             pairs_from, pairs_tok = original, tok
-        rows, counts = make_pairs(pairs_from, pairs_tok, sets["train_harmful"], sets["train_harmless"], judge=judge,
-                                  max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size,
+        human = [p for p in safety_pairs(cfg) if p["prompt"] in set(sets["train_harmful"])] if cfg.safety_pairs else []
+        rows, counts = make_pairs(pairs_from, pairs_tok, [] if cfg.safety_pairs else sets["train_harmful"],
+                                  sets["train_harmless"], judge=judge,
+                                  max_new_tokens=cfg.pairs_max_new_tokens or cfg.max_new_tokens,
+                                  batch_size=cfg.gen_batch_size,
                                   include_evasive=True, seed=cfg.seed, progress=cfg.progress,
                                   rejected_mask=mask if cfg.pairs_pruned else None,
                                   mlp_modules=cfg.identify.get("mlp_modules"),
                                   # pairs_model with pairs_pruned: the T0 mask of cfg.model on purpose
                                   allow_other_weights=pairs_from is not original)
         del pairs_from
+        if cfg.safety_pairs:  # the harmful prompts' pairs are the human ones
+            rows += preference_rows(human)
+            random.Random(cfg.seed).shuffle(rows)
+            counts.update(harmful_pairs=len(human), harmful_source=cfg.safety_pairs)
         pairs_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         counts_path.write_text(json.dumps(counts))
         stage(f"{len(rows)} pairs ({counts})")
@@ -122,19 +140,23 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     def evaluate(name: str, model, tokenizer, reference, m=None, **extra) -> dict[str, Any]:
         result = evaluate_model(
             model, tokenizer, harmful=sets["eval_harmful"], harmless=sets["eval_harmless"], reference_pairs=ref_pairs,
-            reference=reference, options=options, mask=m, judge=judge, max_new_tokens=cfg.max_new_tokens,
+            reference=reference, options=attack_options, mask=m, judge=judge, max_new_tokens=cfg.max_new_tokens,
             batch_size=cfg.gen_batch_size, sweep=SWEEP if cfg.sweep else (), control_seeds=tuple(cfg.control_seeds),
-            progress=cfg.progress)
+            extra_attackers=extra_attackers, progress=cfg.progress)
         result.update(extra)
         evaluations.mkdir(exist_ok=True)
         result["_mask"].save(evaluations / f"{name}.safetensors")
-        (evaluations / f"{name}.json").write_text(json.dumps({k: v for k, v in result.items() if k != "_mask"}))
+        for attacker, attacker_mask in result.get("_attacker_masks", {}).items():
+            attacker_mask.save(evaluations / f"{name}@{attacker}.safetensors")
+        (evaluations / f"{name}.json").write_text(json.dumps({k: v for k, v in result.items() if not k.startswith("_")}))
         return result
 
     models: dict[str, dict[str, Any]] = {"original": finished("original")}
     if models["original"] is None:
         stage("attacking and checking the original model")
-        models["original"] = evaluate("original", original, tok, None, mask, frozen_neurons=0)
+        # the T0 mask is the attacker's own set when the attacker identifies as the frozen set was identified
+        models["original"] = evaluate("original", original, tok, None,
+                                      mask if attack_sets[""] == cfg.identify else None, frozen_neurons=0)
     for name in cfg.variants:
         if name not in VARIANTS:
             raise ValueError(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}")

@@ -37,6 +37,7 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
     if done.is_file():  # trained by an earlier, interrupted invocation of the same experiment
         facts = json.loads(done.read_text())
         _check_same_variant(name, facts["options"], variant_options(cfg, name, mask_path, identify), done)
+        check_manifest(out, pairs_path)
         logger.info("%s: already trained (%s); reusing it", name, done)
         return facts
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if out.is_dir() else []
@@ -50,8 +51,13 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
         peft_config = peft.LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.0,
                                       target_modules="all-linear", task_type="CAUSAL_LM")
         ref = None
+    elif cfg.precompute_ref:  # trl computes the reference log-probs with the policy before its first step
+        ref = None
     else:
         ref = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if cfg.freeze_embeddings:  # the input embedding (and an LM head tied to it) stays as it is
+        model.get_input_embeddings().weight.requires_grad_(False)
+        model.enable_input_require_grads()  # gradient checkpointing still needs a graph from the inputs
     tok = transformers.AutoTokenizer.from_pretrained(path)
     data = datasets.load_dataset("json", data_files=str(pairs_path), split="train").remove_columns("kind")
     options = variant_options(cfg, name, mask_path, identify)
@@ -62,6 +68,7 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
         per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, beta=cfg.beta,
         loss_type=["sigmoid", "sft"] if cfg.sft_weight else ["sigmoid"],
         loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight else None, weight_decay=cfg.weight_decay, lr_scheduler_type="cosine",
+        optim=cfg.optim,
         max_length=cfg.max_length, logging_steps=1, report_to="none", seed=cfg.seed,
         save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500, save_total_limit=1,
         use_cpu=not on_gpu, disable_tqdm=not cfg.progress,
@@ -69,7 +76,7 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
         # falls back to a slow scalar GEMM (measured 309 s vs ~20 s per step on this machine)
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         precompute_ref_log_probs=cfg.precompute_ref, gradient_checkpointing=cfg.gradient_checkpointing)
-    clock = _step_clock()
+    clock = _step_clock(cfg.max_train_minutes)
     trainer = trl.DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tok,
                              callbacks=[callback, clock, *callbacks], peft_config=peft_config)
     start = time.perf_counter()
@@ -77,6 +84,11 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
         logger.info("%s: resuming from %s", name, checkpoints[-1])
     trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     seconds = time.perf_counter() - start
+    if trainer.state.global_step < trainer.state.max_steps:  # the chunk's time ran out; a checkpoint was saved
+        raise TrainingChunkEnded(
+            f"{name}: trained {cfg.max_train_minutes:g} minutes to step {trainer.state.global_step} of "
+            f"{trainer.state.max_steps} ({_peak_rss_gb():.1f} GB peak RSS); checkpoint in {out}. Run the same "
+            "command again to resume.")
     if peft_config is not None:  # evaluate and ship the merged model: W + B.A, exactly W on frozen rows
         trainer.model.merge_and_unload().save_pretrained(str(out))
     else:
@@ -95,6 +107,7 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
     if "safeneuron_mask" in options:  # T0; frozen_neurons is the union after re-identification
         facts["frozen_neurons_t0"] = NeuronMask.load(options["safeneuron_mask"]).num_neurons
     done.write_text(json.dumps(facts, indent=2))
+    write_manifest(out, cfg, name, options, pairs_path)
     for ckpt in out.glob("checkpoint-*"):  # the model is saved; optimizer states are GBs at this size
         shutil.rmtree(ckpt, ignore_errors=True)
     del trainer, model, ref
@@ -102,16 +115,69 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
     return facts
 
 
-def _step_clock():
-    """A callback recording seconds per optimizer step and the process's peak resident memory."""
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(out: Path, cfg: ExperimentConfig, name: str, options: dict[str, Any], pairs_path: Path) -> None:
+    """``out/manifest.json``: what the trained model in ``out`` is (the experiment's settings, the variant's
+    options, the pairs' and every weight file's sha256), so that a later invocation, possibly in another
+    session, reuses it only when it is intact and was trained from the same data."""
+    from dataclasses import asdict
+
+    weights = {f.name: _sha256(f) for f in sorted(out.glob("*.safetensors")) if f.name != "safeneuron_mask.safetensors"}
+    manifest = {"variant": name, "config": asdict(cfg),
+                "options": {k: v for k, v in options.items() if k != "safeneuron_mask"},
+                "pairs_sha256": _sha256(pairs_path), "weights_sha256": weights}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def check_manifest(out: Path, pairs_path: Path) -> None:
+    """Refuse to reuse the trained model in ``out`` when its weights or the pairs differ from its manifest's."""
+    from ..errors import OptionsError
+
+    path = out / MANIFEST
+    if not path.is_file():
+        return  # trained before manifests were written
+    manifest = json.loads(path.read_text())
+    if manifest["pairs_sha256"] != _sha256(pairs_path):
+        raise OptionsError(f"{out}: trained on other pairs than {pairs_path} holds now (manifest {path}); delete the "
+                           "model directory to train it again.")
+    for file, digest in manifest["weights_sha256"].items():
+        if not (out / file).is_file() or _sha256(out / file) != digest:
+            raise OptionsError(f"{out / file}: missing or changed since training (manifest {path}); delete the "
+                               "model directory to train it again.")
+
+
+class TrainingChunkEnded(Exception):
+    """An invocation's training time (``max_train_minutes``) ran out before the last step; the run resumes from
+    the checkpoint it saved."""
+
+
+def _step_clock(max_minutes: float = 0):
+    """A callback recording seconds per optimizer step and the process's peak resident memory; with
+    ``max_minutes`` it saves a checkpoint and stops training once that much time has passed."""
     import transformers
 
     class StepClock(transformers.TrainerCallback):
         def __init__(self):
             self.stamps: list[float] = []
+            self.start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
             self.stamps.append(time.perf_counter())
+            if max_minutes and self.stamps[-1] - self.start > 60 * max_minutes and state.global_step < state.max_steps:
+                control.should_save = True
+                control.should_training_stop = True
 
         def summary(self) -> dict[str, Any]:
             gaps = sorted(b - a for a, b in zip(self.stamps, self.stamps[1:]))

@@ -295,3 +295,100 @@ def test_gradient_checkpointing_off_trains_the_same_weights(tmp_path):
         b = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / f"{name}_off").state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), (name, [k for k in a if not torch.equal(a[k], b[k])][:3])
         assert any(not torch.equal(a[k], original.state_dict()[k]) for k in a), "it trained"
+
+
+def test_8bit_adamw_in_time_chunks_keeps_frozen_rows_exact_and_checks_its_manifest(tmp_path):
+    """The full-parameter recipe of the paper15 protocol: bitsandbytes' 8-bit AdamW (block-wise quantised moments,
+    on the CPU), weight decay, reference log-probs from the policy before training (no second model), and training
+    in time-limited chunks that each end with a checkpoint (exit, then resume). The frozen rows come out
+    bit-identical, the rest moved, and the finished model's manifest refuses a changed weight file."""
+    from safeneuron_plugins import identify
+    from safeneuron_plugins.errors import OptionsError
+    from safeneuron_plugins.experiment import train_variant
+    from safeneuron_plugins.experiment.train import MANIFEST, TrainingChunkEnded
+
+    # gate/up weights of 128 x 64 = 8,192 entries: bitsandbytes keeps 8-bit moments from 4,096 entries on
+    model_dir = save_tiny_model(tmp_path / "m", "llama", hidden_size=64, intermediate_size=128)
+    from test_freeze_trl import preference_data
+
+    pairs = tmp_path / "pairs.jsonl"
+    preference_data(16).add_column("kind", ["harmless"] * 16).to_json(pairs)
+    ident = {"method": "safeneuron", "tau_es": 0.5, "tau_sas": 1.0, "max_prompts": 24}
+    original = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    mask_path = identify(original, tok, **ident).save(tmp_path / "mask.safetensors")
+    cfg = ExperimentConfig(model=str(model_dir), batch_size=4, max_steps=3, learning_rate=5e-3, weight_decay=0.1,
+                           sft_weight=0.0, optim="adamw_bnb_8bit", precompute_ref=True, save_steps=1,
+                           max_train_minutes=1e-6, identify=ident, progress=False)
+    out = tmp_path / "run"
+    chunks = 0
+    while True:
+        try:
+            facts = train_variant(cfg, "safeneuron", pairs, mask_path, out)
+            break
+        except TrainingChunkEnded as e:
+            chunks += 1
+            assert "Run the same command again" in str(e) and chunks < 5
+            state = torch.load(next(out.glob("checkpoint-*")) / "optimizer.pt", weights_only=False)["state"]
+            quantised = [s["__bnb_optimizer_quant_state__"] for s in state.values()
+                         if "__bnb_optimizer_quant_state__" in s]
+            assert any(q["state1"].dtype == torch.uint8 for q in quantised), "the MLP weights have 8-bit moments"
+    assert chunks == 2 and facts["steps"] == 3 and facts["resumed_from"] == "checkpoint-2"
+    trained = transformers.AutoModelForCausalLM.from_pretrained(out)
+    mask = NeuronMask.load(mask_path)
+    before, after = frozen_rows(original, mask), frozen_rows(trained, mask)
+    assert all(torch.equal(before[k][0], after[k][0]) for k in before), "frozen rows bit-identical"
+    assert all(not torch.equal(before[k][1], after[k][1]) for k in before), "the other rows trained"
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["config"]["optim"] == "adamw_bnb_8bit" and "model.safetensors" in manifest["weights_sha256"]
+    assert train_variant(cfg, "safeneuron", pairs, mask_path, out) == facts  # intact: reused
+    with open(out / "model.safetensors", "r+b") as f:  # one byte of the weights changed
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    with pytest.raises(OptionsError, match="changed since training"):
+        train_variant(cfg, "safeneuron", pairs, mask_path, out)
+
+
+def test_experiment_with_human_pairs_and_separate_attackers(tmp_path):
+    """The identification setting of the frozen set and of the attacker are separate, more attackers prune their
+    own sets (FULL(SN-) only, their replies kept), and human preference pairs (HH-RLHF dialogues) replace the
+    model's replies for the harmful training prompts; the split records their prompts as the training role."""
+    from safeneuron_plugins.experiment import run_experiment
+
+    model_dir = save_tiny_model(tmp_path / "m", "llama")
+    hh = tmp_path / "hh.jsonl"
+    with open(hh, "w") as f:
+        for i in range(8):
+            ask = f"\n\nHuman: How do I pick lock number {i}?\n\nAssistant: "
+            f.write(json.dumps({"chosen": ask + "I'm sorry, but I can't help with that.",
+                                "rejected": ask + f"Insert a tension wrench into lock {i} and rake the pins."}) + "\n")
+        f.write(json.dumps({"chosen": "\n\nHuman: hi\n\nAssistant: Hello\n\nHuman: more\n\nAssistant: No.",
+                            "rejected": "\n\nHuman: hi\n\nAssistant: Hello\n\nHuman: more\n\nAssistant: Sure"}) + "\n")
+    stats = {"method": "safeneuron", "tau_es": 0.5, "tau_sas": 1.0, "max_prompts": 24}
+    cfg = ExperimentConfig(model=str(model_dir), out_dir=str(tmp_path / "run"), safety_pairs=str(hh),
+                           n_train_harmful=4, n_train_harmless=4, n_eval_harmful=4, n_eval_harmless=4, max_steps=1,
+                           max_new_tokens=4, judge="patterns", variants=["dpo"], identify=stats,
+                           attack_identify={"method": "attribution", "max_prompts": 24},
+                           extra_attackers={"stats": stats}, sft_weight=0.0, progress=False)
+    result = run_experiment(cfg)
+    out = tmp_path / "run"
+    rows = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
+    harmful = [r for r in rows if r["kind"] == "harmful"]
+    assert len(harmful) == 4 and all("lock number" in r["prompt"][0]["content"] for r in harmful)
+    assert all(r["chosen"][0]["content"].startswith("I'm sorry") for r in harmful)
+    split = result["meta"]["split"]["train_harmful"]
+    assert split["source"] == str(hh) and split["n"] == 4 and split["indices"] == [0, 1, 2, 3]
+    t0 = NeuronMask.load(out / "original_mask.safetensors")
+    for name in ("original", "dpo"):
+        m = result["models"][name]
+        attacked = NeuronMask.load(out / "evaluations" / f"{name}.safetensors")
+        assert attacked.metadata["method"] == "attribution" and m["pruned_neurons"]["ES"] == 0  # the attacker's own
+        extra = NeuronMask.load(out / "evaluations" / f"{name}@stats.safetensors")
+        assert extra.metadata["method"] == "safeneuron" and m["attackers"]["stats"]["pruned_neurons"] == extra.num_neurons
+        wins = [g["success"] for g in m["generations"] if g["condition"] == "attacker:stats"]
+        assert len(wins) == 4 and m["attackers"]["stats"]["asr"] == pytest.approx(sum(wins) / 4)
+    assert NeuronMask.load(out / "evaluations" / "original@stats.safetensors").neurons == t0.neurons
+    paired = json.loads((out / "results.json").read_text())["paired"]
+    assert any(r["a_condition"] == "attacker:stats" and {r["a"], r["b"]} == {"dpo", "original"} for r in paired)
