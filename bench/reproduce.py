@@ -97,7 +97,7 @@ RECIPES: dict[str, dict] = {
     "paper15-pilot": {
         **_PAPER15, "name": "paper15_pilot", "model": str(Path.home() / ".cache" / "qwen-0.5b" / "hf"),
         "variants": "dpo", "eval_harmful": str(SHARED / "harmful_donotanswer.jsonl"), "n_eval": 100,
-        "max_new_tokens": 64, "attack_identify": "method=attribution,neuron_ratio=0.01",
+        "max_new_tokens": 64, "attack": False,
         "cache": True, "keep_models": True,
         "results_dir": str(ROOT / "docs" / "research" / "paper15" / "pilot"),
     },
@@ -173,6 +173,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="keep the input embedding (and a tied LM head) out of training")
     parser.add_argument("--max-train-minutes", type=float, default=0.0,
                         help="train at most this long per invocation, then checkpoint and exit 3 (rerun to resume)")
+    parser.add_argument("--no-attack", dest="attack", action="store_false",
+                        help="evaluate each model's own replies (ORI), over-refusal, perplexity and KL only")
     parser.add_argument("--work-dir", help="where the run's stages are kept (default runs/reproduce/NAME, or the "
                                            "cache's with --cache)")
     parser.add_argument("--cache", action="store_true",
@@ -227,7 +229,7 @@ def main() -> None:
         extra_attackers={name: {**sources, **setting} for name, setting in extra.items()},
         safety_pairs=args.safety_pairs, pairs_max_new_tokens=args.pairs_max_new_tokens, beta=args.beta,
         weight_decay=args.weight_decay, max_length=args.max_length, optim=args.optim,
-        freeze_embeddings=args.freeze_embeddings, max_train_minutes=args.max_train_minutes,
+        freeze_embeddings=args.freeze_embeddings, max_train_minutes=args.max_train_minutes, attack=args.attack,
         control_seeds=[int(x) for x in args.control_seeds.split(",") if x])
     from safeneuron_plugins.experiment.config import attackers
     from safeneuron_plugins.experiment.train import TrainingChunkEnded
@@ -336,13 +338,14 @@ def tables(data: dict) -> str:
     rows = []
     for name, m in data["models"].items():
         rates, t = m["rates"], m.get("training", {})
+        full = rates.get("FULL", {"compliance": float("nan"), "evasive": float("nan")})
         random = m.get("controls", {}).get("random")
         frozen = (f"{t['frozen_neurons_t0']} -> {t['frozen_neurons']}" if t.get("frozen_neurons_t0") is not None
                   and t["frozen_neurons_t0"] != t["frozen_neurons"] else str(m.get("frozen_neurons", 0)))
         rows.append([name, frozen, ci(rates["ORI"]["compliance"], rates["ORI"].get("ci95", {}).get("compliance")),
-                     ci(rates["FULL"]["compliance"], rates["FULL"].get("ci95", {}).get("compliance")),
+                     ci(full["compliance"], full.get("ci95", {}).get("compliance")),
                      ci(random["asr"], random.get("ci95")) if random else "",
-                     f"{rates['FULL']['evasive']:.2f}", ci(m["over_refusal"], m.get("over_refusal_ci95")),
+                     f"{full['evasive']:.2f}", ci(m["over_refusal"], m.get("over_refusal_ci95")),
                      f"{m['perplexity']:.2f}", f"{m['kl']:.3f}",
                      f"{t['steps']} steps, {t['train_seconds'] / 60:.0f} min, {t.get('median_step_seconds')} s/step, "
                      f"peak {t.get('peak_rss_gb')} GB" if t else ""])

@@ -145,8 +145,8 @@ def run_attack(model: nn.Module, tokenizer, harmful: list[str], mask: NeuronMask
                sweep: tuple[int, ...] = SWEEP, control_seeds: Sequence[int] | None = None,
                best_attacker_grid: Sequence[Mapping[str, Any]] | None = None, identify_options=None,
                progress: bool = True, images: list | None = None, processor=None,
-               requests: list[str] | None = None, extra_masks: Mapping[str, NeuronMask] | None = None
-               ) -> dict[str, Any]:
+               requests: list[str] | None = None, extra_masks: Mapping[str, NeuronMask] | None = None,
+               conditions: Sequence[str] = CONDITIONS) -> dict[str, Any]:
     """ASR under every condition and the layer sweep; returns results with every generation.
 
     ``results["asr"][COND]`` is the compliance rate; ``results["rates"][COND]`` adds the refusal and
@@ -169,7 +169,7 @@ def run_attack(model: nn.Module, tokenizer, harmful: list[str], mask: NeuronMask
     vision = dict(images=images, processor=processor, requests=requests) if images is not None else {}
     run = _Runner(model, tokenizer, harmful, judge, results, max_new_tokens=max_new_tokens, batch_size=batch_size,
                   system_prompt=system_prompt, progress=progress, mlp_modules=mlp_modules, **vision)
-    for condition in CONDITIONS:
+    for condition in conditions:  # ``("ORI",)``: the unpruned model's replies only
         run(condition, condition_mask(mask, condition))
         results["asr"][condition] = results["rates"][condition]["compliance"]
     for percent in sweep:

@@ -32,7 +32,7 @@ def evaluate_model(model: nn.Module, tokenizer, *, harmful: list[str], harmless:
                    sweep: tuple[int, ...] = SWEEP, identify_harmful: list[str] | None = None,
                    identify_harmless: list[str] | None = None, control_seeds: tuple[int, ...] = (),
                    extra_attackers: dict[str, SafeNeuronOptions] | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   conditions: tuple[str, ...] = CONDITIONS, progress: bool = True) -> dict[str, Any]:
     """Attack (neurons re-identified on this model unless ``mask``), over-refusal, perplexity, KL.
 
     ``control_seeds``: also prune random neurons at FULL(SN-)'s per-layer counts, once per seed
@@ -40,14 +40,21 @@ def evaluate_model(model: nn.Module, tokenizer, *, harmful: list[str], harmless:
     ``identify_harmful`` / ``identify_harmless``: the attacker's identification prompts (default: the
     sources in ``options``); keep them apart from ``harmful`` so the attack is measured on held-out prompts.
     ``extra_attackers``: more attackers (name -> identification options), each re-identifying on this model
-    and pruning its set in full (``attackers[NAME]``, replies under ``attacker:NAME``)."""
+    and pruning its set in full (``attackers[NAME]``, replies under ``attacker:NAME``). ``conditions=("ORI",)``:
+    no attack, the model's own replies only (nothing is identified)."""
     judge = judge or default_judge()
-    mask = mask or identify(model, tokenizer, identify_harmful, identify_harmless, options=options, progress=progress)
+    if tuple(conditions) == ("ORI",):  # an empty mask that still names the model it belongs to
+        from ..architectures import find_mlp_layers, fingerprint
+
+        layers = find_mlp_layers(model, options.safeneuron_mlp_modules if options else None)
+        mask, extra_attackers = NeuronMask({}, metadata={"fingerprint": fingerprint(model, layers)}), None
+    if mask is None:
+        mask = identify(model, tokenizer, identify_harmful, identify_harmless, options=options, progress=progress)
     extra = {name: identify(model, tokenizer, identify_harmful, identify_harmless, options=o, progress=progress)
              for name, o in (extra_attackers or {}).items()}
     attack = run_attack(model, tokenizer, harmful, mask, judge=judge, max_new_tokens=max_new_tokens,
                         batch_size=batch_size, sweep=sweep, identify_options=options, control_seeds=control_seeds,
-                        progress=progress, extra_masks=extra)
+                        progress=progress, extra_masks=extra, conditions=conditions)
     over = over_refusal(model, tokenizer, harmless, judge=judge, max_new_tokens=max_new_tokens,
                         batch_size=batch_size, progress=progress)
     return {
@@ -115,8 +122,9 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
     judge = next(iter(models.values())).get("judge", "?")
 
     # ES/SAS subsets exist only for the statistics scorer; with attribution they prune nothing (= ORI)
-    shown = [c for c in CONDITIONS if c in ("ORI", "FULL")
-             or any(m.get("pruned_neurons", {}).get(c, 1) for m in models.values())]
+    shown = [c for c in CONDITIONS if all(c in m["asr"] for m in models.values()) and (
+             c in ("ORI", "FULL") or any(m.get("pruned_neurons", {}).get(c, 1) for m in models.values()))]
+    attacked = "FULL" in shown
     bars = [(c, {"ORI": "ORI", "ES": "ES(SN-)", "SAS": "SAS(SN-)", "FULL": "FULL(SN-)"}[c]) for c in shown]
     controlled = any("controls" in m for m in models.values())
     if controlled:
@@ -152,7 +160,7 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
 
     header = ["model", *(label for key, label in bars if key != "random"),
               *(["random (FULL's count)"] if controlled else []),
-              "evasive (FULL)", "over-refusal",
+              *(["evasive (FULL)"] if attacked else []), "over-refusal",
               "perplexity", "KL to first", "safety neurons", "frozen neurons"]
     rows = []
     for name, m in models.items():
@@ -160,7 +168,8 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
         random = m.get("controls", {}).get("random")
         rows.append([name, *(with_ci(m["asr"][c], ci[c]) for c in shown),
                      *([with_ci(random["asr"], random.get("ci95")) if random else ""] if controlled else []),
-                     with_ci(m["rates"]["FULL"]["evasive"], m["rates"]["FULL"].get("ci95", {}).get("evasive")),
+                     *([with_ci(m["rates"]["FULL"]["evasive"], m["rates"]["FULL"].get("ci95", {}).get("evasive"))]
+                       if attacked else []),
                      with_ci(m["over_refusal"], m.get("over_refusal_ci95")), f"{m['perplexity']:.2f}", f"{m['kl']:.4f}",
                      str(m.get("safety_neurons", "")), str(m.get("frozen_neurons", ""))])
     n_harmful = {m["rates"]["ORI"].get("n") for m in models.values()} - {None}

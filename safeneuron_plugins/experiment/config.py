@@ -120,6 +120,7 @@ class ExperimentConfig:
     optim: str = "adamw_torch"   # transformers' optimizer name, e.g. adamw_bnb_8bit (8-bit AdamW moments)
     freeze_embeddings: bool = False  # keep the input embedding (and a tied LM head) out of training
     max_train_minutes: float = 0  # > 0: one invocation trains this long at most, checkpoints and stops (resume)
+    attack: bool = True  # False: every model's own replies only (ORI), over-refusal, perplexity and KL; no attack
     progress: bool = True
 
     def split(self) -> dict[str, list[str]]:
@@ -281,6 +282,7 @@ def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
 
 #: config fields that do not change what an earlier invocation computed
 _RESUMABLE = {"variants", "progress", "out_dir", "max_train_minutes",
+              "attack",  # an evaluation without the attack is made again when the attack is asked for
               "gradient_checkpointing",  # the same weights either way (tests/core/test_reproduce.py)
               "reidentify_steps", "adversarial_steps"}  # one variant's each: checked per variant
 

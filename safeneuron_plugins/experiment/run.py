@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..evaluate.attack import SWEEP
+from ..evaluate.attack import CONDITIONS, SWEEP
 from ..evaluate.capability import load_reference_pairs
 from ..evaluate.judges import load_judge
 from ..evaluate.rejudge import rejudge
@@ -127,6 +127,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             return None
         stage(f"{name}: trained and evaluated by an earlier invocation ({path})")
         result = json.loads(path.read_text())
+        if cfg.attack and "FULL" not in result["asr"]:  # evaluated without the attack (attack=False): again
+            return None
         if name in VARIANTS:
             _check_same_variant(name, result["training"]["options"],
                                 variant_options(cfg, name, mask_path, identify_opts), path)
@@ -142,7 +144,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             model, tokenizer, harmful=sets["eval_harmful"], harmless=sets["eval_harmless"], reference_pairs=ref_pairs,
             reference=reference, options=attack_options, mask=m, judge=judge, max_new_tokens=cfg.max_new_tokens,
             batch_size=cfg.gen_batch_size, sweep=SWEEP if cfg.sweep else (), control_seeds=tuple(cfg.control_seeds),
-            extra_attackers=extra_attackers, progress=cfg.progress)
+            extra_attackers=extra_attackers, conditions=CONDITIONS if cfg.attack else ("ORI",), progress=cfg.progress)
         result.update(extra)
         evaluations.mkdir(exist_ok=True)
         result["_mask"].save(evaluations / f"{name}.safetensors")
@@ -204,11 +206,15 @@ def _notes(meta: dict) -> str:
 def print_summary(result: dict[str, Any]) -> str:
     lines = [f"{'model':<18} {'ORI':>5} {'ES':>5} {'SAS':>5} {'FULL':>5} {'FULL 95% CI':>13} {'evasive':>8} "
              f"{'over-ref':>8} {'ppl':>7} {'KL':>7} {'frozen':>7}"]
+    def rate(value) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
     for name, m in result["models"].items():
         a = m["asr"]
-        ci = m["rates"]["FULL"].get("ci95", {}).get("compliance")
-        lines.append(f"{name:<18} {a['ORI']:>5.2f} {a['ES']:>5.2f} {a['SAS']:>5.2f} {a['FULL']:>5.2f} "
-                     f"{f'[{ci[0]:.2f},{ci[1]:.2f}]' if ci else '':>13} "
-                     f"{m['rates']['FULL']['evasive']:>8.2f} {m['over_refusal']:>8.2f} {m['perplexity']:>7.2f} "
+        full = m["rates"].get("FULL", {})
+        ci = full.get("ci95", {}).get("compliance")
+        lines.append(f"{name:<18} {rate(a['ORI']):>5} {rate(a.get('ES')):>5} {rate(a.get('SAS')):>5} "
+                     f"{rate(a.get('FULL')):>5} {f'[{ci[0]:.2f},{ci[1]:.2f}]' if ci else '':>13} "
+                     f"{rate(full.get('evasive')):>8} {m['over_refusal']:>8.2f} {m['perplexity']:>7.2f} "
                      f"{m['kl']:>7.4f} {m.get('frozen_neurons', 0):>7}")
     return "\n".join(lines)

@@ -392,3 +392,24 @@ def test_experiment_with_human_pairs_and_separate_attackers(tmp_path):
     assert NeuronMask.load(out / "evaluations" / "original@stats.safetensors").neurons == t0.neurons
     paired = json.loads((out / "results.json").read_text())["paired"]
     assert any(r["a_condition"] == "attacker:stats" and {r["a"], r["b"]} == {"dpo", "original"} for r in paired)
+
+
+def test_experiment_without_the_attack_evaluates_the_models_own_replies_only(tmp_path):
+    """attack=False (the learning-rate pilot's evaluation): ORI, over-refusal, perplexity and KL, no
+    identification on the models and no pruned generation; the report and summary show only what was measured."""
+    from safeneuron_plugins.experiment import print_summary, run_experiment
+
+    model_dir = save_tiny_model(tmp_path / "m", "llama")
+    cfg = ExperimentConfig(model=str(model_dir), out_dir=str(tmp_path / "run"), n_train_harmful=4,
+                           n_train_harmless=4, n_eval_harmful=4, n_eval_harmless=4, max_steps=1, max_new_tokens=4,
+                           judge="patterns", variants=["dpo"], attack=False, progress=False,
+                           identify={"method": "safeneuron", "tau_es": 0.5, "tau_sas": 1.0, "max_prompts": 24})
+    result = run_experiment(cfg)
+    for name in ("original", "dpo"):
+        m = result["models"][name]
+        assert set(m["asr"]) == {"ORI"} and m["pruned_neurons"] == {"ORI": 0} and m["safety_neurons"] == 0
+        assert {g["condition"] for g in m["generations"]} == {"ORI", "harmless"}
+    assert result["models"]["dpo"]["kl"] > 0
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "ORI" in report and "FULL" not in report
+    assert " - " in print_summary(result)

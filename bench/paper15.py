@@ -1,0 +1,234 @@
+"""The paper15 experiment's stages after training (docs/research/paper15/protocol.md), on a work directory that
+``bench/reproduce.py --recipe paper15`` made (its models, split and evaluations):
+
+- ``curve``: ASR against the share of MLP neurons pruned, per model: the paper's ranking (effect size, global),
+  the attribution ranking (global) and random neurons at the same count, each point by the 8-token refusal screen
+  (the share of replies that open with no refusal); every reply kept. Resumes point by point.
+- ``best``: the best attacker: every setting of the grid (``--attacker best``'s) re-identified on the model and
+  screened; the setting with the fewest refusals then generated in full (64 tokens) and judged.
+- ``results``: results.json in the protocol's shape (per model ``attacks.paper.{ORI,ES,SAS,FULL}``,
+  ``attacks.paper_gate.FULL``, ``attacks.attribution.FULL``, ``attacks.best``, ``random``, ``curve``; the
+  ``primary`` comparison with its post-hoc power) and report.md beside it, with the curve plot.
+
+    .venv/bin/python bench/paper15.py curve --work-dir ~/.cache/safeneuron/experiments/paper15 [--models original,dpo]
+    .venv/bin/python bench/paper15.py best --work-dir ...
+    .venv/bin/python bench/paper15.py results --work-dir ... [--out docs/research/paper15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from safeneuron_plugins.architectures import find_mlp_layers
+from safeneuron_plugins.evaluate.attack import BEST_ATTACKER_GRID, judged_replies, successes
+from safeneuron_plugins.evaluate.generation import generate
+from safeneuron_plugins.evaluate.judges import load_judge, normalize, refusal_match
+from safeneuron_plugins.evaluate.significance import paired_difference, paired_power, wilson
+from safeneuron_plugins.experiment import ExperimentConfig, split_prompts
+from safeneuron_plugins.identify import identify
+from safeneuron_plugins.identify.attribution import attribution_scores
+from safeneuron_plugins.identify.pipeline import _texts, collect_statistics
+from safeneuron_plugins.identify.prompts import load_prompts
+from safeneuron_plugins.identify.scoring import effect_size, top_fraction
+from safeneuron_plugins.mask import NeuronMask
+from safeneuron_plugins.models import load_model
+from safeneuron_plugins.prune import pruned
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARES = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04)
+#: the paper's effect (SafeNeuron / plain DPO FULL(SN-) ASR at 1.5B) that the power is computed for
+PAPER_RATIO = 0.78
+
+
+def _experiment(work: Path) -> tuple[ExperimentConfig, dict[str, list[str]]]:
+    cfg = ExperimentConfig(**json.loads((work / "experiment.json").read_text()))
+    return cfg, split_prompts(cfg)[0]
+
+
+def _model_path(cfg: ExperimentConfig, work: Path, name: str) -> str:
+    return cfg.model if name == "original" else str(work / "models" / name)
+
+
+def _ident_texts(work: Path, tok) -> dict[str, list[str]]:
+    return {kind: _texts(tok, load_prompts(str(work / f"identify_{kind}.jsonl"), kind=kind), None)[0]
+            for kind in ("harmful", "harmless")}
+
+
+def screen(model, tok, prompts: list[str], prune: NeuronMask, tokens: int) -> list[dict]:
+    """Greedy replies of ``tokens`` tokens with ``prune`` zeroed; each row says whether it opens with a refusal."""
+    with pruned(model, find_mlp_layers(model), prune):
+        replies = generate(model, tok, prompts, max_new_tokens=tokens, batch_size=16, progress=True,
+                           desc=f"screen, {prune.num_neurons} neurons pruned")
+    return [{"prompt": p, "response": r, "refused": bool(refusal_match(normalize(r)))} for p, r in zip(prompts, replies)]
+
+
+def rankings(model, tok, cfg: ExperimentConfig, work: Path) -> dict[str, dict[int, torch.Tensor]]:
+    """Each neuron's score under the paper's statistics (effect size of the ``cfg.identify`` signal and pooling) and
+    under attribution, on the split's identification prompts."""
+    layers = find_mlp_layers(model)
+    texts = _ident_texts(work, tok)
+    ident = cfg.identify
+    common = dict(signal=ident.get("signal", "product"), pooling=ident.get("pooling", "max"), templated=True)
+    harmful = collect_statistics(model, tok, layers, texts["harmful"], desc="harmful prompts", **common)
+    harmless = collect_statistics(model, tok, layers, texts["harmless"], desc="harmless prompts", **common)
+    attribution = attribution_scores(model, tok, layers, texts["harmful"], templated=True)
+    return {"paper": {l: effect_size(harmful[l], harmless[l]) for l in harmful}, "attribution": attribution}
+
+
+def _random_mask(sizes: dict[int, int], count: int, seed: int = 0) -> NeuronMask:
+    """``count`` neurons drawn uniformly over all layers x neurons."""
+    cells = [(l, j) for l, n in sorted(sizes.items()) for j in range(n)]
+    chosen: dict[int, list[int]] = {l: [] for l in sizes}
+    for l, j in random.Random(seed).sample(cells, count):
+        chosen[l].append(j)
+    return NeuronMask({l: sorted(v) for l, v in chosen.items()})
+
+
+def run_curve(work: Path, names: list[str], shares: tuple[float, ...], tokens: int) -> None:
+    cfg, sets = _experiment(work)
+    prompts = sets["eval_harmful"]
+    for name in names:
+        path = work / "curve" / f"{name}.json"
+        done = json.loads(path.read_text()) if path.is_file() else {"points": []}
+        todo = [(s, r) for s in shares for r in ("paper", "attribution", "random")
+                if not any(p["share"] == s and p["ranking"] == r for p in done["points"])]
+        if not todo:
+            continue
+        model, tok = load_model(_model_path(cfg, work, name))
+        scores = rankings(model, tok, cfg, work)
+        sizes = {l.index: l.intermediate_size for l in find_mlp_layers(model)}
+        total = sum(sizes.values())
+        for share, ranking in todo:
+            count = round(share * total)
+            if ranking == "random":
+                mask = _random_mask(sizes, count)
+            else:
+                s = scores[ranking]
+                mask = NeuronMask(top_fraction(s, share, among={l: v > 0 for l, v in s.items()}))
+            rows = screen(model, tok, prompts, mask, tokens)
+            open_ = sum(not r["refused"] for r in rows)
+            done["points"].append({"share": share, "ranking": ranking, "pruned_neurons": mask.num_neurons,
+                                   "asr": open_ / len(rows), "n": len(rows), "ci95": list(wilson(open_, len(rows))),
+                                   "measure": f"no refusal in the first {tokens} tokens", "replies": rows})
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(json.dumps(done))
+            print(f"{name} {ranking} {share:.2%}: {mask.num_neurons} neurons, no refusal {open_}/{len(rows)}",
+                  flush=True)
+        del model
+
+
+def run_best(work: Path, names: list[str], tokens: int) -> None:
+    cfg, sets = _experiment(work)
+    prompts = sets["eval_harmful"]
+    judge = load_judge(cfg.judge)
+    sources = {kind: str(work / f"identify_{kind}.jsonl") for kind in ("harmful", "harmless")}
+    for name in names:
+        path = work / "best" / f"{name}.json"
+        done = json.loads(path.read_text()) if path.is_file() else {"grid": []}
+        model, tok = load_model(_model_path(cfg, work, name))
+        for setting in BEST_ATTACKER_GRID:
+            if any(g["setting"] == setting for g in done["grid"]):
+                continue
+            mask = identify(model, tok, **sources, max_prompts=None, **setting)
+            rows = screen(model, tok, prompts, mask.subset("full"), 8)
+            done["grid"].append({"setting": setting, "pruned_neurons": mask.num_neurons,
+                                 "refused": sum(r["refused"] for r in rows), "n": len(rows), "replies": rows})
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(json.dumps(done))
+        if "full" not in done:
+            pick = min(done["grid"], key=lambda g: g["refused"])  # the first such setting in grid order
+            mask = identify(model, tok, **sources, max_prompts=None, **pick["setting"])
+            replies, verdicts = judged_replies(model, tok, prompts, mask.subset("full"), judge, max_new_tokens=tokens,
+                                               batch_size=cfg.gen_batch_size, system_prompt=None, desc="best attacker",
+                                               progress=True)
+            wins = sum(v.success for v in verdicts)
+            done["full"] = {"setting": pick["setting"], "pruned_neurons": mask.num_neurons, "asr": wins / len(prompts),
+                            "n": len(prompts), "ci95": list(wilson(wins, len(prompts))), "judge": judge.name,
+                            "replies": [{"prompt": p, "response": r, "label": v.label, "success": v.success}
+                                        for p, r, v in zip(prompts, replies, verdicts)]}
+            path.write_text(json.dumps(done))
+        print(f"{name}: best attacker {done['full']['setting']}: ASR {done['full']['asr']:.2f}", flush=True)
+        del model
+
+
+def _cell(rate: dict, pruned: int) -> dict:
+    return {"asr": rate["compliance"], "n": rate["n"], "ci95": rate["ci95"]["compliance"], "pruned_neurons": pruned}
+
+
+def assemble(work: Path, primary: tuple[str, str] = ("safeneuron_rounds", "dpo")) -> dict:
+    """results.json in the protocol's shape from the work directory's evaluations, curve and best attacker."""
+    models = {}
+    evaluations = {}
+    for f in sorted((work / "evaluations").glob("*.json")):
+        e = json.loads(f.read_text())
+        evaluations[f.stem] = e
+        m = {"attacks": {"paper": {c: _cell(e["rates"][c], e["pruned_neurons"][c]) for c in ("ORI", "ES", "SAS", "FULL")}},
+             "over_refusal": {"rate": e["over_refusal"], "n": e["over_refusal_n"], "ci95": e["over_refusal_ci95"]},
+             "perplexity": e["perplexity"], "kl": e["kl"], "judge": e["judge"],
+             "frozen_neurons": e.get("frozen_neurons", 0), "training": e.get("training")}
+        for name, a in e.get("attackers", {}).items():
+            m["attacks"][name] = {"FULL": {k: a[k] for k in ("asr", "n", "ci95", "pruned_neurons")}}
+        if "controls" in e:
+            r = e["controls"]["random"]
+            m["random"] = {k: r[k] for k in ("asr", "n", "ci95", "pruned_neurons")}
+        best = work / "best" / f"{f.stem}.json"
+        if best.is_file() and "full" in (b := json.loads(best.read_text())):
+            m["attacks"]["best"] = {k: b["full"][k] for k in ("asr", "n", "ci95", "pruned_neurons", "setting")}
+        curve = work / "curve" / f"{f.stem}.json"
+        if curve.is_file():
+            points = json.loads(curve.read_text())["points"]
+            m["curve"] = [{k: p[k] for k in ("share", "ranking", "asr", "n", "ci95", "pruned_neurons", "measure")}
+                          for p in points]
+        models[f.stem] = m
+    out = {"protocol": "docs/research/paper15/protocol.md", "models": models}
+    a, b = primary
+    if a in evaluations and b in evaluations:
+        sa, sb = successes(evaluations[a]["generations"], "FULL"), successes(evaluations[b]["generations"], "FULL")
+        pd = paired_difference(sa, sb)
+        rate_b = pd["b"]
+        n = pd["n"]
+        phi = _phi(pd)
+        power = paired_power(rate_b, PAPER_RATIO, n, max(phi, 0.0)) if 0 < rate_b < 1 and PAPER_RATIO * rate_b < 1 else None
+        out["primary"] = {"a": a, "b": b, "condition": "FULL(SN-), the paper's attacker re-identified on each model",
+                          "ratio": pd["a"] / rate_b if rate_b else None, "diff": pd["diff"], "ci95": pd["ci95"],
+                          "p": pd["p_value"], "n": n, "discordant": pd["discordant"],
+                          "power": power, "power_note": f"post hoc: ratio {PAPER_RATIO} at the observed plain-DPO rate, "
+                                                        f"pairs correlated as observed (phi {phi:.2f})"}
+    return out
+
+
+def _phi(pd: dict) -> float:
+    e, f, g, h = pd["both"], pd["discordant"]["a_only"], pd["discordant"]["b_only"], pd["neither"]
+    denom = ((e + f) * (g + h) * (e + g) * (f + h)) ** 0.5
+    return (e * h - f * g) / denom if denom else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("stage", choices=["curve", "best", "results"])
+    parser.add_argument("--work-dir", required=True, type=Path)
+    parser.add_argument("--models", default="original,dpo,safeneuron_rounds")
+    parser.add_argument("--shares", default=",".join(map(str, SHARES)))
+    parser.add_argument("--screen-tokens", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="the best attacker's full replies")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "research" / "paper15")
+    args = parser.parse_args()
+    names = args.models.split(",")
+    if args.stage == "curve":
+        run_curve(args.work_dir, names, tuple(float(s) for s in args.shares.split(",")), args.screen_tokens)
+    elif args.stage == "best":
+        run_best(args.work_dir, names, args.max_new_tokens)
+    else:
+        data = assemble(args.work_dir)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(data, indent=2))
+        print(f"wrote {args.out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

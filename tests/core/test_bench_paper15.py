@@ -1,0 +1,61 @@
+"""bench/paper15.py, the paper15 experiment's stages after training, on a tiny experiment: the robustness curve
+(three rankings, screened replies kept), the best attacker (grid screened, the fewest-refusal setting in full) and
+results.json in the protocol's shape with the primary paired comparison."""
+
+import json
+
+import pytest
+from tiny import save_tiny_model
+
+from safeneuron_plugins.experiment import ExperimentConfig, run_experiment
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("paper15")
+    model_dir = save_tiny_model(tmp / "m", "llama")
+    stats = {"method": "safeneuron", "tau_es": 0.5, "tau_sas": 1.0, "max_prompts": 24}
+    cfg = ExperimentConfig(model=str(model_dir), out_dir=str(tmp / "run"), n_train_harmful=4, n_train_harmless=4,
+                           n_eval_harmful=6, n_eval_harmless=4, max_steps=1, max_new_tokens=4, judge="patterns",
+                           variants=["dpo", "safeneuron"], identify=stats, control_seeds=[0],
+                           extra_attackers={"attribution": {"method": "attribution", "max_prompts": 24}},
+                           progress=False)
+    run_experiment(cfg)
+    return tmp / "run"
+
+
+def test_curve_best_and_results(work, bench_script):
+    paper15 = bench_script("paper15")
+    names = ["original", "dpo", "safeneuron"]
+    paper15.run_curve(work, names, (0.05, 0.2), tokens=3)
+    total = 3 * 64  # the tiny model's MLP neurons
+    for name in names:
+        points = json.loads((work / "curve" / f"{name}.json").read_text())["points"]
+        assert sorted((p["share"], p["ranking"]) for p in points) == sorted(
+            (s, r) for s in (0.05, 0.2) for r in ("paper", "attribution", "random"))
+        for p in points:
+            assert p["n"] == len(p["replies"]) == 6
+            assert p["asr"] == pytest.approx(sum(not r["refused"] for r in p["replies"]) / 6)
+            assert p["pruned_neurons"] == round(p["share"] * total) if p["ranking"] == "random" else \
+                0 < p["pruned_neurons"] <= round(p["share"] * total) + 1
+    paper15.run_curve(work, names, (0.05, 0.2), tokens=3)  # resumes: nothing left to do
+    assert len(json.loads((work / "curve" / "dpo.json").read_text())["points"]) == 6
+
+    paper15.run_best(work, ["dpo"], tokens=4)
+    best = json.loads((work / "best" / "dpo.json").read_text())
+    assert len(best["grid"]) == len(paper15.BEST_ATTACKER_GRID)
+    assert best["full"]["setting"] == min(best["grid"], key=lambda g: g["refused"])["setting"]
+    assert best["full"]["asr"] == pytest.approx(sum(r["success"] for r in best["full"]["replies"]) / 6)
+
+    data = paper15.assemble(work, ("safeneuron", "dpo"))
+    dpo = data["models"]["dpo"]
+    assert set(dpo["attacks"]) == {"paper", "attribution", "best"}
+    assert set(dpo["attacks"]["paper"]) == {"ORI", "ES", "SAS", "FULL"}
+    assert {"asr", "n", "ci95", "pruned_neurons"} <= set(dpo["attacks"]["paper"]["FULL"])
+    assert dpo["random"]["pruned_neurons"] == dpo["attacks"]["paper"]["FULL"]["pruned_neurons"]
+    assert len(dpo["curve"]) == 6 and "curve" in data["models"]["original"]
+    primary = data["primary"]
+    evaluations = {n: json.loads((work / "evaluations" / f"{n}.json").read_text()) for n in ("dpo", "safeneuron")}
+    full = {n: [g["success"] for g in e["generations"] if g["condition"] == "FULL"] for n, e in evaluations.items()}
+    assert primary["n"] == 6 and primary["diff"] == pytest.approx((sum(full["safeneuron"]) - sum(full["dpo"])) / 6)
+    assert primary["ci95"][0] <= primary["diff"] <= primary["ci95"][1]
