@@ -122,7 +122,7 @@ def run_curve(work: Path, names: list[str], shares: tuple[float, ...], tokens: i
         del model
 
 
-def run_best(work: Path, names: list[str], tokens: int) -> None:
+def run_best(work: Path, names: list[str], tokens: int, grid=BEST_ATTACKER_GRID) -> None:
     cfg, sets = _experiment(work)
     prompts = sets["eval_harmful"]
     judge = load_judge(cfg.judge)
@@ -131,7 +131,7 @@ def run_best(work: Path, names: list[str], tokens: int) -> None:
         path = work / "best" / f"{name}.json"
         done = json.loads(path.read_text()) if path.is_file() else {"grid": []}
         model, tok = load_model(_model_path(cfg, work, name))
-        for setting in BEST_ATTACKER_GRID:
+        for setting in grid:
             if any(g["setting"] == setting for g in done["grid"]):
                 continue
             mask = identify(model, tok, **sources, max_prompts=None, **setting)

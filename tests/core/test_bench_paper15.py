@@ -41,9 +41,10 @@ def test_curve_best_and_results(work, bench_script):
     paper15.run_curve(work, names, (0.05, 0.2), tokens=3)  # resumes: nothing left to do
     assert len(json.loads((work / "curve" / "dpo.json").read_text())["points"]) == 6
 
-    paper15.run_best(work, ["dpo"], tokens=4)
+    grid = paper15.BEST_ATTACKER_GRID[:2] + paper15.BEST_ATTACKER_GRID[-2:]  # attribution and statistics settings
+    paper15.run_best(work, ["dpo"], tokens=4, grid=grid)
     best = json.loads((work / "best" / "dpo.json").read_text())
-    assert len(best["grid"]) == len(paper15.BEST_ATTACKER_GRID)
+    assert [g["setting"] for g in best["grid"]] == list(grid)
     assert best["full"]["setting"] == min(best["grid"], key=lambda g: g["refused"])["setting"]
     assert best["full"]["asr"] == pytest.approx(sum(r["success"] for r in best["full"]["replies"]) / 6)
 
