@@ -23,6 +23,7 @@ from ..evaluate.capability import load_reference_pairs
 from ..evaluate.judges import load_judge
 from ..evaluate.rejudge import rejudge
 from ..evaluate.report import evaluate_model, write_report
+from ..files import COUNTS, PAIRS, REPORT_RESULTS, RESULTS, json_lines, write_file
 from ..mask import NeuronMask
 from ..models import load_model
 from ..options import SafeNeuronOptions
@@ -71,7 +72,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     else:
         stage("identifying the safety neurons of the original model (the mask SafeNeuron DPO freezes)")
         mask = identify(original, tok, options=options, progress=cfg.progress)
-        mask.save(mask_path)
+        mask.save(mask_path, flag="--output-dir")
     pairs_path, counts_path = out / "pairs.jsonl", out / "pairs_counts.json"
     if counts_path.is_file():
         counts = json.loads(counts_path.read_text())
@@ -91,8 +92,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
                                   # pairs_model with pairs_pruned: the T0 mask of cfg.model on purpose
                                   allow_other_weights=pairs_from is not original)
         del pairs_from
-        pairs_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        counts_path.write_text(json.dumps(counts))
+        write_file(pairs_path, json_lines(rows), "--output-dir", PAIRS)
+        write_file(counts_path, json.dumps(counts), "--output-dir", COUNTS)
         stage(f"{len(rows)} pairs ({counts})")
 
     if not (out / SAFETY_PAIR_PROMPTS).is_file():  # what variants pruning only the safety pairs prune
@@ -126,9 +127,9 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             batch_size=cfg.gen_batch_size, sweep=SWEEP if cfg.sweep else (), control_seeds=tuple(cfg.control_seeds),
             progress=cfg.progress)
         result.update(extra)
-        evaluations.mkdir(exist_ok=True)
-        result["_mask"].save(evaluations / f"{name}.safetensors")
-        (evaluations / f"{name}.json").write_text(json.dumps({k: v for k, v in result.items() if k != "_mask"}))
+        result["_mask"].save(evaluations / f"{name}.safetensors", flag="--output-dir")
+        write_file(evaluations / f"{name}.json", json.dumps({k: v for k, v in result.items() if k != "_mask"}),
+                   "--output-dir", RESULTS)
         return result
 
     models: dict[str, dict[str, Any]] = {"original": finished("original")}
@@ -158,10 +159,10 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     import transformers
     import trl
     meta.update(transformers=transformers.__version__, trl=trl.__version__)
-    report = write_report(models, out, title="SafeNeuron vs plain safety DPO", notes=_notes(meta))
+    report = write_report(models, out, title="SafeNeuron vs plain safety DPO", notes=_notes(meta), flag="--output-dir")
     results = json.loads((out / "results.json").read_text())
     results["meta"] = meta
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_file(out / "results.json", json.dumps(results, indent=2), "--output-dir", REPORT_RESULTS)
     stage(f"done: report {report}")
     return {"models": models, "meta": meta, "report": str(report)}
 
