@@ -177,13 +177,15 @@ def read_replies(path: str, flag: str = "--input") -> list[dict]:
         raise PromptSourceError(f"{flag} {path!r}: no such file." if not source.exists()
                                 else f"{flag} {path!r} is not a file.")
     try:
-        text = source.read_text(encoding="utf-8-sig")
+        text = source.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise PromptSourceError(f"{flag} {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
     except OSError as exc:
         raise PromptSourceError(f"{flag} {path!r} cannot be read ({exc.strerror}).") from None
+    from ..identify.prompts import text_lines
+
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text_lines(text), 1):  # real line ends only: a U+2028 in a reply is part of it
         if not line.strip():
             continue
         try:

@@ -167,7 +167,7 @@ _JSON_LISTS = ("prompts", "data")
 _LINE_END = re.compile(r"\r\n|\r|\n")  # the only line ends: U+2028, U+0085, form feed are text
 
 
-def _lines(text: str) -> list[str]:
+def text_lines(text: str) -> list[str]:
     """``text`` split on real line ends only (LF, CRLF, CR); unlike ``str.splitlines``, U+2028, U+2029, U+0085,
     form feed and vertical tab stay inside a line, as they are inside a prompt."""
     lines = _LINE_END.split(text)
@@ -188,7 +188,7 @@ def _read_file(path: Path, field: str | None, option: str) -> list[Prompt]:
         raise PromptSourceError(f"{option}: cannot read {where}: {exc.strerror or exc}") from None
     if suffix == ".jsonl":
         rows, labels = [], []
-        for n, line in enumerate(_lines(text), 1):
+        for n, line in enumerate(text_lines(text), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
@@ -223,7 +223,7 @@ def _read_file(path: Path, field: str | None, option: str) -> list[Prompt]:
             raise PromptSourceError(f"{option}: {where} is not valid CSV ({exc}).") from exc
         labels = [f"row {i + 1} of {where}" for i in range(len(rows))]
         return _rows_to_prompts(rows, field, where, option, path.parent, labels)
-    return [Prompt(line.strip()) for line in _lines(text) if line.strip()]  # .txt: one prompt per line
+    return [Prompt(line.strip()) for line in text_lines(text) if line.strip()]  # .txt: one prompt per line
 
 
 def _read_hf(source: str, option: str) -> list[Prompt]:

@@ -1,10 +1,14 @@
-"""Issue 13: bad input fails before the work, with exit code 2 and one line naming the option or file.
+"""Bad input fails before the work, with exit code 2 and one line naming the option or file.
 
 The table walks the `safeneuron` CLI through every case of the issue. Each case asserts: exit code 2, a
 message naming the option or file at fault, no traceback, and nothing written (the files under the
 test's directories are byte-for-byte what they were). Cases marked ``early`` run on a model directory
 whose weights are truncated: had the command loaded the model before checking the input, the error
 would name MODEL instead of the option, so these also show that the check comes before any model work.
+
+Below the table: every write goes through one writer (never over a file of another kind or an input; a full
+disk is one line and leaves the old file), prompt files are read as written, long prompts keep their end,
+the Python API refuses what it cannot use, and what prunes or checks nothing says so.
 """
 
 import hashlib
@@ -455,6 +459,19 @@ def test_judge_writes_over_its_own_earlier_verdicts(work, capsys):
     assert json.loads((work / "out/v.jsonl").read_text())["refused"] is False
 
 
+def test_judge_reads_replies_holding_unicode_line_separators(work, capsys):
+    """A reply may hold a raw U+2028 or U+0085 (valid inside a JSON string): a JSON lines row ends at LF only."""
+    rows = [{"prompt": "Bake bread?", "response": "Mix flour\u2028and water."},
+            {"prompt": "Knead?", "response": "Yes\x85ten minutes."}]
+    (work / "src/sep.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                        encoding="utf-8")
+    code, text = run_cli(["judge", "--input", "src/sep.jsonl", "--output", "out/sep.jsonl", "--judge", "patterns"],
+                         capsys)
+    assert code == 0, text
+    assert [json.loads(line)["response"] for line in (work / "out/sep.jsonl").read_text().split("\n") if line] == [
+        r["response"] for r in rows]
+
+
 def test_one_writer_refuses_other_kinds_and_inputs(tmp_path):
     """The writer itself (used by every command and by NeuronMask.save, plots and reports)."""
     from safeneuron_plugins import files
@@ -512,7 +529,6 @@ def test_prompt_files_are_read_as_written(tmp_path):
     ("nested.json", json.dumps({"prompts": "not a list"}), "not a list of prompts"),
     ("nulls.json", json.dumps([None, None]), "expected a string"),
     ("numbers.jsonl", "1\n2\n", "line 1 of"),
-    ("bad.yaml", "- a\n- b\n", "use .jsonl, .json, .csv or .txt"),
     ("latin.txt", "caf\xe9\n".encode("latin-1"), "not UTF-8"),
 ])
 def test_prompt_files_of_other_shapes_are_refused_with_the_reason(tmp_path, name, content, message):
