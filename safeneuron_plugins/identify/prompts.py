@@ -7,19 +7,13 @@ A source is a string:
   (default: ``prompt``, then ``instruction``, ``question``, ``text``, ``goal``, ``behavior``, ``query``);
 - ``hf:DATASET_ID[:split[:field]]``: a Hugging Face dataset (loaded with ``datasets``).
 
-Files are read as written (UTF-8, an optional byte-order mark), one rule per suffix:
-
-- ``.json``: a list of prompts (strings, or objects holding the field), or an object keeping that list under
-  ``prompts`` (else ``data``); any other JSON (a string, a number, one object without such a list) is refused;
-- ``.jsonl``: one JSON value per line (a string or an object holding the field), split on real line ends only
-  (LF, CRLF, CR): a U+2028 or U+0085 inside a prompt is part of it; blank lines are skipped;
-- ``.csv``: a header row naming the columns, read by the ``csv`` module: a quoted field keeps its commas and
-  line breaks;
-- ``.txt``: one prompt per line (LF, CRLF or CR; a form feed is text), surrounding spaces stripped, blank
-  lines skipped.
-
-A row that is neither a string nor an object, or a prompt field that is not a string, is refused with its
-line or row; a null field is an empty prompt, skipped.
+Files are read as written (UTF-8, an optional byte-order mark), one rule per suffix: ``.json`` a list of
+prompts (strings, or objects holding the field), or an object keeping that list under ``prompts`` (else
+``data``), any other JSON refused; ``.jsonl`` one JSON string or object per line, split on real line ends
+only (LF, CRLF, CR: a U+2028 or U+0085 is part of a prompt); ``.csv`` a header row, then rows read by the
+``csv`` module (a quoted field keeps its commas and line breaks); ``.txt`` one prompt per line (a form feed
+is text), spaces around it stripped. Blank lines are skipped; a row that is neither a string nor an object,
+or a field that is not a string, is refused naming its line or row (a null field is an empty prompt).
 
 A row may carry an image for a vision-language model: an ``image`` (or ``image_path``) column next to
 the prompt, a path relative to the file's folder (or a ``datasets`` Image column); see
@@ -187,15 +181,14 @@ def _read_file(path: Path, field: str | None, option: str) -> list[Prompt]:
     except OSError as exc:
         raise PromptSourceError(f"{option}: cannot read {where}: {exc.strerror or exc}") from None
     if suffix == ".jsonl":
-        rows, labels = [], []
-        for n, line in enumerate(text_lines(text), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise PromptSourceError(f"{option}: {where} line {n} is not JSON: {exc}") from exc
-                labels.append(f"line {n} of {where}")
-        return _rows_to_prompts(rows, field, where, option, path.parent, labels)
+        numbered = [(n, line) for n, line in enumerate(text_lines(text), 1) if line.strip()]
+        rows = []
+        for n, line in numbered:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise PromptSourceError(f"{option}: {where} line {n} is not JSON: {exc}") from exc
+        return _rows_to_prompts(rows, field, where, option, path.parent, [f"line {n} of {where}" for n, _ in numbered])
     if suffix == ".json":
         try:
             data = json.loads(text) if text.strip() else []
@@ -204,11 +197,9 @@ def _read_file(path: Path, field: str | None, option: str) -> list[Prompt]:
         if isinstance(data, dict):
             key = next((k for k in _JSON_LISTS if k in data), None)
             if key is None:
-                raise PromptSourceError(
-                    f"{option}: {where} holds one JSON object (keys: {', '.join(map(str, list(data)[:8]))}) and none of "
-                    f"the keys {list(_JSON_LISTS)}. A .json prompt file is a list of prompts (strings, or objects with "
-                    "the prompt field) or an object keeping that list under `prompts` or `data`; one object per line "
-                    "is a .jsonl file.")
+                raise PromptSourceError(f"{option}: {where} holds one JSON object (keys: {', '.join(list(data)[:8])}) "
+                                        "without a `prompts` or `data` list of prompts; one object per line is a "
+                                        ".jsonl file.")
             data = data[key]
             where = f"{where} (its `{key}`)"
         if not isinstance(data, list):
@@ -221,8 +212,7 @@ def _read_file(path: Path, field: str | None, option: str) -> list[Prompt]:
             rows = list(csv.DictReader(io.StringIO(text, newline="")))
         except csv.Error as exc:
             raise PromptSourceError(f"{option}: {where} is not valid CSV ({exc}).") from exc
-        labels = [f"row {i + 1} of {where}" for i in range(len(rows))]
-        return _rows_to_prompts(rows, field, where, option, path.parent, labels)
+        return _rows_to_prompts(rows, field, where, option, path.parent, [f"row {i + 1} of {where}" for i in range(len(rows))])
     return [Prompt(line.strip()) for line in text_lines(text) if line.strip()]  # .txt: one prompt per line
 
 
