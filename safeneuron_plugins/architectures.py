@@ -190,7 +190,7 @@ def _sampled_rows(model: nn.Module, layers: list[MLPLayer]) -> list[torch.Tensor
             with gathered(weight) as weight:
                 n = weight.shape[0]
                 idx = torch.linspace(0, n - 1, min(SAMPLE_ROWS, n)).round().long().unique()
-                rows.append(weight.detach()[idx.to(weight.device)].to("cpu"))
+                rows.append(weight.detach().index_select(0, idx.to(weight.device)).to("cpu"))
     return rows
 
 
