@@ -174,16 +174,41 @@ def _build(list_name: str, layers: nn.ModuleList, gate: str | None, up: str, dow
     return found
 
 
-def fingerprint(model: nn.Module, layers: list[MLPLayer]) -> dict:
-    """Structural identity of a model plus hashes of a few of its weights (for mask checks).
+#: rows of each MLP projection (gate, up, down) of every layer that the weight sample hash reads
+SAMPLE_ROWS = 4
 
-    ``weight_hash`` hashes the values as they are; ``weight_hash_bf16`` the values rounded to bfloat16,
-    so a model loaded in float32 and in bfloat16 give the same one (identification in bfloat16, training
-    on float32 master weights). Quantized weights (bitsandbytes) have ``weight_quantized`` instead."""
+
+def _sampled_rows(model: nn.Module, layers: list[MLPLayer]) -> list[torch.Tensor]:
+    """SAMPLE_ROWS rows, spread evenly, of every MLP projection weight of every layer (on the CPU): a fine-tune
+    that changed any layer's MLP changes some of them, and they stay cheap to read (a few MB on a 7B model)."""
+    rows = []
+    for layer in layers:
+        for module in layer.modules(model):
+            if module is None:
+                continue
+            weight = getattr(module, "base_layer", module).weight
+            with gathered(weight) as weight:
+                n = weight.shape[0]
+                idx = torch.linspace(0, n - 1, min(SAMPLE_ROWS, n)).round().long().unique()
+                rows.append(weight.detach().index_select(0, idx.to(weight.device)).to("cpu"))
+    return rows
+
+
+def fingerprint(model: nn.Module, layers: list[MLPLayer]) -> dict:
+    """Structural identity of a model plus hashes of some of its weights (for mask checks).
+
+    ``sample_hash`` hashes :data:`SAMPLE_ROWS` rows of every MLP projection of every layer; ``weight_hash``
+    (kept so that masks written before the sample hash are still checked) the first 8 rows of layer 0's up
+    projection. Each as the values are, and rounded to bfloat16 (``*_bf16``), so a model loaded in float32 and in
+    bfloat16 give the same one (identification in bfloat16, training on float32 master weights). Quantized
+    weights (bitsandbytes) have ``weight_quantized`` instead of the bfloat16 hashes."""
     import hashlib
 
-    def digest(t: torch.Tensor) -> str:
-        return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()[:16]
+    def digest(*ts: torch.Tensor) -> str:
+        h = hashlib.sha256()
+        for t in ts:
+            h.update(t.contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     config = getattr(model, "config", None)
     text_config = getattr(config, "text_config", None) or config
@@ -196,6 +221,10 @@ def fingerprint(model: nn.Module, layers: list[MLPLayer]) -> dict:
             hashes["weight_hash_bf16"] = digest(rows.to(torch.bfloat16).view(torch.int16))
         else:
             hashes["weight_quantized"] = True
+    sample = _sampled_rows(model, layers)
+    hashes["sample_hash"] = digest(*(r.to(torch.float32) for r in sample))
+    if all(r.is_floating_point() for r in sample):
+        hashes["sample_hash_bf16"] = digest(*(r.to(torch.bfloat16).view(torch.int16) for r in sample))
     sizes = sorted({layer.intermediate_size for layer in layers})
     return {
         "model_type": getattr(config, "model_type", type(model).__name__),
@@ -206,19 +235,27 @@ def fingerprint(model: nn.Module, layers: list[MLPLayer]) -> dict:
     }
 
 
+def compared_hash(mine: dict, theirs: dict) -> str:
+    """The fingerprint key :func:`same_weights` compares: the weight sample hash when both have it (bfloat16-
+    rounded when both have that), else layer 0's hash (masks written before the sample hash)."""
+    for key in ("sample_hash_bf16", "sample_hash", "weight_hash_bf16"):
+        if mine.get(key) and theirs.get(key):
+            return key
+    return "weight_hash"
+
+
 def same_weights(mine: dict, theirs: dict) -> bool | None:
     """Whether a mask's fingerprint (``mine``) and a model's (``theirs``) hash the same weights: True when
     unknown (no hash in the mask), None when not comparable (one model's weights quantized, the other's not).
-    The bfloat16-rounded hash matches a float32 copy of a model with its bfloat16 copy; masks written before
-    it have the exact hash only."""
+    The bfloat16-rounded hashes match a float32 copy of a model with its bfloat16 copy; the sample hash (rows of
+    every layer) is compared when both have it, else layer 0's (masks written before it have that only)."""
     if not mine.get("weight_hash"):
         return True
-    if mine.get("weight_hash_bf16") and theirs.get("weight_hash_bf16"):
-        return mine["weight_hash_bf16"] == theirs["weight_hash_bf16"]
-    if "weight_hash_bf16" in mine or "weight_quantized" in mine:  # a fingerprint that says which it is
-        if bool(mine.get("weight_quantized")) != bool(theirs.get("weight_quantized")):
-            return None
-    return mine["weight_hash"] == theirs.get("weight_hash")
+    if bool(mine.get("weight_quantized")) != bool(theirs.get("weight_quantized")) and (
+            "weight_hash_bf16" in mine or "weight_quantized" in mine):  # a fingerprint that says which it is
+        return None
+    key = compared_hash(mine, theirs)
+    return mine[key] == theirs.get(key)
 
 
 def __getattr__(name: str):

@@ -29,3 +29,7 @@ class MaskFormatError(SafeNeuronError, ValueError):
 
 class UnsupportedSetupError(SafeNeuronError, RuntimeError):
     """A training set-up under which freezing cannot be exact (refused instead of silently not freezing)."""
+
+
+class OutputWriteError(SafeNeuronError, OSError):
+    """A result file could not be written (disk full, no permission); the file that was there is unchanged."""

@@ -13,7 +13,6 @@ instruction gives the same pixels on every machine with the same Pillow and matp
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .errors import OptionsError
@@ -76,8 +75,13 @@ def render(instruction: str, path: str | Path | None = None, *, size: int = SIZE
         draw.text((MARGIN, y), line, fill="black", font=font)
         y += step
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        image.save(path, format="PNG")
+        import io
+
+        from .files import IMAGE, write_file
+
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        write_file(path, buf.getvalue(), "image", IMAGE)
     return image
 
 
@@ -96,6 +100,6 @@ def write_image_prompts(prompts, out_dir: str | Path, name: str, *, text_turn: s
         if prompt.category is not None:
             row["category"] = prompt.category
         rows.append(row)
-    path = out_dir / f"{name}.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
+    from .files import PROMPTS, json_lines, write_file
+
+    return write_file(out_dir / f"{name}.jsonl", json_lines(rows), "--out-dir", PROMPTS)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .errors import MaskFormatError, MaskMismatchError
-from .files import atomic_write, check_destination, has_metadata_key
+from .files import MASK, check_destination, write_file
 
 FORMAT_VERSION = 1
 _STRUCTURAL = ("num_layers", "intermediate_size", "hidden_size", "model_type")
@@ -37,6 +37,14 @@ class NeuronMask:
         self.neurons = _normalise(self.neurons)
         self.es = _normalise(self.es)
         self.sas = _normalise(self.sas)
+        for name, sets in (("es", self.es), ("sas", self.sas)):
+            for layer, idx in sets.items():
+                stray = set(idx) - set(self.neurons.get(layer, ()))
+                if stray:
+                    raise MaskFormatError(
+                        f"NeuronMask: its {name} set holds neuron {min(stray)} of layer {layer}, which is not among the "
+                        f"selected neurons of that layer; the ES and SAS sets are subsets of the selected neurons "
+                        "(re-create the mask with `safeneuron identify`).")
 
     # --- counts --------------------------------------------------------------------------
     @property
@@ -95,7 +103,7 @@ class NeuronMask:
         allowed, or that cannot be compared: one side quantized).
 
         ``strict_weights`` (deprecated): ``strict_weights=False`` is ``allow_other_weights=True``."""
-        from .architectures import same_weights
+        from .architectures import compared_hash, same_weights
 
         if strict_weights is not None:
             import warnings
@@ -121,14 +129,21 @@ class NeuronMask:
             if idx and size is not None and idx[-1] >= size:
                 raise MaskMismatchError(f"{what}: neuron {idx[-1]} of layer {layer} exceeds this "
                                         f"model's intermediate size {size}.")
+        warnings = []
+        if not self.num_neurons:
+            warnings.append(f"{what}: the mask holds NO neuron, so nothing is pruned or frozen with it; re-identify with a "
+                            "looser selection (safeneuron_neuron_ratio, or lower thresholds).")
+        if not mine.get("weight_hash"):
+            return warnings + [f"{what}: the mask records no weight hash, so nothing checks that it was identified on "
+                               "these weights (not, e.g., on another fine-tune of the architecture); re-create it with "
+                               "`safeneuron identify` to have it checked."]
         same = same_weights(mine, fingerprint)
         if same is None:
-            return [f"{what}: cannot check that the mask was identified on these weights: one of the two "
-                    "models has quantized weights (e.g. a 4-bit QLoRA base), the other not."]
+            return warnings + [f"{what}: cannot check that the mask was identified on these weights: one of the two "
+                               "models has quantized weights (e.g. a 4-bit QLoRA base), the other not."]
         if same:
-            return []
-        key = "weight_hash_bf16" if mine.get("weight_hash_bf16") and fingerprint.get("weight_hash_bf16") \
-            else "weight_hash"
+            return warnings
+        key = compared_hash(mine, fingerprint)
         msg = (f"{what}: the mask was identified on other weights of the same architecture ({key} "
                f"{mine.get(key)} in the mask, {fingerprint.get(key)} in this model), e.g. the base model of "
                "this fine-tune, or a checkpoint trained since (float32 and bfloat16 copies of one model hash "
@@ -139,18 +154,19 @@ class NeuronMask:
                 "(`safeneuron identify`, or unset safeneuron_mask to identify at the start of training), or "
                 "pass --allow-other-weights / safeneuron_allow_other_weights: true if you mean to apply a mask "
                 "identified on the base model to a fine-tune.")
-        return [msg + " Applied anyway (allow_other_weights)."]
+        return warnings + [msg + " Applied anyway (allow_other_weights)."]
 
     # --- file ----------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically: a crash never leaves half a mask, nor a temporary file beside it.
+    def save(self, path: str | os.PathLike, *, flag: str = "mask") -> Path:
+        """Write atomically (:func:`~safeneuron_plugins.files.write_file`): a crash or a full disk never leaves
+        half a mask, nor a temporary file beside it; errors name ``flag``.
 
         Refuses to replace a file that is not a SafeNeuron mask (e.g. a model's weights) or a directory.
         The file gets the usual permissions of a new file (0666 less the umask)."""
         from safetensors.torch import save as serialise
 
         path = Path(path)
-        check_mask_destination(path)
+        check_mask_destination(path, flag)
         _check_fingerprint(self.metadata.get("fingerprint"), f"NeuronMask.save({str(path)!r})")
         tensors = {}
         for name, sets in (("neurons", self.neurons), ("es", self.es), ("sas", self.sas)):
@@ -159,9 +175,7 @@ class NeuronMask:
         meta = dict(self.metadata)
         meta["format_version"] = FORMAT_VERSION
         data = serialise(tensors, metadata={"safeneuron": json.dumps(meta, sort_keys=True)})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, data)
-        return path
+        return write_file(path, data, flag, MASK, error=MaskFormatError)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> NeuronMask:
@@ -194,10 +208,15 @@ class NeuronMask:
                                   f"{FORMAT_VERSION}. Re-create the mask.")
         fp = _check_fingerprint(meta.get("fingerprint"), where)
         sets: dict[str, dict[int, list[int]]] = {"neurons": {}, "es": {}, "sas": {}}
+        names: dict[tuple[str, int], str] = {}
         for key, tensor in tensors.items():
             name, _, layer = key.rpartition(".")
-            if name not in sets or not layer.isdigit():
+            if name not in sets or not (layer.isascii() and layer.isdigit()):
                 raise MaskFormatError(f"{where}: tensor {key!r} is not one of neurons.LAYER, es.LAYER, sas.LAYER.")
+            if (name, int(layer)) in names:
+                raise MaskFormatError(f"{where}: tensors {names[name, int(layer)]!r} and {key!r} both name layer "
+                                      f"{int(layer)}; a mask holds one {name} tensor per layer. Re-create the mask.")
+            names[name, int(layer)] = key
             if tensor.dim() != 1 or tensor.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
                 raise MaskFormatError(f"{where}: tensor {key!r} must be a 1-D integer list of neuron indices, "
                                       f"got {tensor.dtype} of shape {list(tensor.shape)}.")
@@ -212,7 +231,10 @@ class NeuronMask:
                 raise MaskFormatError(f"{where}: tensor {key!r} holds neuron {bad[0]}, outside 0..{size - 1} "
                                       "(its model's intermediate size).")
             sets[name][int(layer)] = idx
-        mask = cls(sets["neurons"], sets["es"], sets["sas"], meta)
+        try:
+            mask = cls(sets["neurons"], sets["es"], sets["sas"], meta)
+        except MaskFormatError as exc:
+            raise MaskFormatError(f"{where}: {str(exc).removeprefix('NeuronMask: ')}") from None
         mask.source = str(path)
         return mask
 
@@ -236,12 +258,7 @@ def _check_fingerprint(fp: Any, where: str) -> dict[str, Any]:
 def check_mask_destination(path: str | os.PathLike, flag: str = "mask") -> Path:
     """Raise :class:`MaskFormatError` when ``path`` cannot take a mask: a directory, or an existing file
     that is not a SafeNeuron mask (never overwrite a model's weights or anything else with a mask)."""
-    return check_destination(path, flag, kind="a SafeNeuron mask", example="mask.safetensors",
-                             is_kind=_is_mask_file, error=MaskFormatError, hint=" (is it a model's weights?)")
-
-
-def _is_mask_file(path: Path) -> bool:
-    return has_metadata_key(path, "safeneuron")
+    return check_destination(path, flag, MASK, error=MaskFormatError)
 
 
 def _normalise(sets: dict) -> dict[int, list[int]]:

@@ -147,7 +147,16 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: str | None = "float32", devi
     if path.suffix == ".gguf":
         if not path.is_file():
             raise SafeNeuronError(f"MODEL {spec!r}: no such GGUF file.")
-        model, tokenizer = _load_gguf(path, torch_dtype)
+        try:
+            model, tokenizer = _load_gguf(path, torch_dtype)
+        except ImportError:
+            raise
+        except Exception as exc:  # a file cut short, random bytes, only a header: struct.error, ValueError, ...
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            name = type(exc).__name__ if type(exc).__module__ == "builtins" else f"{type(exc).__module__}.{type(exc).__name__}"
+            raise SafeNeuronError(f"MODEL {spec!r} is not a readable GGUF model ({name}: {first[:200]}). "
+                                  "Is the file complete (a download cut short?) and a GGUF model file? Download it "
+                                  "again, or give a model directory.") from exc
     else:
         local = path.is_dir()
         where = str(path) if local else spec

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -112,7 +113,8 @@ class SafeNeuronOptions:
         "parameters only, as safeneuron_reidentify_steps.")
     safeneuron_output_name: str = _opt(
         "safeneuron_mask.safetensors",
-        "File name of the mask in force, written to output_dir and to every checkpoint.")
+        "File name of the mask in force, written to output_dir and to every checkpoint: a plain .safetensors file "
+        "name, not a path, and none of the model's or the trainer's own files (config.json, model.safetensors, ...).")
 
     # --- prompt sources ------------------------------------------------------------------
     safeneuron_harmful: str = _opt(
@@ -196,8 +198,9 @@ class SafeNeuronOptions:
         16, "Prompts per forward pass during identification (prompts are batched by length).",
         low=1, identify=True)
     safeneuron_max_length: int = _opt(
-        256, "Truncate formatted prompts to this many tokens during identification.", low=1,
-        identify=True)
+        256, "Longest chat-formatted prompt, in tokens, during identification. A longer one is cut from the left, "
+        "keeping its end (the request and the assistant turn, where a refusal starts), and a warning says how many "
+        "prompts were cut and by how much.", low=1, identify=True)
     safeneuron_mlp_modules: str | None = _opt(
         None, "For architectures not recognised automatically: `LAYERS_PATH:GATE,UP,DOWN` naming the "
         "decoder layer list and the projections inside each layer, e.g. "
@@ -233,6 +236,7 @@ class SafeNeuronOptions:
                 "safeneuron_forward_prune_prompts picks the examples that training-time pruning applies to, but "
                 "nothing is pruned in training: set safeneuron_forward_prune: true or safeneuron_adversarial_steps: N, "
                 "or drop safeneuron_forward_prune_prompts.")
+        _check_output_name(self.safeneuron_output_name)
         if self.safeneuron_method == "attribution" and not self.safeneuron_refusal_text.strip():
             raise OptionsError("safeneuron_refusal_text is empty; safeneuron_method `attribution` needs the refusal "
                                "text whose log-probability it attributes (e.g. \"I'm sorry, but I can't help with that.\").")
@@ -258,6 +262,33 @@ class SafeNeuronOptions:
         """The identification options without their prefix, as :func:`identify` takes them."""
         return {f.name[len(PREFIX):]: getattr(self, f.name)
                 for f in dataclasses.fields(self) if f.metadata["identify"]}
+
+
+#: files a model directory or a checkpoint holds: the mask's file name may be none of them
+_MODEL_FILES = re.compile(
+    r"(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens|vocab|merges|"
+    r"preprocessor_config|processor_config|chat_template|adapter_config|trainer_state|training_args|optimizer|"
+    r"scheduler|scaler|rng_state(_\d+)?|model|pytorch_model|adapter_model|tf_model|flax_model)"
+    r"(-\d+-of-\d+)?\.(json|jinja|txt|model|bin|pt|pth|safetensors|h5|msgpack|index\.json|safetensors\.index\.json)",
+    re.IGNORECASE)
+
+
+def _check_output_name(name: str) -> None:
+    """safeneuron_output_name is a plain file name written into output_dir and every checkpoint: no path, and
+    not a file the model or the trainer writes there (the mask would replace it, or it the mask)."""
+    fix = "Give a plain file name such as safeneuron_mask.safetensors."
+    if not name.strip():
+        raise OptionsError(f"`safeneuron_output_name` is empty. {fix}")
+    if "/" in name or "\\" in name or name in (".", "..") or name != name.strip():
+        raise OptionsError(f"`safeneuron_output_name` is {name!r}: it names a file inside output_dir and each "
+                           f"checkpoint, not a path. {fix}")
+    if _MODEL_FILES.fullmatch(name) or name == "safeneuron_attack_mask.safetensors":
+        raise OptionsError(f"`safeneuron_output_name` is {name!r}, a file the model, the tokenizer or the trainer "
+                           f"writes into output_dir and every checkpoint (or the adversarial mask): the mask would "
+                           f"overwrite it or be overwritten. {fix}")
+    if not name.lower().endswith(".safetensors"):
+        raise OptionsError(f"`safeneuron_output_name` is {name!r}: a mask is a safetensors file; give a name ending "
+                           "in .safetensors, such as safeneuron_mask.safetensors.")
 
 
 # Options only the activation-statistics scorers (safeneuron, neurostrike) read.

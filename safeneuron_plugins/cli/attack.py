@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from pathlib import Path
 
 from ..errors import OptionsError, PromptSourceError
+from ..files import GENERATIONS, RESULTS, json_lines, write_file
 from ..mask import NeuronMask
 from ..options import SafeNeuronOptions
 from .common import (
@@ -17,7 +20,9 @@ from .common import (
     check_mask_on_model,
     check_model_args,
     check_output,
+    check_outputs_in,
     check_plot,
+    input_files,
 )
 from .families import _attack_family, check_family_flags
 from .flags import allow_other_weights, options_from_args, parse_control, parse_sweep
@@ -25,11 +30,14 @@ from .flags import allow_other_weights, options_from_args, parse_control, parse_
 
 def cmd_identify(args) -> int:
     from ..evaluate.analysis import layer_table, plot_layers
+    from ..files import MASK
     from ..identify import identify
-    from ..mask import check_mask_destination
 
     opts = options_from_args(args)
-    check_mask_destination(check_output(args.out, "--out"), "--out")
+    check_output(args.out, "--out", kind=MASK)
+    if Path(args.out).suffix.lower() != ".safetensors":
+        raise OptionsError(f"--out {args.out!r}: a mask is a safetensors file; give a name ending in .safetensors, "
+                           f"e.g. {str(Path(args.out).with_suffix('.safetensors'))!r}.")
     check_plot(args.plot)
     check_model_args(args)
     images = check_identification(opts)
@@ -38,11 +46,11 @@ def cmd_identify(args) -> int:
     start = time.perf_counter()
     mask = identify(model, tokenizer, options=opts, progress=not args.quiet, processor=processor)
     mask.metadata["model"] = args.model
-    path = mask.save(args.out)
+    path = mask.save(args.out, flag="--out")
     print(layer_table(mask))
     print(f"wrote {path} in {time.perf_counter() - start:.1f}s")
     if args.plot:
-        print(f"plot: {plot_layers(mask, args.plot, title=f'{args.model}: {mask.num_neurons} safety neurons')}")
+        print(f"plot: {plot_layers(mask, args.plot, title=f'{args.model}: {mask.num_neurons} safety neurons', flag='--plot')}")
     return 0
 
 
@@ -62,8 +70,6 @@ def _overlap_warning(options: SafeNeuronOptions, harmful: list[str]) -> int:
 
 def cmd_attack(args) -> int:
     """Identify (as an attacker would) or load a mask, prune, generate, judge."""
-    import json
-
     from ..evaluate.attack import BEST_ATTACKER_GRID, format_table, run_attack
     from ..evaluate.vision import format_side_by_side, side_by_side
     from ..identify import identify
@@ -74,8 +80,10 @@ def cmd_attack(args) -> int:
     sweep = parse_sweep(args.sweep if args.sweep is not None else "25,50,75,100")
     control_seeds = parse_control(args.control)
     options = options_from_args(args)
-    out = check_output(args.out, "--out")
-    gen_path = check_output(out.with_name(out.stem + ".generations.jsonl"), "--out (its generations file)")
+    inputs = attack_inputs(args)
+    out = check_output(args.out, "--out", kind=RESULTS, inputs=inputs)
+    gen_path = check_output(out.with_name(out.stem + ".generations.jsonl"), "--out (its generations file)",
+                            kind=GENERATIONS, inputs=inputs)
     check_model_args(args)
     allow = allow_other_weights(args)
     given_mask = NeuronMask.load(args.mask) if args.mask else None
@@ -108,15 +116,28 @@ def cmd_attack(args) -> int:
     results["attacker"] = args.attacker
     if overlap is not None:
         results["identification_overlap"] = overlap  # evaluation prompts the attacker also identified on
-    generations = results.pop("generations")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    gen_path.write_text("".join(json.dumps(g) + "\n" for g in generations))  # the costly part first
-    out.write_text(json.dumps(results, indent=2))
+    write_results(results, out, gen_path, inputs)
     print(format_table(results))
     if image_prompts:
         print(format_side_by_side(results))
     print(f"wrote {out} and {gen_path}")
     return 0
+
+
+def attack_inputs(args) -> list[tuple[str, str]]:
+    """The files `attack` reads (prompt sources, masks, pairs, directions): its outputs may be none of them."""
+    return input_files(*((flag, getattr(args, dest, None)) for dest, flag in (
+        ("eval_harmful", "--harmful"), ("safeneuron_harmful", "--identify-harmful"),
+        ("safeneuron_harmless", "--identify-harmless"), ("image_prompts", "--image-prompts"), ("mask", "--mask"),
+        ("finetune_data", "--finetune-data"), ("direction", "--direction"), ("original", "--original"))))
+
+
+def write_results(results: dict, out, gen_path, inputs) -> None:
+    """An attack's results JSON at ``out`` and its replies beside it (``gen_path``), each written whole or not at
+    all; the replies first (the costly part)."""
+    generations = results.pop("generations")
+    write_file(gen_path, json_lines(generations), "--out (its generations file)", GENERATIONS, inputs=inputs)
+    write_file(out, json.dumps(results, indent=2), "--out", RESULTS, inputs=inputs)
 
 
 def _image_prompts(source: str | None, limit: int | None):
@@ -134,12 +155,15 @@ def _image_prompts(source: str | None, limit: int | None):
 
 
 def cmd_make_image_prompts(args) -> int:
+    from ..files import PROMPTS
     from ..identify.prompts import load_prompts
     from ..image_prompts import write_image_prompts
 
     out_dir = check_output(args.out_dir, "--out-dir", directory=True)
     sets = {kind: load_prompts(src, kind=kind, max_prompts=args.limit, option=f"--{kind}", min_prompts=1)
             for kind, src in (("harmful", args.harmful), ("harmless", args.harmless)) if src != "none"}
+    check_outputs_in(out_dir, "--out-dir", {f"{kind}.jsonl": PROMPTS for kind in sets},
+                     input_files(("--harmful", args.harmful), ("--harmless", args.harmless)))
     if not sets:
         raise OptionsError("--harmful none and --harmless none leave nothing to render; give at least one source.")
     if len(sets) == 2 and not args.limit:  # matched: as many harmless as harmful prompts

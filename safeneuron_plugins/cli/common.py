@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import OptionsError, PromptSourceError, SafeNeuronError
@@ -16,9 +17,12 @@ def _load(args):
     return load_model(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map)
 
 
-def check_output(path: str | os.PathLike | None, flag: str, *, directory: bool = False) -> Path | None:
+def check_output(path: str | os.PathLike | None, flag: str, *, directory: bool = False, kind=None,
+                 inputs: Iterable[tuple[str, str | None]] = ()) -> Path | None:
     """Raise :class:`OptionsError` naming ``flag`` unless ``path`` can be written (creating missing parent
-    directories); creates nothing. ``directory``: ``path`` is a directory to write into."""
+    directories); creates nothing. ``directory``: ``path`` is a directory to write into. ``kind`` (a
+    :class:`~safeneuron_plugins.files.FileKind`): an existing file there must be of that kind, and ``path``
+    none of ``inputs`` (see :func:`~safeneuron_plugins.files.check_destination`)."""
     if path is None:
         return None
     path = Path(path)
@@ -38,15 +42,46 @@ def check_output(path: str | os.PathLike | None, flag: str, *, directory: bool =
         raise OptionsError(f"{flag} {str(path)!r}: the directory {str(existing)!r} is not writable.")
     if not directory and path.exists() and not os.access(path, os.W_OK):
         raise OptionsError(f"{flag} {str(path)!r} exists and is not writable.")
+    if kind is not None:
+        from ..files import check_destination
+
+        check_destination(path, flag, kind, inputs=inputs)
     return path
 
 
+def check_outputs_in(directory: Path, flag: str, names: dict[str, object], inputs=()) -> None:
+    """The files a command writes under ``directory`` (``names``: file name -> FileKind), checked before any
+    work: each may replace only a file of its own kind, and no input."""
+    from ..files import check_destination
+
+    for name, kind in names.items():
+        check_destination(directory / name, f"{flag} (its {name})", kind, inputs=inputs)
+
+
+def input_files(*given: tuple[str, str | None]) -> list[tuple[str, str]]:
+    """(flag, file) of the inputs a command reads, from (flag, value) pairs: a prompt source ``FILE:field``
+    names FILE; `builtin`, hub ids and values that are no file are left out."""
+    found = []
+    for flag, value in given:
+        if not isinstance(value, str) or not value:
+            continue
+        path = Path(value)
+        if not path.is_file() and ":" in value:
+            path = Path(value.rpartition(":")[0])
+        if path.is_file():
+            found.append((flag, str(path)))
+    return found
+
+
 def check_plot(path: str | None, flag: str = "--plot") -> None:
+    from ..files import IMAGE
+
     if path is None:
         return
     check_output(path, flag)
     if Path(path).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
         raise OptionsError(f"{flag} {path!r}: give a .png, .pdf, .svg or .jpg file name.")
+    check_output(path, flag, kind=IMAGE)
 
 
 def check_model_args(args) -> None:
@@ -142,13 +177,15 @@ def read_replies(path: str, flag: str = "--input") -> list[dict]:
         raise PromptSourceError(f"{flag} {path!r}: no such file." if not source.exists()
                                 else f"{flag} {path!r} is not a file.")
     try:
-        text = source.read_text(encoding="utf-8-sig")
+        text = source.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise PromptSourceError(f"{flag} {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
     except OSError as exc:
         raise PromptSourceError(f"{flag} {path!r} cannot be read ({exc.strerror}).") from None
+    from ..identify.prompts import text_lines
+
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text_lines(text), 1):  # real line ends only: a U+2028 in a reply is part of it
         if not line.strip():
             continue
         try:

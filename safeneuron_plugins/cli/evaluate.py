@@ -7,25 +7,34 @@ import time
 from pathlib import Path
 
 from ..errors import OptionsError, PromptSourceError, SafeNeuronError
+from ..files import ANALYSIS, CAPABILITY, IMAGE, PAIRS, VERDICTS, json_lines, write_file
 from ..mask import NeuronMask
 from .attack import _overlap_warning
-from .common import _judge, _load, _texts, check_identification, check_mask_on_model, check_model_args, check_output, read_replies
+from .common import (
+    _judge,
+    _load,
+    _texts,
+    check_identification,
+    check_mask_on_model,
+    check_model_args,
+    check_output,
+    check_outputs_in,
+    input_files,
+    read_replies,
+)
 from .families import _family_settings
 from .flags import allow_other_weights, options_from_args
 
 
 def cmd_judge(args) -> int:
-    import json
-
-    output = check_output(args.output, "--output")
+    inputs = input_files(("--input", args.input))
+    output = check_output(args.output, "--output", kind=VERDICTS, inputs=inputs)
     rows = read_replies(args.input)
     judge = _judge(args)
     verdicts = judge.judge([r["prompt"] for r in rows], [r["response"] for r in rows])
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w", encoding="utf-8") as f:
-        for row, v in zip(rows, verdicts):
-            f.write(json.dumps({**row, "refused": v.refused, "label": v.label, "success": v.success,
-                                "partial_refusal": v.partial_refusal, "detail": v.detail, "judge": judge.name}) + "\n")
+    write_file(output, json_lines({**row, "refused": v.refused, "label": v.label, "success": v.success,
+                                   "partial_refusal": v.partial_refusal, "detail": v.detail, "judge": judge.name}
+                                  for row, v in zip(rows, verdicts)), "--output", VERDICTS, inputs=inputs)
     rate = sum(v.refused for v in verdicts) / len(verdicts)
     partial = sum(v.partial_refusal for v in verdicts)
     print(f"judge {judge.name}: refusal rate {rate:.3f} ({sum(v.refused for v in verdicts)}/{len(verdicts)}"
@@ -34,11 +43,10 @@ def cmd_judge(args) -> int:
 
 
 def cmd_make_pairs(args) -> int:
-    import json
-
     from ..pairs import make_pairs
 
-    out = check_output(args.out, "--out")
+    inputs = input_files(("--harmful", args.harmful), ("--harmless", args.harmless), ("--prune-mask", args.prune_mask))
+    out = check_output(args.out, "--out", kind=PAIRS, inputs=inputs)
     check_model_args(args)
     harmful = _texts(args.harmful, "harmful", args.limit, "--harmful")
     harmless = _texts(args.harmless, "harmless", args.limit, "--harmless")
@@ -51,8 +59,7 @@ def cmd_make_pairs(args) -> int:
                               include_evasive=args.include_evasive, conversational=args.format == "conversational",
                               seed=args.seed, progress=not args.quiet, rejected_mask=rejected_mask,
                               allow_other_weights=allow)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_file(out, json_lines(rows), "--out", PAIRS, inputs=inputs)
     print(f"wrote {len(rows)} preference pairs to {out}: {counts}")
     return 0
 
@@ -65,6 +72,9 @@ def cmd_analyze(args) -> int:
     out = check_output(args.out_dir, "--out-dir", directory=True)
     if not args.masks and not args.model:
         raise SafeNeuronError("give mask files to compare layer profiles, and/or --model for the category overlap.")
+    check_outputs_in(out, "--out-dir", {"analysis.json": ANALYSIS, **({"depth_heatmap.png": IMAGE} if args.masks else {}),
+                                        **({"category_overlap.png": IMAGE} if args.model else {})},
+                     input_files(*(("MASK", m) for m in args.masks)))
     masks = {Path(p).stem: NeuronMask.load(p) for p in args.masks}
     by_cat: dict[str, list[str]] = {}
     if args.model:
@@ -82,7 +92,7 @@ def cmd_analyze(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {}
     if masks:
-        print(f"heatmap: {plot_depth_heatmap(masks, out / 'depth_heatmap.png')}")
+        print(f"heatmap: {plot_depth_heatmap(masks, out / 'depth_heatmap.png', flag='--out-dir')}")
         report["masks"] = {n: m.num_neurons for n, m in masks.items()}
     if args.model:
         from ..identify import identify
@@ -93,18 +103,21 @@ def cmd_analyze(args) -> int:
         overlap = category_overlap(masks)
         report["overlap"] = overlap
         print(json.dumps(overlap, indent=2))
-        print(f"plot: {plot_overlap(overlap, out / 'category_overlap.png')}")
-    (out / "analysis.json").write_text(json.dumps(report, indent=2))
+        print(f"plot: {plot_overlap(overlap, out / 'category_overlap.png', flag='--out-dir')}")
+    write_file(out / "analysis.json", json.dumps(report, indent=2), "--out-dir", ANALYSIS)
     print(f"wrote {out / 'analysis.json'}")
     return 0
 
 
 def cmd_compare(args) -> int:
     from ..evaluate.capability import load_reference_pairs
-    from ..evaluate.report import evaluate_model, write_report
+    from ..evaluate.report import evaluate_model, report_files, write_report
     from ..models import load_model
 
-    check_output(args.out_dir, "--out-dir", directory=True)
+    out_dir = check_output(args.out_dir, "--out-dir", directory=True)
+    check_outputs_in(out_dir, "--out-dir", report_files(args.format),
+                     input_files(("--harmful", args.eval_harmful), ("--harmless", args.eval_harmless),
+                                 ("--reference-answers", args.reference_answers)))
     check_model_args(args)
     harmful = _texts(args.eval_harmful, "harmful", args.limit, "--harmful")
     harmless = _texts(args.eval_harmless, "harmless", args.limit, "--harmless")
@@ -146,7 +159,7 @@ def cmd_compare(args) -> int:
                 extra["families"]["direction"]["direction"]["cosine_to_original"]["original"] = args.models[0]
         if reference is None:
             reference = model
-    path = write_report(results, args.out_dir, fmt=args.format)
+    path = write_report(results, args.out_dir, fmt=args.format, flag="--out-dir")
     print(f"report: {path}")
     return 0
 
@@ -187,7 +200,8 @@ def cmd_capability(args) -> int:
 
     from ..evaluate.lm_eval_capability import format_scores, lm_eval_scores
 
-    out = check_output(args.out, "--out")
+    inputs = input_files(("--mask", args.mask))
+    out = check_output(args.out, "--out", kind=CAPABILITY, inputs=inputs)
     check_model_args(args)
     tasks = _check_lm_eval_args(args)
     if args.mlp_modules:
@@ -206,8 +220,7 @@ def cmd_capability(args) -> int:
                             apply_chat_template=args.chat_template, mlp_modules=args.mlp_modules,
                             progress=not args.quiet)
     result = {"model": args.model, "mask": args.mask, **scores, "seconds": round(time.perf_counter() - start, 1)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_file(out, json.dumps(result, indent=2), "--out", CAPABILITY, inputs=inputs)
     pruned = f", {scores['pruned_neurons']} neurons of {args.mask} pruned" if mask is not None else ""
     print(format_scores(scores, f"{args.model}{pruned} (lm-evaluation-harness {scores['lm_eval_version']}):"))
     print(f"wrote {out}")

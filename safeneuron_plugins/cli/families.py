@@ -137,12 +137,15 @@ def _direction_prompts(options: SafeNeuronOptions, harmful: list[str], n_val: in
 
 def _attack_family(args) -> int:
     """``attack --family direction|finetune``: check every input, load the model, attack, write the results."""
-    import json
+    from ..files import GENERATIONS, RESULTS
+    from .attack import attack_inputs, write_results
 
     options = options_from_args(args)
     allow = allow_other_weights(args)
-    out = check_output(args.out, "--out")
-    gen_path = check_output(out.with_name(out.stem + ".generations.jsonl"), "--out (its generations file)")
+    inputs = attack_inputs(args)
+    out = check_output(args.out, "--out", kind=RESULTS, inputs=inputs)
+    gen_path = check_output(out.with_name(out.stem + ".generations.jsonl"), "--out (its generations file)",
+                            kind=GENERATIONS, inputs=inputs)
     check_model_args(args)
     if options.safeneuron_mlp_modules:
         from ..architectures import parse_mlp_modules
@@ -158,7 +161,9 @@ def _attack_family(args) -> int:
         from ..models import check_model_spec
 
         if args.save_direction:
-            ad.check_direction_destination(check_output(args.save_direction, "--save-direction"))
+            from ..files import DIRECTION
+
+            check_output(args.save_direction, "--save-direction", kind=DIRECTION, inputs=inputs)
         layers = parse_int_list(args.direction_layers, "--direction-layers") if args.direction_layers else None
         all_layers = args.direction_layers is not None and layers is None
         positions = (parse_int_list(args.direction_positions, "--direction-positions", negative=True)
@@ -235,10 +240,7 @@ def _attack_family(args) -> int:
         results["finetune"]["data"] = args.finetune_data
         table = format_table(results)
     results["model"] = args.model
-    generations = results.pop("generations")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    gen_path.write_text("".join(json.dumps(g) + "\n" for g in generations))
-    out.write_text(json.dumps(results, indent=2))
+    write_results(results, out, gen_path, inputs)
     print(table)
     print(f"wrote {out} and {gen_path}")
     return 0

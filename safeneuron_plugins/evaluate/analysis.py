@@ -26,7 +26,7 @@ def layer_table(mask: NeuronMask) -> str:
     return "\n".join(lines)
 
 
-def plot_layers(mask: NeuronMask, path: str | Path, title: str | None = None) -> Path:
+def plot_layers(mask: NeuronMask, path: str | Path, title: str | None = None, flag: str = "plot") -> Path:
     """Bar chart of safety neurons per layer, split into ES-only / SAS-only / both."""
     plt = pyplot()
 
@@ -47,7 +47,7 @@ def plot_layers(mask: NeuronMask, path: str | Path, title: str | None = None) ->
     ax.set_title(title or f"{mask.num_neurons} safety neurons ({mask.metadata.get('method', '')})")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, flag)
 
 
 def layer_fractions(mask: NeuronMask) -> list[float]:
@@ -68,7 +68,7 @@ def depth_profile(mask: NeuronMask, bins: int = 20) -> list[float]:
             max(1, sum(1 for l in range(n) if min(int(l * bins / n), bins - 1) == b)) for b in range(bins)]
 
 
-def plot_depth_heatmap(masks: dict[str, NeuronMask], path: str | Path, bins: int = 20) -> Path:
+def plot_depth_heatmap(masks: dict[str, NeuronMask], path: str | Path, bins: int = 20, flag: str = "plot") -> Path:
     """Heatmap: one row per model, columns over normalised depth, colour = safety-neuron fraction."""
     plt = pyplot()
 
@@ -81,7 +81,7 @@ def plot_depth_heatmap(masks: dict[str, NeuronMask], path: str | Path, bins: int
     fig.colorbar(im, ax=ax, label="% of layer's MLP neurons")
     ax.set_title("Safety neurons per layer")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, flag)
 
 
 def _flat(mask: NeuronMask) -> set[tuple[int, int]]:
@@ -110,7 +110,7 @@ def category_overlap(masks: dict[str, NeuronMask]) -> dict:
             "task_specific": len(specific), "total": len(every), "overlap_ratio_by_k": ratios}
 
 
-def plot_overlap(result: dict, path: str | Path) -> Path:
+def plot_overlap(result: dict, path: str | Path, flag: str = "plot") -> Path:
     plt = pyplot()
 
     ks = sorted(result["overlap_ratio_by_k"])
@@ -122,4 +122,4 @@ def plot_overlap(result: dict, path: str | Path) -> Path:
     b.bar(["core", "shared", "specific"], [result["core"], result["shared"], result["task_specific"]])
     b.set_title("Safety neurons by how many categories use them")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, flag)

@@ -67,16 +67,14 @@ class RefusalDirection:
         written atomically, never over a file that is not a direction file."""
         from safetensors.torch import save as serialise
 
-        from ..files import atomic_write
+        from ..files import DIRECTION, write_file
 
         path = check_direction_destination(path)
         meta = {**self.metadata, "layer": self.layer, "position": self.position,
                 "hidden_size": int(self.vector.numel()), "format_version": FORMAT_VERSION}
         data = serialise({"direction": self.vector.detach().float().cpu().contiguous()},
                          metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, data)
-        return path
+        return write_file(path, data, "--save-direction", DIRECTION)
 
     @classmethod
     def load(cls, path: str | os.PathLike, flag: str = "--direction") -> RefusalDirection:
@@ -116,10 +114,9 @@ def is_direction_file(path: str | os.PathLike) -> bool:
 
 def check_direction_destination(path: str | os.PathLike, flag: str = "--save-direction") -> Path:
     """Refuse a directory, or an existing file that is not a direction file (never overwrite weights)."""
-    from ..files import check_destination
+    from ..files import DIRECTION, check_destination
 
-    return check_destination(path, flag, kind="a refusal-direction file", example="direction.safetensors",
-                             is_kind=is_direction_file, error=OptionsError)
+    return check_destination(path, flag, DIRECTION)
 
 
 # --- where the residual stream is ----------------------------------------------------------------
@@ -223,8 +220,8 @@ def _mean_residual(model: nn.Module, tokenizer, prompts: list[str], positions: i
                    batch_size: int, max_length: int, mlp_modules: str | None, bar) -> torch.Tensor:
     _, blocks = residual_modules(model, mlp_modules)
     templated = getattr(tokenizer, "chat_template", None) is not None
-    seqs = [s[-max_length:] for s in tokenize(tokenizer, format_prompts(tokenizer, prompts, system_prompt),
-                                             10 ** 9, templated)]  # keep the end: the post-instruction tokens
+    # cut from the left, with a warning: the end holds the post-instruction tokens
+    seqs = tokenize(tokenizer, format_prompts(tokenizer, prompts, system_prompt), max_length, templated)
     total: torch.Tensor | None = None
     current: list[torch.Tensor | None] = [None] * len(blocks)
     index: list[torch.Tensor] = []

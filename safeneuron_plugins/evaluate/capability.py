@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import PromptSourceError
 from ..identify.batching import input_device
-from ..identify.prompts import builtin_path, format_prompts
+from ..identify.prompts import builtin_path, format_prompts, text_lines
 from .generation import generate
 from .judges import Judge, default_judge
 
@@ -22,7 +22,7 @@ def load_reference_pairs(source: str | None = None, limit: int | None = None) ->
     from pathlib import Path
 
     path = Path(source) if source else builtin_path("reference_answers.jsonl")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [json.loads(line) for line in text_lines(path.read_bytes().decode("utf-8")) if line.strip()]
     pairs = [(r.get("prompt") or r.get("harmless_prompt"), r.get("answer") or r.get("harmless_answer")) for r in rows]
     pairs = [(p, a) for p, a in pairs if p and a]
     if not pairs:

@@ -49,7 +49,7 @@ def generate(model: nn.Module, tokenizer, prompts: list[str], *, max_new_tokens:
     else:
         texts, images = format_prompts(tokenizer, prompts, system_prompt), None
         templated = getattr(tokenizer, "chat_template", None) is not None
-        seqs = tokenize(tokenizer, texts, max_length, templated)
+        seqs = tokenize(tokenizer, texts, max_length, templated, option="generate(max_length=...)")
     pad = pad_id_of(tokenizer)
     device = input_device(model)
     replies: list[str] = [""] * len(prompts)

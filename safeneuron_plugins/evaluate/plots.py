@@ -15,13 +15,17 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG (creating the folder) and release it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    pyplot().close(fig)
-    return path
+def save_figure(fig, path: str | Path, flag: str = "plot") -> Path:
+    """Write ``fig`` in the format of ``path``'s suffix (PNG, PDF, SVG, JPG; creating the folder) through the
+    one writer (:func:`~safeneuron_plugins.files.write_file`: atomic, never over a file of another kind; errors
+    name ``flag``), and release it."""
+    from ..files import IMAGE, figure_bytes, write_file
+
+    try:
+        data = figure_bytes(fig, path)
+    finally:
+        pyplot().close(fig)
+    return write_file(path, data, flag, IMAGE)
 
 
 def rate_bars(ax, groups: list[str], series: dict[str, list[tuple[float, list[float]] | None]]) -> None:

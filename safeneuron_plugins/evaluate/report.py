@@ -112,9 +112,20 @@ def _paired_table(paired: list[dict[str, Any]]) -> tuple[list[str], list[list[st
     return head, body
 
 
+def report_files(fmt: str = "md") -> dict:
+    """The files :func:`write_report` may write in its folder, with their kinds (checked before the work)."""
+    from ..files import GENERATIONS, IMAGE, REPORT, REPORT_RESULTS
+
+    return {"results.json": REPORT_RESULTS, "generations.jsonl": GENERATIONS, f"report.{fmt}": REPORT,
+            **{name: IMAGE for name in ("asr.png", "layers.png", "families.png", "steps_to_break.png")}}
+
+
 def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt: str = "md",
-                 title: str = "SafeNeuron comparison", notes: str = "") -> Path:
-    """Markdown or HTML report with the ASR table, capability figures, neuron counts and plots."""
+                 title: str = "SafeNeuron comparison", notes: str = "", flag: str = "out_dir") -> Path:
+    """Markdown or HTML report with the ASR table, capability figures, neuron counts and plots; every file
+    through the one writer (errors name ``flag``)."""
+    from ..files import GENERATIONS, REPORT, REPORT_RESULTS, json_lines, write_file
+
     plt = pyplot()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,10 +161,10 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
     ax.set_title(f"Pruning attack (judge: {judge})")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    save_figure(fig, out / "asr.png")
+    save_figure(fig, out / "asr.png", flag)
     masks = {n: m["_mask"] for n, m in models.items() if isinstance(m.get("_mask"), NeuronMask)}
     if masks:
-        plot_depth_heatmap(masks, out / "layers.png")
+        plot_depth_heatmap(masks, out / "layers.png", flag=flag)
 
     def with_ci(rate: float, ci) -> str:
         return f"{rate:.2f} {format_interval(ci)}" if ci else f"{rate:.2f}"
@@ -187,13 +198,11 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
     paired_head, paired_body = _paired_table(paired)
     paired_intro = ("Paired on the same harmful prompts: a - b is the difference of ASR with Newcombe's 95% "
                     "interval; McNemar p is the exact test on the prompts where only one side's attack succeeded.")
-    (out / "results.json").write_text(json.dumps(
+    write_file(out / "results.json", json.dumps(
         {"models": {n: {k: v for k, v in m.items() if not k.startswith("_") and k != "generations"}
-                    for n, m in models.items()}, "paired": paired}, indent=2))
-    with open(out / "generations.jsonl", "w") as f:
-        for name, m in models.items():
-            for g in m.get("generations", []):
-                f.write(json.dumps({"model": name, **g}) + "\n")
+                    for n, m in models.items()}, "paired": paired}, indent=2), flag, REPORT_RESULTS)
+    write_file(out / "generations.jsonl", json_lines({"model": name, **g} for name, m in models.items()
+                                                     for g in m.get("generations", [])), flag, GENERATIONS)
 
     from .lm_eval_capability import report_section  # lm-evaluation-harness scores (compare --lm-eval)
 
@@ -225,5 +234,4 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
                + "![ASR](asr.png)\n\n" +
                ("![layers](layers.png)\n\n" if masks else "") + (notes + "\n" if notes else ""))
         path = out / "report.md"
-    path.write_text(doc)
-    return path
+    return write_file(path, doc, flag, REPORT)

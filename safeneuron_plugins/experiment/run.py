@@ -24,6 +24,7 @@ from ..evaluate.capability import load_reference_pairs
 from ..evaluate.judges import load_judge
 from ..evaluate.rejudge import rejudge
 from ..evaluate.report import evaluate_model, write_report
+from ..files import COUNTS, PAIRS, REPORT_RESULTS, RESULTS, json_lines, write_file
 from ..mask import NeuronMask
 from ..models import load_model
 from ..options import SafeNeuronOptions
@@ -82,7 +83,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     else:
         stage("identifying the safety neurons of the original model (the mask SafeNeuron DPO freezes)")
         mask = identify(original, tok, options=options, progress=cfg.progress)
-        mask.save(mask_path)
+        mask.save(mask_path, flag="--output-dir")
     pairs_path, counts_path = out / "pairs.jsonl", out / "pairs_counts.json"
     if counts_path.is_file():
         counts = json.loads(counts_path.read_text())
@@ -109,8 +110,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             rows += preference_rows(human)
             random.Random(cfg.seed).shuffle(rows)
             counts.update(harmful_pairs=len(human), harmful_source=cfg.safety_pairs)
-        pairs_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        counts_path.write_text(json.dumps(counts))
+        write_file(pairs_path, json_lines(rows), "--output-dir", PAIRS)
+        write_file(counts_path, json.dumps(counts), "--output-dir", COUNTS)
         stage(f"{len(rows)} pairs ({counts})")
 
     if not (out / SAFETY_PAIR_PROMPTS).is_file():  # what variants pruning only the safety pairs prune
@@ -146,11 +147,11 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             batch_size=cfg.gen_batch_size, sweep=SWEEP if cfg.sweep else (), control_seeds=tuple(cfg.control_seeds),
             extra_attackers=extra_attackers, conditions=CONDITIONS if cfg.attack else ("ORI",), progress=cfg.progress)
         result.update(extra)
-        evaluations.mkdir(exist_ok=True)
-        result["_mask"].save(evaluations / f"{name}.safetensors")
+        result["_mask"].save(evaluations / f"{name}.safetensors", flag="--output-dir")
         for attacker, attacker_mask in result.get("_attacker_masks", {}).items():
-            attacker_mask.save(evaluations / f"{name}@{attacker}.safetensors")
-        (evaluations / f"{name}.json").write_text(json.dumps({k: v for k, v in result.items() if not k.startswith("_")}))
+            attacker_mask.save(evaluations / f"{name}@{attacker}.safetensors", flag="--output-dir")
+        write_file(evaluations / f"{name}.json", json.dumps({k: v for k, v in result.items() if not k.startswith("_")}),
+                   "--output-dir", RESULTS)
         return result
 
     models: dict[str, dict[str, Any]] = {"original": finished("original")}
@@ -182,10 +183,10 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     import transformers
     import trl
     meta.update(transformers=transformers.__version__, trl=trl.__version__)
-    report = write_report(models, out, title="SafeNeuron vs plain safety DPO", notes=_notes(meta))
+    report = write_report(models, out, title="SafeNeuron vs plain safety DPO", notes=_notes(meta), flag="--output-dir")
     results = json.loads((out / "results.json").read_text())
     results["meta"] = meta
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_file(out / "results.json", json.dumps(results, indent=2), "--output-dir", REPORT_RESULTS)
     stage(f"done: report {report}")
     return {"models": models, "meta": meta, "report": str(report)}
 

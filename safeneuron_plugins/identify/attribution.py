@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..architectures import MLPLayer
-from .batching import input_device, length_batches, pad_batch, pad_id_of
+from .batching import input_device, length_batches, pad_batch, pad_id_of, tokenize
 
 DEFAULT_REFUSAL = "I'm sorry, but I can't help with that."
 
@@ -65,8 +65,7 @@ def attribution_scores(model: nn.Module, tokenizer, layers: list[MLPLayer], text
     prompt. Prompts are left-padded with position ids counted from the first real token; padding
     positions carry no loss and their activations are masked out of the score."""
     device = input_device(model)
-    prompt_ids = tokenizer(texts, add_special_tokens=not templated, truncation=True,
-                           max_length=max_length)["input_ids"]
+    prompt_ids = tokenize(tokenizer, texts, max_length, templated)  # cut from the left, with a warning
     target = tokenizer(refusal, add_special_tokens=False)["input_ids"]
     if not target:
         raise ValueError("the refusal continuation tokenizes to nothing; give a non-empty text.")

@@ -6,16 +6,30 @@ padding), generation on the left (every reply starts at the same column).
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
 
-def tokenize(tokenizer, texts: list[str], max_length: int | None, templated: bool) -> list[list[int]]:
+def tokenize(tokenizer, texts: list[str], max_length: int | None, templated: bool, *,
+             option: str = "safeneuron_max_length") -> list[list[int]]:
     """Token ids of each text; no special tokens when a chat template already added them.
-    ``max_length`` None: no truncation."""
-    trunc = {"truncation": True, "max_length": max_length} if max_length is not None else {}
-    enc = tokenizer(texts, add_special_tokens=not templated, **trunc)
-    return [list(ids) for ids in enc["input_ids"]]
+
+    A text longer than ``max_length`` tokens is cut from the LEFT: its end, which holds the request and the
+    assistant turn of a chat-formatted prompt (where a refusal starts), is kept. One WARNING says how many
+    texts were cut and by how much, naming ``option`` (the limit). ``max_length`` None: no truncation."""
+    enc = tokenizer(texts, add_special_tokens=not templated)
+    seqs = [list(ids) for ids in enc["input_ids"]]
+    if max_length is None:
+        return seqs
+    cut = [len(s) - max_length for s in seqs if len(s) > max_length]
+    if cut:
+        logging.getLogger("safeneuron").warning(
+            "%d of %d prompts are longer than %s=%d tokens and were cut from the left (by %d to %d tokens, %d in "
+            "all), keeping their end with the request and the assistant turn; raise %s to keep them whole.",
+            len(cut), len(seqs), option, max_length, min(cut), max(cut), sum(cut), option)
+    return [s[-max_length:] if len(s) > max_length else s for s in seqs]
 
 
 def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -117,6 +118,41 @@ def vision_inputs(model: nn.Module, processor, prompts: list[Prompt], *,
             "pool_image_tokens": pool_image_tokens, "dtype": next(model.parameters()).dtype}
 
 
+def _prompt_list(items: list, option: str) -> list[Prompt]:
+    """The non-empty prompts of a list (or any iterable, e.g. a generator, read once) of strings or
+    :class:`Prompt` objects; anything else (None, a number) is an error, never its str()."""
+    out = []
+    for i, item in enumerate(items):
+        text = item.text if isinstance(item, Prompt) else item
+        if not isinstance(text, str):
+            raise PromptSourceError(f"{option}: item {i} of the prompt list is {type(text).__name__} {text!r:.40}, not "
+                                    "a string; give prompt strings (or Prompt objects).")
+        if text.strip():
+            out.append(item if isinstance(item, Prompt) else Prompt(item))
+    return out
+
+
+def _check_model_and_tokenizer(model, tokenizer, method: str) -> None:
+    """Clear errors, before any work, for what would otherwise fail deep inside a forward pass."""
+    if not isinstance(model, nn.Module):
+        raise OptionsError(f"identify(): model is {type(model).__name__}, not a torch module; load it with "
+                           "transformers (AutoModelForCausalLM.from_pretrained) or safeneuron_plugins.models.load_model.")
+    if tokenizer is None or not callable(tokenizer):
+        raise OptionsError(f"identify(): tokenizer is {type(tokenizer).__name__}; pass the model's tokenizer "
+                           "(AutoTokenizer.from_pretrained(MODEL)), which formats and encodes the prompts.")
+    if any(p.is_meta for p in model.parameters()) and not any(hasattr(m, "_hf_hook") for m in model.modules()):
+        raise OptionsError("identify(): the model's weights are on the meta device (a model built without its weights, "
+                           "e.g. under init_empty_weights or from a config): there are no activations to measure. Load "
+                           "the weights first (from_pretrained).")
+    if method == "attribution" and hasattr(model, "get_output_embeddings"):  # a transformers model
+        if model.get_output_embeddings() is None:
+            raise OptionsError(
+                f"safeneuron_method `attribution` scores neurons by the log-probability of safeneuron_refusal_text, "
+                f"which needs a language-model head; {type(model).__name__} has none (a base model without its LM head, "
+                "or a sequence-classification model). Load the model with AutoModelForCausalLM, or set "
+                "safeneuron_method: safeneuron (activation statistics, no LM head needed).")
+
+
 def identify(model: nn.Module, tokenizer, harmful: str | list[str] | None = None,
              harmless: str | list[str] | None = None, *, options: SafeNeuronOptions | None = None,
              progress: bool = True, processor=None, pool_image_tokens: bool = POOL_IMAGE_TOKENS,
@@ -147,13 +183,13 @@ def identify(model: nn.Module, tokenizer, harmful: str | list[str] | None = None
     if harmless is not None:
         o["harmless"] = harmless
 
+    _check_model_and_tokenizer(model, tokenizer, o["method"])
     layers = find_mlp_layers(model, o["mlp_modules"])
     sets = {}
     for kind in ("harmful", "harmless"):
         src = o[kind]
-        if isinstance(src, (list, tuple)):
-            prompts = [t if isinstance(t, Prompt) else Prompt(str(t)) for t in src
-                       if str(getattr(t, "text", t)).strip()][: o["max_prompts"] or None]
+        if not isinstance(src, (str, bytes, Mapping)) and isinstance(src, Iterable):
+            prompts = _prompt_list(list(src), f"safeneuron_{kind}")[: o["max_prompts"] or None]
             if not prompts:
                 raise PromptSourceError(f"safeneuron_{kind}: the prompt list is empty.")
         else:
@@ -249,4 +285,9 @@ def identify(model: nn.Module, tokenizer, harmful: str | list[str] | None = None
         mask.metadata["pooled_tokens"] = ("text and image placeholder tokens" if pool_image_tokens else
                                           "text tokens (image placeholder tokens excluded)")
     logger.info("identified %d safety neurons in %.1fs", mask.num_neurons, elapsed)
+    if not mask.num_neurons:
+        logger.warning("identification selected NO safety neuron (safeneuron_method %s%s): a mask of it prunes and "
+                       "freezes nothing. Loosen the selection (safeneuron_neuron_ratio, or lower safeneuron_tau_es / "
+                       "safeneuron_tau_sas), or give more prompts.", o["method"],
+                       f", tau_es {o['tau_es']}, tau_sas {o['tau_sas']}" if o["method"] == "safeneuron" else "")
     return mask

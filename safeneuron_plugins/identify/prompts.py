@@ -4,8 +4,16 @@ A source is a string:
 - ``builtin`` (or ``builtin:harmful`` / ``builtin:harmless``): the set shipped with the package,
   written by the project (``safeneuron_plugins/data``);
 - a local ``.jsonl``, ``.json``, ``.csv`` or ``.txt`` file; ``path.jsonl:field`` picks the field
-  (default: ``prompt``, then ``instruction``, ``question``, ``text``, ``goal``);
+  (default: ``prompt``, then ``instruction``, ``question``, ``text``, ``goal``, ``behavior``, ``query``);
 - ``hf:DATASET_ID[:split[:field]]``: a Hugging Face dataset (loaded with ``datasets``).
+
+Files are read as written (UTF-8, an optional byte-order mark), one rule per suffix: ``.json`` a list of
+prompts (strings, or objects holding the field), or an object keeping that list under ``prompts`` (else
+``data``), any other JSON refused; ``.jsonl`` one JSON string or object per line, split on real line ends
+only (LF, CRLF, CR: a U+2028 or U+0085 is part of a prompt); ``.csv`` a header row, then rows read by the
+``csv`` module (a quoted field keeps its commas and line breaks); ``.txt`` one prompt per line (a form feed
+is text), spaces around it stripped. Blank lines are skipped; a row that is neither a string nor an object,
+or a field that is not a string, is refused naming its line or row (a null field is an empty prompt).
 
 A row may carry an image for a vision-language model: an ``image`` (or ``image_path``) column next to
 the prompt, a path relative to the file's folder (or a ``datasets`` Image column); see
@@ -17,8 +25,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -121,58 +131,89 @@ def _text_of(value, field: str, where: str, option: str) -> str:
     return value
 
 
-def _rows_to_prompts(rows, field: str | None, where: str, option: str, base: Path | None = None) -> list[Prompt]:
+def _rows_to_prompts(rows, field: str | None, where: str, option: str, base: Path | None = None,
+                     labels: list[str] | None = None) -> list[Prompt]:
+    """Prompts of ``rows`` (strings, or objects with the prompt field); ``labels`` name each row in errors."""
     from .images import IMAGE_FIELDS, resolve_image
 
     out = []
     for i, row in enumerate(rows):
+        label = labels[i] if labels else f"row {i} of {where}"
         if isinstance(row, str):
             out.append(Prompt(row))
             continue
         if not isinstance(row, dict):
-            raise PromptSourceError(f"{option}: row {i} of {where} is {type(row).__name__}, "
-                                    "expected an object or a string.")
+            raise PromptSourceError(f"{option}: {label} is {type(row).__name__} {row!r:.40}, expected a string or an "
+                                    "object with the prompt field.")
         category = row.get("category")
         image_field = next((f for f in IMAGE_FIELDS if f in row), None)
-        image = (resolve_image(row[image_field], base, f"row {i} of {where}", option, image_field)
+        image = (resolve_image(row[image_field], base, label, option, image_field)
                  if image_field else None)
         request = row.get("request")
-        out.append(Prompt(_pick(row, field, f"row {i} of {where}", option),
+        out.append(Prompt(_pick(row, field, label, option),
                           str(category) if category is not None else None, image,
                           request if isinstance(request, str) and request.strip() else None))
     return out
 
 
+#: a JSON prompt file holding one object keeps its prompts under one of these keys (the first present)
+_JSON_LISTS = ("prompts", "data")
+_LINE_END = re.compile(r"\r\n|\r|\n")  # the only line ends: U+2028, U+0085, form feed are text
+
+
+def text_lines(text: str) -> list[str]:
+    """``text`` split on real line ends only (LF, CRLF, CR); unlike ``str.splitlines``, U+2028, U+2029, U+0085,
+    form feed and vertical tab stay inside a line, as they are inside a prompt."""
+    lines = _LINE_END.split(text)
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
 def _read_file(path: Path, field: str | None, option: str) -> list[Prompt]:
+    """A prompt file, read as written (the rules are in the module docstring)."""
     suffix = path.suffix.lower()
     where = str(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first field
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PromptSourceError(f"{option}: cannot read {where}: {exc}") from exc
+    if suffix not in _SUFFIXES:
+        raise PromptSourceError(f"{option}: {where} has suffix {suffix!r}; use .jsonl, .json, .csv or .txt.")
+    try:  # bytes, decoded here: no newline translation (a CR inside a quoted CSV field stays)
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark is not part of the first field
+    except UnicodeDecodeError as exc:
+        raise PromptSourceError(f"{option}: {where} is not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
+    except OSError as exc:
+        raise PromptSourceError(f"{option}: cannot read {where}: {exc.strerror or exc}") from None
     if suffix == ".jsonl":
+        numbered = [(n, line) for n, line in enumerate(text_lines(text), 1) if line.strip()]
         rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise PromptSourceError(f"{option}: {where} line {n} is not JSON: {exc}") from exc
-        return _rows_to_prompts(rows, field, where, option, path.parent)
+        for n, line in numbered:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise PromptSourceError(f"{option}: {where} line {n} is not JSON: {exc}") from exc
+        return _rows_to_prompts(rows, field, where, option, path.parent, [f"line {n} of {where}" for n, _ in numbered])
     if suffix == ".json":
         try:
             data = json.loads(text) if text.strip() else []
         except json.JSONDecodeError as exc:
             raise PromptSourceError(f"{option}: {where} is not JSON: {exc}") from exc
-        if isinstance(data, dict):  # {"data": [...]} or {"prompts": [...]}
-            lists = [v for v in data.values() if isinstance(v, list)]
-            data = lists[0] if lists else []
+        if isinstance(data, dict):
+            key = next((k for k in _JSON_LISTS if k in data), None)
+            if key is None:
+                raise PromptSourceError(f"{option}: {where} holds one JSON object (keys: {', '.join(list(data)[:8])}) "
+                                        "without a `prompts` or `data` list of prompts; one object per line is a "
+                                        ".jsonl file.")
+            data = data[key]
+            where = f"{where} (its `{key}`)"
+        if not isinstance(data, list):
+            raise PromptSourceError(
+                f"{option}: {where} holds a JSON {type(data).__name__} ({json.dumps(data)[:40]}), not a list of "
+                "prompts. Give a list: [\"first prompt\", ...] or [{\"prompt\": ...}, ...].")
         return _rows_to_prompts(data, field, where, option, path.parent)
     if suffix == ".csv":
-        return _rows_to_prompts(list(csv.DictReader(text.splitlines())), field, where, option, path.parent)
-    if suffix == ".txt":
-        return [Prompt(line.strip()) for line in text.splitlines() if line.strip()]
-    raise PromptSourceError(f"{option}: {where} has suffix {suffix!r}; use .jsonl, .json, .csv or .txt.")
+        try:
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        except csv.Error as exc:
+            raise PromptSourceError(f"{option}: {where} is not valid CSV ({exc}).") from exc
+        return _rows_to_prompts(rows, field, where, option, path.parent, [f"row {i + 1} of {where}" for i in range(len(rows))])
+    return [Prompt(line.strip()) for line in text_lines(text) if line.strip()]  # .txt: one prompt per line
 
 
 def _read_hf(source: str, option: str) -> list[Prompt]:
@@ -239,10 +280,12 @@ def system_turn_refused(render, system_prompt: str | None, tokenizer, user, syst
         return True
 
 
-def write_prompts(path: Path, texts: list[str]) -> Path:
-    """Write ``texts`` as a prompt file that :func:`load_prompts` reads back (JSON lines, field ``prompt``)."""
-    path.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
-    return path
+def write_prompts(path: Path, texts: list[str], flag: str = "prompt file") -> Path:
+    """Write ``texts`` as a prompt file that :func:`load_prompts` reads back (JSON lines, field ``prompt``),
+    through the one writer (atomic; never over a file of another kind)."""
+    from ..files import PROMPTS, json_lines, write_file
+
+    return write_file(path, json_lines({"prompt": t} for t in texts), flag, PROMPTS)
 
 
 def prompts_hash(*sets: list[str]) -> str:

@@ -104,9 +104,9 @@ def select(d: dict[int, torch.Tensor], delta: dict[int, torch.Tensor], *, tau_es
     ``selection`` names: ``es`` by effect size d, ``sas`` by the layer z-score of delta (neurons with
     a positive shift only, so fewer than k when fewer shift up), ``union`` by effect size (the two
     scores are on different scales; effect size is the paper's ranking). ``ratio_mode="cap"`` keeps
-    the threshold selection and at most k of it, highest effect size first. Either way the recorded
-    ES and SAS sets are subsets of the selected neurons: the ranking criterion's set is the whole
-    selection, the other one its threshold set within the selection."""
+    the threshold selection and at most k of it, highest effect size first. Every way the recorded
+    ES and SAS sets are subsets of the selected neurons: with a ratio the ranking criterion's set is the
+    whole selection, and otherwise each is its threshold set within the selection."""
     z = {l: zscore(delta[l]) for l in d}
     es_flags = {l: d[l] > tau_es for l in d}
     sas_flags = {l: (z[l] > tau_sas) & (delta[l] > 0) for l in d}
@@ -126,8 +126,8 @@ def select(d: dict[int, torch.Tensor], delta: dict[int, torch.Tensor], *, tau_es
                 es_flags = chosen
         else:  # cap: threshold selection, then at most k by effect size
             chosen = _top_k_flags(by_es, k_of, among=chosen)
-        es_flags = {l: es_flags[l] & chosen[l] for l in d}
-        sas_flags = {l: sas_flags[l] & chosen[l] for l in d}
+    es_flags = {l: es_flags[l] & chosen[l] for l in d}  # recorded within the selection, whatever selects
+    sas_flags = {l: sas_flags[l] & chosen[l] for l in d}
     return Selection({l: _indices(chosen[l]) for l in sorted(d)},
                      {l: _indices(es_flags[l]) for l in sorted(d)},
                      {l: _indices(sas_flags[l]) for l in sorted(d)})

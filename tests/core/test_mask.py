@@ -69,7 +69,7 @@ def test_other_weights_same_shape_are_refused_unless_allowed(llama_mask):
     fp = fingerprint(other, find_mlp_layers(other))
     with pytest.raises(MaskMismatchError, match="other weights") as err:
         mask.check_compatible(fp, what="--mask base.safetensors")
-    for part in ("--mask base.safetensors", mask.fingerprint["weight_hash_bf16"], fp["weight_hash_bf16"],
+    for part in ("--mask base.safetensors", mask.fingerprint["sample_hash_bf16"], fp["sample_hash_bf16"],
                  "--allow-other-weights", "safeneuron_allow_other_weights: true", "fine-tune"):
         assert part in str(err.value), part
     warnings = mask.check_compatible(fp, allow_other_weights=True)
@@ -105,7 +105,7 @@ def test_quantized_weights_cannot_be_compared_and_warn():
 def test_a_mask_written_before_the_bf16_hash_compares_the_exact_one(llama_mask):
     model, mask = llama_mask
     fp = fingerprint(model, find_mlp_layers(model))
-    old = {k: v for k, v in fp.items() if k != "weight_hash_bf16"}
+    old = {k: v for k, v in fp.items() if k not in ("weight_hash_bf16", "sample_hash", "sample_hash_bf16")}
     assert NeuronMask({0: [1]}, metadata={"fingerprint": old}).check_compatible(fp) == []
     with pytest.raises(MaskMismatchError, match="weight_hash"):
         NeuronMask({0: [1]}, metadata={"fingerprint": dict(old, weight_hash="0" * 16)}).check_compatible(fp)
