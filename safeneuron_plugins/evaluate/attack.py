@@ -37,9 +37,8 @@ LABELS = ("refusal", "compliance", "evasive")
 #: seeds of ``--control random`` without a count or list
 CONTROL_SEEDS = (0, 1, 2)
 
-#: The best attacker's identification settings (``--attacker best``): every signal x pooling, the top
-#: 1/2/5% of all MLP neurons ranked by effect size over the whole model. Pass another sequence of
-#: identification-option dicts (keys without the ``safeneuron_`` prefix) as ``grid`` to change it.
+#: The best attacker's identification settings (``--attacker best``): attribution top 0.5/1/2%, and every signal x
+#: pooling at the top 1/5% by effect size over the whole model. ``grid`` takes another sequence of such dicts.
 BEST_ATTACKER_GRID: tuple[dict[str, Any], ...] = tuple(
     {"method": "attribution", "neuron_ratio": ratio, "ratio_scope": "global"} for ratio in (0.005, 0.01, 0.02)
 ) + tuple(
@@ -157,10 +156,8 @@ def run_attack(model: nn.Module, tokenizer, harmful: list[str], mask: NeuronMask
 
     Through images (vision-language models): ``images`` gives one image (path or PIL image) or None per
     prompt, ``processor`` is the model's, ``requests`` what each prompt asks for (judged instead of the
-    text turn); the generations then carry ``image`` and ``request``.
-
-    ``extra_masks``: other attackers' masks (name -> mask, e.g. identified with another scorer), each pruned
-    in full (condition ``attacker:NAME``); ``results["attackers"][NAME]`` holds ASR, n, interval and neurons pruned."""
+    text turn); the generations then carry ``image`` and ``request``. ``extra_masks``: other attackers' masks
+    (name -> mask), each pruned in full (condition ``attacker:NAME``, ``results["attackers"][NAME]``)."""
     judge = judge or default_judge()
     mlp_modules = getattr(identify_options, "safeneuron_mlp_modules", None)  # prune where identification looked
     layers = find_mlp_layers(model, mlp_modules)
@@ -180,9 +177,8 @@ def run_attack(model: nn.Module, tokenizer, harmful: list[str], mask: NeuronMask
         condition = f"attacker:{name}"
         run(condition, extra.subset("full"))
         rate = results["rates"][condition]
-        results.setdefault("attackers", {})[name] = {
-            "asr": rate["compliance"], "n": rate["n"], "ci95": rate["ci95"]["compliance"],
-            "pruned_neurons": results["pruned_neurons"][condition], "rates": rate}
+        results.setdefault("attackers", {})[name] = {"asr": rate["compliance"], "n": rate["n"], "rates": rate,
+            "ci95": rate["ci95"]["compliance"], "pruned_neurons": results["pruned_neurons"][condition]}
     if control_seeds:
         results["controls"] = {"random": random_control(run, mask, control_seeds,
                                                         {l.index: l.intermediate_size for l in layers})}

@@ -107,18 +107,15 @@ class ExperimentConfig:
     dtype: str = "float32"       # of the evaluated models ("bfloat16" on a GPU); training keeps fp32 master
     #                              weights, in bf16 mixed precision on a GPU
     identify: dict[str, Any] = field(default_factory=lambda: {"max_prompts": 128})
-    # the attacker's identification settings (identification option names without the prefix, as ``identify``),
-    # on every model's attack; None: the same as ``identify`` (the frozen set's and the rounds')
+    # the attacker's identification settings (as ``identify``; None: the same as ``identify``)
     attack_identify: dict[str, Any] | None = None
-    # more attackers, FULL(SN-) only: name -> identification settings (e.g. {"attribution": {"method":
-    # "attribution"}}); their replies are kept under condition ``attacker:NAME``
+    # more attackers, FULL(SN-) only: name -> identification settings; replies kept as ``attacker:NAME``
     extra_attackers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # human preference pairs for the harmful training prompts (a JSON-lines file: trl's prompt/chosen/rejected or
-    # HH-RLHF's dialogues), instead of pairs made from the model's replies; see pairs.select_safety_pairs
+    # human preference pairs for the harmful training prompts (JSON lines: trl's rows or HH-RLHF's dialogues)
     safety_pairs: str | None = None
     safety_pairs_max_words: int = 96
-    optim: str = "adamw_torch"   # transformers' optimizer name, e.g. adamw_bnb_8bit (8-bit AdamW moments)
-    freeze_embeddings: bool = False  # keep the input embedding (and a tied LM head) out of training
+    optim: str = "adamw_torch"   # transformers' name, e.g. adamw_bnb_8bit; freeze_embeddings: the (tied) embedding too
+    freeze_embeddings: bool = False
     max_train_minutes: float = 0  # > 0: one invocation trains this long at most, checkpoints and stops (resume)
     attack: bool = True  # False: every model's own replies only (ORI), over-refusal, perplexity and KL; no attack
     progress: bool = True
@@ -206,24 +203,21 @@ def split_prompts(cfg: ExperimentConfig) -> tuple[dict[str, list[str]], dict[str
 
 
 def safety_pairs(cfg: ExperimentConfig) -> list[dict[str, str]]:
-    """The human preference pairs of ``cfg.safety_pairs`` that teach refusal, in file order
-    (:func:`~safeneuron_plugins.pairs.select_safety_pairs`); the split takes its training prompts from them."""
+    """The pairs of ``cfg.safety_pairs`` that teach refusal (:func:`~safeneuron_plugins.pairs.select_safety_pairs`)."""
     from ..pairs import read_preference_pairs, select_safety_pairs
 
     return select_safety_pairs(read_preference_pairs(cfg.safety_pairs), max_words=cfg.safety_pairs_max_words)
 
 
 def identification_options(cfg: ExperimentConfig, out: Path, setting: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The options of an identification of the run in ``out``: ``setting`` (default ``cfg.identify``: T0 and
-    during training; the attackers pass theirs) reading the split's identification prompts that the run wrote
-    there (``identify_harmful.jsonl``, ``identify_harmless.jsonl``), all of them."""
+    """``setting`` (default ``cfg.identify``: T0 and the rounds; attackers pass theirs) reading all the split's
+    identification prompts that the run in ``out`` wrote there (``identify_harmful.jsonl``, ``..._harmless``)."""
     return dict(cfg.identify if setting is None else setting, max_prompts=None,
                 **{kind: str(out / f"identify_{kind}.jsonl") for kind in ("harmful", "harmless")})
 
 
 def attackers(cfg: ExperimentConfig) -> dict[str, dict[str, Any]]:
-    """Every attacker's identification settings: ``""`` the main one (all conditions), then the extra ones
-    (FULL(SN-) only). Each is checked against the options schema here, before any model is loaded."""
+    """Every attacker's settings (``""``: the main one, then the extra ones), checked by the options schema."""
     from ..errors import OptionsError
     from ..options import SafeNeuronOptions
 
@@ -281,8 +275,7 @@ def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
 
 
 #: config fields that do not change what an earlier invocation computed
-_RESUMABLE = {"variants", "progress", "out_dir", "max_train_minutes",
-              "attack",  # an evaluation without the attack is made again when the attack is asked for
+_RESUMABLE = {"variants", "progress", "out_dir", "max_train_minutes", "attack",  # (an ORI-only evaluation is redone)
               "gradient_checkpointing",  # the same weights either way (tests/core/test_reproduce.py)
               "reidentify_steps", "adversarial_steps"}  # one variant's each: checked per variant
 
