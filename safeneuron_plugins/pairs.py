@@ -110,7 +110,9 @@ def read_preference_pairs(path: str) -> list[dict[str, str]]:
         raise PromptSourceError(f"safety pairs {path!r}: no such file; give a JSON-lines file of preference pairs "
                                 "(prompt/chosen/rejected, or HH-RLHF's chosen/rejected dialogues).")
     pairs = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").split("\n"), 1):
+    from .identify.prompts import text_lines
+
+    for number, line in enumerate(text_lines(file.read_text(encoding="utf-8")), 1):  # real line ends only
         if not line.strip():
             continue
         try:
