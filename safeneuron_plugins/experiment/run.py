@@ -95,7 +95,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         else:
             stage(f"{mask.num_neurons} safety neurons; building safety preference pairs from the model's own replies")
             pairs_from, pairs_tok = original, tok
-        human = [p for p in safety_pairs(cfg) if p["prompt"] in set(sets["train_harmful"])] if cfg.safety_pairs else []
+        train_harmful = set(sets["train_harmful"])
+        human = [p for p in safety_pairs(cfg) if p["prompt"] in train_harmful] if cfg.safety_pairs else []
         rows, counts = make_pairs(pairs_from, pairs_tok, [] if cfg.safety_pairs else sets["train_harmful"],
                                   sets["train_harmless"], judge=judge,
                                   max_new_tokens=cfg.pairs_max_new_tokens or cfg.max_new_tokens,

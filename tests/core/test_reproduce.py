@@ -145,14 +145,14 @@ class _CutOff(transformers.TrainerCallback):
             raise KeyboardInterrupt(f"cut at step {self.step}")
 
 
-def _variant_setup(tmp_path):
-    """A tiny model, 16 preference pairs in the experiment's format and its T0 mask: what
-    train_variant needs. Returns (model_dir, pairs, identification options, original model, mask path)."""
+def _variant_setup(tmp_path, **sizes):
+    """A tiny model (``sizes``: its config overrides), 16 preference pairs in the experiment's format and its T0
+    mask: what train_variant needs. Returns (model_dir, pairs, identification options, original model, mask path)."""
     from test_freeze_trl import preference_data
 
     from safeneuron_plugins import identify
 
-    model_dir = save_tiny_model(tmp_path / "m", "llama")
+    model_dir = save_tiny_model(tmp_path / "m", "llama", **sizes)
     pairs = tmp_path / "pairs.jsonl"
     preference_data(16).add_column("kind", ["harmless"] * 16).to_json(pairs)
     ident = {"method": "safeneuron", "tau_es": 0.5, "tau_sas": 1.0, "max_prompts": 24}
@@ -302,21 +302,12 @@ def test_8bit_adamw_in_time_chunks_keeps_frozen_rows_exact_and_checks_its_manife
     on the CPU), weight decay, reference log-probs from the policy before training (no second model), and training
     in time-limited chunks that each end with a checkpoint (exit, then resume). The frozen rows come out
     bit-identical, the rest moved, and the finished model's manifest refuses a changed weight file."""
-    from safeneuron_plugins import identify
     from safeneuron_plugins.errors import OptionsError
     from safeneuron_plugins.experiment import train_variant
     from safeneuron_plugins.experiment.train import MANIFEST, TrainingChunkEnded
 
     # gate/up weights of 128 x 64 = 8,192 entries: bitsandbytes keeps 8-bit moments from 4,096 entries on
-    model_dir = save_tiny_model(tmp_path / "m", "llama", hidden_size=64, intermediate_size=128)
-    from test_freeze_trl import preference_data
-
-    pairs = tmp_path / "pairs.jsonl"
-    preference_data(16).add_column("kind", ["harmless"] * 16).to_json(pairs)
-    ident = {"method": "safeneuron", "tau_es": 0.5, "tau_sas": 1.0, "max_prompts": 24}
-    original = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
-    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
-    mask_path = identify(original, tok, **ident).save(tmp_path / "mask.safetensors")
+    model_dir, pairs, ident, original, mask_path = _variant_setup(tmp_path, hidden_size=64, intermediate_size=128)
     cfg = ExperimentConfig(model=str(model_dir), batch_size=4, max_steps=3, learning_rate=5e-3, weight_decay=0.1,
                            sft_weight=0.0, optim="adamw_bnb_8bit", precompute_ref=True, save_steps=1,
                            max_train_minutes=1e-6, identify=ident, progress=False)
