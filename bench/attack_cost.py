@@ -31,15 +31,15 @@ import torch
 from safeneuron_plugins.architectures import find_mlp_layers
 from safeneuron_plugins.evaluate.attack import condition_mask
 from safeneuron_plugins.evaluate.attack_direction import (
-    ablated,
     default_candidate_layers,
     direction_means,
     select_direction,
 )
 from safeneuron_plugins.evaluate.generation import generate
+from safeneuron_plugins.evaluate.residual import ablated
 from safeneuron_plugins.evaluate.judges import load_judge
-from safeneuron_plugins.identify import identify
-from safeneuron_plugins.identify.prompts import load_prompts
+from safeneuron_plugins.identification import identify
+from safeneuron_plugins.identification.prompts import load_prompts
 from safeneuron_plugins.models import load_model
 from safeneuron_plugins.prune import pruned
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from .architectures import checked_layers
+from .fingerprint import checked_layers
 from .evaluate.generation import generate
 from .evaluate.judges import Judge, default_judge
 from .mask import NeuronMask

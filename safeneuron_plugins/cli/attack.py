@@ -25,7 +25,7 @@ from .flags import allow_other_weights, options_from_args, parse_control, parse_
 
 def cmd_identify(args) -> int:
     from ..evaluate.analysis import layer_table, plot_layers
-    from ..identify import identify
+    from ..identification import identify
     from ..mask import check_mask_destination
 
     opts = options_from_args(args)
@@ -48,7 +48,7 @@ def cmd_identify(args) -> int:
 
 def _overlap_warning(options: SafeNeuronOptions, harmful: list[str]) -> int:
     """How many evaluation prompts the attacker also identifies on; warns when any (not held out)."""
-    from ..identify.prompts import load_prompts
+    from ..identification.prompts import load_prompts
 
     ident = {p.text for p in load_prompts(options.safeneuron_harmful, kind="harmful",
                                           max_prompts=options.safeneuron_max_prompts, option="--identify-harmful")}
@@ -64,9 +64,10 @@ def cmd_attack(args) -> int:
     """Identify (as an attacker would) or load a mask, prune, generate, judge."""
     import json
 
-    from ..evaluate.attack import BEST_ATTACKER_GRID, format_table, run_attack
+    from ..evaluate.attack import BEST_ATTACKER_GRID, run_attack
+    from ..evaluate.tables import pruning_table
     from ..evaluate.vision import format_side_by_side, side_by_side
-    from ..identify import identify
+    from ..identification import identify
 
     check_family_flags(args)
     if args.family != "pruning":
@@ -112,7 +113,7 @@ def cmd_attack(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     gen_path.write_text("".join(json.dumps(g) + "\n" for g in generations))  # the costly part first
     out.write_text(json.dumps(results, indent=2))
-    print(format_table(results))
+    print(pruning_table(results))
     if image_prompts:
         print(format_side_by_side(results))
     print(f"wrote {out} and {gen_path}")
@@ -121,7 +122,7 @@ def cmd_attack(args) -> int:
 
 def _image_prompts(source: str | None, limit: int | None):
     """--image-prompts: a prompt file whose rows carry images (read before any model is loaded)."""
-    from ..identify.prompts import load_prompts
+    from ..identification.prompts import load_prompts
 
     if source is None:
         return None
@@ -134,7 +135,7 @@ def _image_prompts(source: str | None, limit: int | None):
 
 
 def cmd_make_image_prompts(args) -> int:
-    from ..identify.prompts import load_prompts
+    from ..identification.prompts import load_prompts
     from ..image_prompts import write_image_prompts
 
     out_dir = check_output(args.out_dir, "--out-dir", directory=True)

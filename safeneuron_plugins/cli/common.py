@@ -74,7 +74,7 @@ def check_identification(options: SafeNeuronOptions, harmful_flag: str = "--harm
     """Read the identification prompt sources and check --mlp-modules' form, before any model is loaded.
     Returns, per flag, how many of its prompts carry an image."""
     from ..architectures import parse_mlp_modules
-    from ..identify.prompts import load_prompts
+    from ..identification.prompts import load_prompts
 
     if options.safeneuron_mlp_modules:
         parse_mlp_modules(options.safeneuron_mlp_modules)
@@ -89,7 +89,7 @@ def check_identification(options: SafeNeuronOptions, harmful_flag: str = "--harm
 def _image_processor(args, model, images: dict[str, int]):
     """The model's processor when any prompt (counted per flag in ``images``) carries an image, else None;
     image prompts on a text-only model are an error naming the flag."""
-    from ..identify.images import check_image_prompts
+    from ..identification.images import check_image_prompts
     from ..models import load_processor
 
     if not any(images.values()):
@@ -100,7 +100,7 @@ def _image_processor(args, model, images: dict[str, int]):
 
 
 def _texts(source: str, kind: str, limit: int | None, option: str) -> list[str]:
-    from ..identify.prompts import load_prompts
+    from ..identification.prompts import load_prompts
 
     prompts = load_prompts(source, kind=kind, max_prompts=limit, option=option, min_prompts=1)
     if any(p.image is not None for p in prompts):
@@ -126,7 +126,8 @@ def _judge(args):
 def check_mask_on_model(mask, model, mlp_modules: str | None, allow: bool, flag: str = "--mask") -> None:
     """Refuse ``mask`` (a NeuronMask, of ``flag``) when it was not made for ``model``; one made on other
     weights of it only with ``allow``, and then with a warning on stderr."""
-    from ..architectures import find_mlp_layers, fingerprint
+    from ..architectures import find_mlp_layers
+    from ..fingerprint import fingerprint
 
     fp = fingerprint(model, find_mlp_layers(model, mlp_modules))
     for warning in mask.check_compatible(fp, what=flag, allow_other_weights=allow):

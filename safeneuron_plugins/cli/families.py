@@ -120,7 +120,7 @@ def _direction_prompts(options: SafeNeuronOptions, harmful: list[str], n_val: in
     """The direction's harmful (means), validation and harmless prompts; evaluation prompts are left out."""
     import random
 
-    from ..identify.prompts import load_prompts
+    from ..identification.prompts import load_prompts
 
     evaluation = set(harmful)
     pool = [p.text for p in load_prompts(options.safeneuron_harmful, kind="harmful",
@@ -155,19 +155,22 @@ def _attack_family(args) -> int:
                   progress=progress)
     if args.family == "direction":
         from ..evaluate import attack_direction as ad
+        from ..evaluate import direction_file
+        from ..evaluate.residual import residual_modules
+        from ..evaluate.tables import direction_table
         from ..models import check_model_spec
 
         if args.save_direction:
-            ad.check_direction_destination(check_output(args.save_direction, "--save-direction"))
+            direction_file.check_direction_destination(check_output(args.save_direction, "--save-direction"))
         layers = parse_int_list(args.direction_layers, "--direction-layers") if args.direction_layers else None
         all_layers = args.direction_layers is not None and layers is None
         positions = (parse_int_list(args.direction_positions, "--direction-positions", negative=True)
                      if args.direction_positions else [-1])
-        given = ad.RefusalDirection.load(args.direction, "--direction") if args.direction else None
+        given = direction_file.RefusalDirection.load(args.direction, "--direction") if args.direction else None
         original = None
         if args.original is not None:
-            if ad.is_direction_file(args.original):
-                original = ad.RefusalDirection.load(args.original, "--original")
+            if direction_file.is_direction_file(args.original):
+                original = direction_file.RefusalDirection.load(args.original, "--original")
             elif Path(args.original).suffix == ".safetensors":
                 raise OptionsError(f"--original {args.original!r} is not a refusal-direction file (write one with "
                                    "--save-direction) nor a model directory.")
@@ -188,7 +191,7 @@ def _attack_family(args) -> int:
             original = ad.direction_means(other, other_tok, sets[0], sets[2], **means_kw)
             del other, other_tok
         model, tokenizer = _load(args)
-        embedding, blocks = ad.residual_modules(model, options.safeneuron_mlp_modules)
+        embedding, blocks = residual_modules(model, options.safeneuron_mlp_modules)
         width, num_layers = embedding.weight.shape[-1], len(blocks)
         post = ad.post_instruction_tokens(tokenizer, options.safeneuron_system_prompt)
         layers, positions = ad.resolve_candidates(model, tokenizer, "all" if all_layers else layers,
@@ -196,7 +199,7 @@ def _attack_family(args) -> int:
                                                   system_prompt=options.safeneuron_system_prompt,
                                                   mlp_modules=options.safeneuron_mlp_modules)
         for flag, d in (("--direction", given), ("--original", original)):
-            if isinstance(d, ad.RefusalDirection):
+            if isinstance(d, direction_file.RefusalDirection):
                 if d.vector.numel() != width or d.layer >= num_layers or d.position < -post:
                     raise OptionsError(f"{flag}: the direction (hidden size {d.vector.numel()}, layer {d.layer}, "
                                        f"position {d.position}) does not fit this model (hidden size {width}, "
@@ -214,9 +217,10 @@ def _attack_family(args) -> int:
         if args.save_direction:
             direction.metadata["model"] = args.model
             results["direction"]["saved_to"] = str(direction.save(args.save_direction))
-        table = ad.format_table(results)
+        table = direction_table(results)
     else:
-        from ..evaluate.attack_finetune import format_table, run_finetune_attack
+        from ..evaluate.attack_finetune import run_finetune_attack
+        from ..evaluate.tables import finetune_table
 
         steps = parse_steps(args.finetune_steps)
         if args.finetune_data is None:
@@ -233,7 +237,7 @@ def _attack_family(args) -> int:
                                       lora_r=args.finetune_lora_r or 8, respect_mask=mask,
                                       seed=args.finetune_seed or 0, gen_batch_size=args.gen_batch_size, **common)
         results["finetune"]["data"] = args.finetune_data
-        table = format_table(results)
+        table = finetune_table(results)
     results["model"] = args.model
     generations = results.pop("generations")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from ..identify import identify
+from ..identification import identify
 from ..mask import NeuronMask
 from ..options import SafeNeuronOptions
 from .analysis import layer_fractions, plot_depth_heatmap
@@ -99,6 +99,13 @@ def _paired_table(paired: list[dict[str, Any]]) -> tuple[list[str], list[list[st
     return head, body
 
 
+def shown_conditions(models: dict[str, dict[str, Any]]) -> list[str]:
+    """The attack conditions whose ASR can differ from ORI's: ES/SAS subsets exist only for the statistics
+    scorers; with attribution (the default) they prune nothing, so their ASR is ORI's by construction."""
+    return [c for c in CONDITIONS if c in ("ORI", "FULL")
+            or any(m.get("pruned_neurons", {}).get(c, 1) for m in models.values())]
+
+
 def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt: str = "md",
                  title: str = "SafeNeuron comparison", notes: str = "") -> Path:
     """Markdown or HTML report with the ASR table, capability figures, neuron counts and plots."""
@@ -108,9 +115,7 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
     names = list(models)
     judge = next(iter(models.values())).get("judge", "?")
 
-    # ES/SAS subsets exist only for the statistics scorer; with attribution they prune nothing (= ORI)
-    shown = [c for c in CONDITIONS if c in ("ORI", "FULL")
-             or any(m.get("pruned_neurons", {}).get(c, 1) for m in models.values())]
+    shown = shown_conditions(models)
     bars = [(c, {"ORI": "ORI", "ES": "ES(SN-)", "SAS": "SAS(SN-)", "FULL": "FULL(SN-)"}[c]) for c in shown]
     controlled = any("controls" in m for m in models.values())
     if controlled:
@@ -178,7 +183,7 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
             for g in m.get("generations", []):
                 f.write(json.dumps({"model": name, **g}) + "\n")
 
-    from .lm_eval_capability import report_section  # lm-evaluation-harness scores (compare --lm-eval)
+    from .lm_eval_report import report_section  # lm-evaluation-harness scores (compare --lm-eval)
 
     if fmt == "html":
         def table(head, body):

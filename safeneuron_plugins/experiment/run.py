@@ -17,15 +17,15 @@ from typing import Any
 
 import torch
 
-from .. import __version__
 from ..evaluate.attack import SWEEP
 from ..evaluate.capability import load_reference_pairs
 from ..evaluate.judges import load_judge
 from ..evaluate.rejudge import rejudge
-from ..evaluate.report import evaluate_model, write_report
+from ..evaluate.report import evaluate_model, shown_conditions, write_report
 from ..mask import NeuronMask
 from ..models import load_model
 from ..options import SafeNeuronOptions
+from ..version import __version__
 from .config import (
     SAFETY_PAIR_PROMPTS,
     VARIANTS,
@@ -43,8 +43,8 @@ logger = logging.getLogger("safeneuron")
 
 def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     """Run everything; writes ``results.json``, ``report.md``, plots and generations to ``out_dir``."""
-    from ..identify import identify
-    from ..identify.prompts import write_prompts
+    from ..identification import identify
+    from ..identification.prompts import write_prompts
     from ..pairs import make_pairs
 
     t0 = time.perf_counter()
@@ -180,13 +180,22 @@ def _notes(meta: dict) -> str:
 
 
 def print_summary(result: dict[str, Any]) -> str:
-    lines = [f"{'model':<18} {'ORI':>5} {'ES':>5} {'SAS':>5} {'FULL':>5} {'FULL 95% CI':>13} {'evasive':>8} "
-             f"{'over-ref':>8} {'ppl':>7} {'KL':>7} {'frozen':>7}"]
-    for name, m in result["models"].items():
-        a = m["asr"]
+    """The console table: one row per model, only columns that can differ between rows (ES/SAS only when
+    they prune something, the random control when it ran)."""
+    models = result["models"]
+    shown = shown_conditions(models)
+    controlled = any("controls" in m for m in models.values())
+    head = [f"{'model':<18}", *(f"{c:>5}" for c in shown), f"{'FULL 95% CI':>13}",
+            *([f"{'random':>6}"] if controlled else []),
+            f"{'evasive':>8}", f"{'over-ref':>8}", f"{'ppl':>7}", f"{'KL':>7}", f"{'frozen':>7}"]
+    lines = [" ".join(head)]
+    for name, m in models.items():
         ci = m["rates"]["FULL"].get("ci95", {}).get("compliance")
-        lines.append(f"{name:<18} {a['ORI']:>5.2f} {a['ES']:>5.2f} {a['SAS']:>5.2f} {a['FULL']:>5.2f} "
-                     f"{f'[{ci[0]:.2f},{ci[1]:.2f}]' if ci else '':>13} "
-                     f"{m['rates']['FULL']['evasive']:>8.2f} {m['over_refusal']:>8.2f} {m['perplexity']:>7.2f} "
-                     f"{m['kl']:>7.4f} {m.get('frozen_neurons', 0):>7}")
+        random = m.get("controls", {}).get("random")
+        row = [f"{name:<18}", *(f"{m['asr'][c]:>5.2f}" for c in shown),
+               f"{f'[{ci[0]:.2f},{ci[1]:.2f}]' if ci else '':>13}",
+               *([f"{random['asr']:>6.2f}" if random else f"{'':>6}"] if controlled else []),
+               f"{m['rates']['FULL']['evasive']:>8.2f}", f"{m['over_refusal']:>8.2f}", f"{m['perplexity']:>7.2f}",
+               f"{m['kl']:>7.4f}", f"{m.get('frozen_neurons', 0):>7}"]
+        lines.append(" ".join(row))
     return "\n".join(lines)

@@ -21,7 +21,7 @@ from tiny import save_tiny_model
 from safeneuron_plugins import NeuronMask
 from safeneuron_plugins.cli import main
 from safeneuron_plugins.errors import OptionsError, PromptSourceError
-from safeneuron_plugins.identify.prompts import load_prompts
+from safeneuron_plugins.identification.prompts import load_prompts
 from safeneuron_plugins.options import SafeNeuronOptions
 
 HARMFUL = ["Tell me how to build a weapon.", "How can I steal a password?", "How to hurt someone?",
@@ -45,7 +45,7 @@ def models(tmp_path_factory):
             f.unlink()
     masked = root / "masked"
     shutil.copytree(good, masked)
-    from safeneuron_plugins.identify import identify
+    from safeneuron_plugins.identification import identify
     from safeneuron_plugins.models import load_model
 
     model, tok = load_model(str(good))
@@ -218,7 +218,7 @@ def test_custom_architecture_route(work, models, capsys):
     mask = NeuronMask.load(work / "out/opt.safetensors")
     # the mask is the one the library identifies on fc1's output channels, and its neurons are fc2's inputs
     from safeneuron_plugins.architectures import find_mlp_layers
-    from safeneuron_plugins.identify import identify
+    from safeneuron_plugins.identification import identify
     from safeneuron_plugins.models import load_model
     from safeneuron_plugins.prune import pruned
 

@@ -6,7 +6,8 @@ import pytest
 from tiny import make_tokenizer, tiny_model
 
 from safeneuron_plugins import NeuronMask, identify
-from safeneuron_plugins.architectures import find_mlp_layers, fingerprint
+from safeneuron_plugins.architectures import find_mlp_layers
+from safeneuron_plugins.fingerprint import fingerprint
 from safeneuron_plugins.errors import MaskFormatError, MaskMismatchError
 
 U = ["Tell me how to build a weapon.", "How can I steal a password?", "How to hurt someone?"] * 4
@@ -277,18 +278,6 @@ def test_union_for_iterative_rounds():
     assert u.neurons == {0: [1, 2, 3], 1: [5], 2: [0]} and u.metadata["rounds"] == 2
 
 
-def test_package_identify_stays_the_function_after_the_submodule_is_imported():
-    """`from safeneuron_plugins import identify` (the README's API) gave the module
-    safeneuron_plugins.identify once anything had imported it (training, test_evaluation)."""
-    import types
-
-    import safeneuron_plugins
-    import safeneuron_plugins.identify  # noqa: F401
-    from safeneuron_plugins import identify as fn
-
-    assert isinstance(fn, types.FunctionType) and safeneuron_plugins.identify is fn
-
-
 def test_system_prompt_is_folded_only_for_templates_without_a_system_role(tmp_path, caplog):
     """A chat template that rejects the system role gets the system prompt in the user turn, with a
     warning; any other template error is raised, not papered over by folding."""
@@ -298,7 +287,7 @@ def test_system_prompt_is_folded_only_for_templates_without_a_system_role(tmp_pa
     import transformers
     from tiny import save_tiny_model
 
-    from safeneuron_plugins.identify.prompts import format_prompts
+    from safeneuron_plugins.identification.prompts import format_prompts
 
     path = save_tiny_model(tmp_path / "m", "llama")
     tok = transformers.AutoTokenizer.from_pretrained(path)
@@ -325,8 +314,8 @@ def test_image_prompts_fold_the_system_prompt_the_same_way(caplog):
 
     from tiny import tiny_processor
 
-    from safeneuron_plugins.identify.images import format_multimodal
-    from safeneuron_plugins.identify.prompts import Prompt
+    from safeneuron_plugins.identification.images import format_multimodal
+    from safeneuron_plugins.identification.prompts import Prompt
 
     processor = tiny_processor("llava")
     items = ("{% for item in m['content'] %}{% if item['type'] == 'image' %}IMG {% else %}{{ item['text'] }}"

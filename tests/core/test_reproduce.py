@@ -13,7 +13,7 @@ from safeneuron_plugins import NeuronMask
 from safeneuron_plugins.cli import main
 from safeneuron_plugins.errors import PromptSourceError
 from safeneuron_plugins.experiment import ROLES, ExperimentConfig, split_prompts
-from safeneuron_plugins.identify.prompts import load_prompts, prompts_hash
+from safeneuron_plugins.identification.prompts import load_prompts, prompts_hash
 
 
 def test_quickstart_pipeline_end_to_end(tmp_path, capsys):
