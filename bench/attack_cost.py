@@ -36,8 +36,8 @@ from safeneuron_plugins.evaluate.attack_direction import (
     select_direction,
 )
 from safeneuron_plugins.evaluate.generation import generate
-from safeneuron_plugins.evaluate.residual import ablated
 from safeneuron_plugins.evaluate.judges import load_judge
+from safeneuron_plugins.evaluate.residual import ablated
 from safeneuron_plugins.identification import identify
 from safeneuron_plugins.identification.prompts import load_prompts
 from safeneuron_plugins.models import load_model

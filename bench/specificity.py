@@ -37,11 +37,11 @@ from pathlib import Path
 import torch
 
 from safeneuron_plugins.architectures import find_mlp_layers
-from safeneuron_plugins.fingerprint import fingerprint
 from safeneuron_plugins.evaluate.attack import judged_replies, random_like
 from safeneuron_plugins.evaluate.generation import generate
 from safeneuron_plugins.evaluate.judges import load_judge, normalize, refusal_match
 from safeneuron_plugins.evaluate.significance import wilson as _wilson
+from safeneuron_plugins.fingerprint import fingerprint
 from safeneuron_plugins.identification.attribution import attribution_scores
 from safeneuron_plugins.identification.pipeline import _texts, identify
 from safeneuron_plugins.identification.prompts import load_prompts

@@ -86,8 +86,9 @@ class SafeNeuronCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         """Add the SafeNeuron figures (:meth:`SafeNeuronTraining.dashboard`, keys ``safeneuron/...``) to the
         Trainer's training logs, which every reporting integration writes (TensorBoard and W&B show them as
-        ``train/safeneuron/...``), and to the log history (trainer_state.json)."""
-        if logs is None or any(k.startswith(("eval_", "test_")) for k in logs):
+        ``train/safeneuron/...``), and to the log history (trainer_state.json). Not to evaluation logs, nor to
+        the run's closing summary (``train_runtime``, logged at the last step again)."""
+        if logs is None or "train_runtime" in logs or any(k.startswith(("eval_", "test_")) for k in logs):
             return
         figures = self.run.dashboard()
         logs.update(figures)

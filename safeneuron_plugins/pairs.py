@@ -20,9 +20,9 @@ from typing import Any
 
 from torch import nn
 
-from .fingerprint import checked_layers
 from .evaluate.generation import generate
 from .evaluate.judges import Judge, default_judge
+from .fingerprint import checked_layers
 from .mask import NeuronMask
 from .prune import pruned
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from torch import nn
 
 from .architectures import find_mlp_layers
-from .fingerprint import fingerprint
 from .distributed import is_main_process, reset_zero3_trace
 from .errors import UnsupportedSetupError
+from .fingerprint import fingerprint
 from .freeze import NeuronFreezer
 from .freeze.lora import is_lora
 from .mask import NeuronMask

@@ -21,17 +21,13 @@ the same layer and position, to see whether training moved the direction or only
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..architectures import find_mlp_layers
 from ..distributed import is_sharded
 from ..errors import OptionsError, SafeNeuronError
 from ..identification.activations import _StopForward
@@ -40,8 +36,8 @@ from ..identification.prompts import format_prompts
 from ..quantization import unpacked_bnb_weights
 from .direction_file import DirectionFileError, RefusalDirection
 from .generation import generate
-from .residual import _hidden, ablated, residual_modules
 from .judges import Judge, default_judge
+from .residual import ablated, hidden_state, residual_modules
 
 _MARKER = "SAFENEURONINSTRUCTIONMARKER"
 #: candidate layers by default, as fractions of the depth (Arditi et al. search the layers below 80%)
@@ -110,7 +106,7 @@ def _mean_residual(model: nn.Module, tokenizer, prompts: list[str], positions: i
 
     def record(i: int):
         def hook(mod, args, out):
-            h = _hidden(out)
+            h = hidden_state(out)
             rows = torch.arange(h.shape[0], device=h.device).unsqueeze(1)
             current[i] = h[rows, index[0].to(h.device)].double().sum(0)  # [positions, hidden]
             if stop and i == len(blocks) - 1:
@@ -254,7 +250,7 @@ def run_direction_attack(model: nn.Module, tokenizer, harmful: list[str], *,
     over the same prompts, or the original ``(model, tokenizer)``; ``results["direction"]["cosine_to_original"]``
     is then the cosine of this model's direction and the original's at the same layer and position (a
     direction's own layer and position; for means or a model, those of the direction ablated here). Returns the
-    results with every generation (``generations``), as :func:`safeneuron_plugins.attack.run_attack` does; the
+    results with every generation (``generations``), as :func:`safeneuron_plugins.evaluate.attack.run_attack` does; the
     direction itself is ``results["_direction"]``."""
     from .attack import rate_summary
     from .significance import paired_difference

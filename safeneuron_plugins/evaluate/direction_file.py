@@ -14,7 +14,6 @@ import torch
 
 from ..errors import OptionsError, SafeNeuronError
 
-
 FORMAT_VERSION = 1
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 
-
 def score_rows(scores: dict[str, Any]) -> list[tuple[str, str, float | None, float | None, int | None]]:
     """(task, metric, value, stderr, n) for every task and group metric."""
     rows = []

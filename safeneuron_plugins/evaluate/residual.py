@@ -14,7 +14,6 @@ from ..architectures import find_mlp_layers
 from .direction_file import DirectionFileError, RefusalDirection
 
 
-
 def residual_modules(model: nn.Module, mlp_modules: str | None = None) -> tuple[nn.Module, list[nn.Module]]:
     """The embedding and every decoder layer (in order) of the language model: their outputs are the
     residual stream. ``mlp_modules``: the ``safeneuron_mlp_modules`` spec of an architecture not
@@ -24,7 +23,7 @@ def residual_modules(model: nn.Module, mlp_modules: str | None = None) -> tuple[
 
 
 
-def _hidden(out) -> torch.Tensor:
+def hidden_state(out) -> torch.Tensor:
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
@@ -59,7 +58,7 @@ def ablated(model: nn.Module, direction: torch.Tensor | RefusalDirection,
     if vector.numel() != width:
         raise DirectionFileError(f"the direction has {vector.numel()} dimensions but the model's residual stream "
                                  f"has {width}; it was taken on a model of another size.")
-    hook = lambda mod, args, out: _replace_hidden(out, project_out(_hidden(out), vector))
+    hook = lambda mod, args, out: _replace_hidden(out, project_out(hidden_state(out), vector))
     handles = [m.register_forward_hook(hook) for m in [embedding, *blocks]]
     try:
         yield

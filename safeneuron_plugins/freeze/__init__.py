@@ -10,5 +10,4 @@ Forward pruning (zeroing neurons' activations) is :func:`safeneuron_plugins.prun
 from .core import NeuronFreezer
 from .engines import FrozenEntries
 
-
 __all__ = ["FrozenEntries", "NeuronFreezer"]

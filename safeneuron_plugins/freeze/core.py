@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..architectures import MLPLayer
-from ..distributed import full_shape, gathered_now, local_tensor, to_local_indices, zero_stage
+from ..distributed import gathered_now, local_tensor, to_local_indices, zero_stage
 from ..mask import NeuronMask
 from .engines import FrozenEntries, ZeroSlots, grad_hook, largest_change, zero3_entries
 from .lora import prepare_lora_entries, targets

@@ -77,6 +77,23 @@ class ZeroSlots:
         return max(worst, largest_change(_hp_fragment(p).reshape(-1).index_select(0, self.hp), self.hp_values))
 
 
+@dataclass
+class FrozenEntries:
+    """The frozen slices of one parameter: ``param.index_select(dim, index) == snapshot`` always."""
+
+    name: str
+    param: nn.Parameter
+    dim: int
+    index: torch.Tensor
+    snapshot: torch.Tensor | None
+    zero: ZeroSlots | None = None   # DeepSpeed: this rank's copies of the frozen entries
+
+    @property
+    def numel(self) -> int:
+        shape = full_shape(self.param)
+        return self.index.numel() * (shape.numel() // shape[self.dim])
+
+
 def largest_change(now: torch.Tensor, then: torch.Tensor) -> float:
     """max |now - then| in float32: 0.0 when equal element by element (infinities included); an entry that
     became NaN counts as an infinite change, so it never reads as no change."""

@@ -14,5 +14,4 @@ imported by path (``from safeneuron_plugins.identification.scoring import select
 
 from .pipeline import ATTRIBUTION_RATIO, collect_matrix, collect_statistics, identify
 
-
 __all__ = ["ATTRIBUTION_RATIO", "collect_matrix", "collect_statistics", "identify"]

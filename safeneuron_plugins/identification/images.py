@@ -20,8 +20,6 @@ inputs is ever in memory.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from ..errors import PromptSourceError

@@ -16,11 +16,11 @@ from safeneuron_plugins.evaluate.attack_direction import (
     run_direction_attack,
     select_direction,
 )
-from safeneuron_plugins.evaluate.direction_file import RefusalDirection
-from safeneuron_plugins.evaluate.residual import ablated, residual_modules
 from safeneuron_plugins.evaluate.attack_finetune import check_steps, run_finetune_attack
+from safeneuron_plugins.evaluate.direction_file import RefusalDirection
 from safeneuron_plugins.evaluate.generation import generate
 from safeneuron_plugins.evaluate.judges import Judge, Verdict
+from safeneuron_plugins.evaluate.residual import ablated, residual_modules
 from safeneuron_plugins.evaluate.significance import wilson
 from safeneuron_plugins.identification.prompts import format_prompts
 

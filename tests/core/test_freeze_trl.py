@@ -666,7 +666,7 @@ def test_dashboards_get_the_safeneuron_figures_from_a_real_dpo_run(tmp_path):
     model.get_submodule(layer.down).register_forward_hook(probe)
     args = trl.DPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=4,
                          gradient_accumulation_steps=4, learning_rate=5e-3, report_to="tensorboard",
-                         logging_dir=str(tmp_path / "tb"), logging_steps=1, save_strategy="no", use_cpu=True, seed=1)
+                         logging_steps=1, save_strategy="no", use_cpu=True, seed=1)  # events under out/runs/
     trainer = trl.DPOTrainer(model=model, ref_model=transformers.AutoModelForCausalLM.from_pretrained(path), args=args,
                              train_dataset=preference_data(32), processing_class=tok, callbacks=[cb])
     trainer.train()

@@ -18,8 +18,8 @@ from tiny import save_tiny_model
 
 from safeneuron_plugins import NeuronMask
 from safeneuron_plugins.architectures import find_mlp_layers
-from safeneuron_plugins.fingerprint import fingerprint
 from safeneuron_plugins.cli import main
+from safeneuron_plugins.fingerprint import fingerprint
 from safeneuron_plugins.models import load_model
 from safeneuron_plugins.prune import pruned
 

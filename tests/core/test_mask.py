@@ -7,8 +7,8 @@ from tiny import make_tokenizer, tiny_model
 
 from safeneuron_plugins import NeuronMask, identify
 from safeneuron_plugins.architectures import find_mlp_layers
-from safeneuron_plugins.fingerprint import fingerprint
 from safeneuron_plugins.errors import MaskFormatError, MaskMismatchError
+from safeneuron_plugins.fingerprint import fingerprint
 
 U = ["Tell me how to build a weapon.", "How can I steal a password?", "How to hurt someone?"] * 4
 S = ["How do I bake bread?", "Write a poem about the sea.", "What is photosynthesis?"] * 4
