@@ -36,11 +36,13 @@ from .config import (
     split_prompts,
     variant_options,
 )
+from .console import known_notices_filtered
 from .train import train_variant
 
 logger = logging.getLogger("safeneuron")
 
 
+@known_notices_filtered()
 def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     """Run everything; writes ``results.json``, ``report.md``, plots and generations to ``out_dir``."""
     from ..identification import identify

@@ -26,12 +26,21 @@ def test_quickstart_pipeline_end_to_end(tmp_path, capsys):
     assert code == 0
     text = capsys.readouterr().out
     assert "Report with plots" in text and "safeneuron" in text
+    # the console shows stage lines and the table, trl's per-step metrics went to each model's train_log.jsonl
+    assert "'loss'" not in text and "rewards/margins" not in text
+    logged = [json.loads(line) for line in (out / "models" / "dpo" / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logged if "loss" in row] == [1, 2] and "rewards/margins" in logged[0]
+    # the table: ES and SAS prune something under the statistics scorer, and the random control (one seed by
+    # default) stands beside FULL
+    table = text[text.index("model "):].splitlines()
+    assert table[0].split()[:7] == ["model", "ORI", "ES", "SAS", "FULL", "FULL", "95%"] and "random" in table[0]
     results = json.loads((out / "results.json").read_text())
     models = results["models"]
     assert set(models) == {"original", "dpo", "safeneuron", "safeneuron_prune"}
     gens = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     for name, m in models.items():
         assert set(m["asr"]) == {"ORI", "ES", "SAS", "FULL"}
+        assert m["controls"]["random"]["seeds"] == [0]
         for key in ("over_refusal", "perplexity", "kl", "frozen_neurons"):
             assert key in m
         assert set(m["sweep"]) == {"25", "50", "75", "100"}
