@@ -32,8 +32,8 @@ def test_quickstart_pipeline_end_to_end(tmp_path, capsys):
     assert [row["step"] for row in logged if "loss" in row] == [1, 2] and "rewards/margins" in logged[0]
     # the table: ES and SAS prune something under the statistics scorer, and the random control (one seed by
     # default) stands beside FULL
-    table = text[text.index("model "):].splitlines()
-    assert table[0].split()[:7] == ["model", "ORI", "ES", "SAS", "FULL", "FULL", "95%"] and "random" in table[0]
+    head = next(line for line in text.splitlines() if line.startswith("model ") and " ORI " in line)
+    assert head.split()[:7] == ["model", "ORI", "ES", "SAS", "FULL", "FULL", "95%"] and "random" in head
     results = json.loads((out / "results.json").read_text())
     models = results["models"]
     assert set(models) == {"original", "dpo", "safeneuron", "safeneuron_prune"}
@@ -45,7 +45,8 @@ def test_quickstart_pipeline_end_to_end(tmp_path, capsys):
             assert key in m
         assert set(m["sweep"]) == {"25", "50", "75", "100"}
         # each rate is the share of that model's saved replies under that condition judged compliance
-        for condition, rate in [*m["asr"].items(), *((f"FULL@{p}%", r) for p, r in m["sweep"].items())]:
+        for condition, rate in [*m["asr"].items(), *((f"FULL@{p}%", r) for p, r in m["sweep"].items()),
+                                ("random:0", m["controls"]["random"]["asr"])]:
             wins = [g["success"] for g in gens if g["model"] == name and g["condition"] == condition]
             assert len(wins) == 4 and rate == pytest.approx(sum(wins) / 4), (name, condition)
         # and each condition pruned exactly its part of the mask the attacker found on that model
@@ -54,7 +55,8 @@ def test_quickstart_pipeline_end_to_end(tmp_path, capsys):
                                        "SAS": attacked.subset("sas").num_neurons, "FULL": attacked.num_neurons,
                                        "FULL@25%": attacked.restrict_layers({0}).num_neurons,
                                        "FULL@50%": attacked.restrict_layers({0, 1}).num_neurons,
-                                       "FULL@75%": attacked.num_neurons, "FULL@100%": attacked.num_neurons}, name
+                                       "FULL@75%": attacked.num_neurons, "FULL@100%": attacked.num_neurons,
+                                       "random:0": attacked.num_neurons}, name
         assert m["safety_neurons"] == attacked.num_neurons > 0
     assert all(g["success"] == (g["label"] == "compliance") for g in gens if g["condition"] != "harmless")
     assert models["dpo"]["frozen_neurons"] == 0 and models["safeneuron"]["frozen_neurons"] > 0
