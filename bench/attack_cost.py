@@ -12,7 +12,7 @@ load; each ratio is the median over rounds of (step / that round's plain pass). 
   harmless prompts, the choice among the candidate layers on 16 validation prompts x 16 tokens, and one
   generation pass with the direction ablated.
 
-Goals (issue 16): pruning per condition <= 1.1x, direction attack <= 1.3x.
+Goals: pruning per condition <= 1.1x, direction attack <= 1.3x.
 
     .venv/bin/python bench/attack_cost.py [--model default] [--prompts 32] [--max-new-tokens 32] [--repeats 3]
 """

@@ -1,4 +1,4 @@
-"""Issue 13: bad input fails before the work, with exit code 2 and one line naming the option or file.
+"""Bad input fails before the work, with exit code 2 and one line naming the option or file.
 
 The table walks the `safeneuron` CLI through every case of the issue. Each case asserts: exit code 2, a
 message naming the option or file at fault, no traceback, and nothing written (the files under the

@@ -1,4 +1,4 @@
-"""Capability through lm-evaluation-harness (issue 16, items 3-4): `safeneuron capability --lm-eval` and
+"""Capability through lm-evaluation-harness: `safeneuron capability --lm-eval` and
 `compare --lm-eval` on a tiny model and the project's local example task (tests/data/lm_eval_tasks), offline.
 
 The scores are checked against a hand computation with the model itself: for each item, the choice with the

@@ -150,7 +150,7 @@ def test_write_is_atomic(tmp_path, monkeypatch, llama_mask):
 
 
 def test_mask_file_mode_follows_the_umask(tmp_path, llama_mask):
-    """Issue 13 item 8: not 0600 whatever the umask (a mask in a shared output_dir must stay readable)."""
+    """Not 0600 whatever the umask (a mask in a shared output_dir must stay readable)."""
     _, mask = llama_mask
     old = os.umask(0o022)
     try:
@@ -162,7 +162,7 @@ def test_mask_file_mode_follows_the_umask(tmp_path, llama_mask):
 
 
 def test_sigkill_while_saving_leaves_no_temporary_file(tmp_path):
-    """Issue 13 item 8: a process killed (SIGKILL: no cleanup runs) while it writes masks leaves the
+    """A process killed (SIGKILL: no cleanup runs) while it writes masks leaves the
     destination either the old or the new mask. Nothing else is left, except when the kill lands in the
     instant between naming the complete file and renaming it (no rename closes that window): then its hidden
     temporary name stays, and the next write to the destination removes it."""
@@ -211,7 +211,7 @@ def test_a_write_removes_only_dead_writers_temporaries(tmp_path, llama_mask):
 
 
 def test_refuses_to_overwrite_a_file_that_is_not_a_mask(tmp_path, llama_mask):
-    """Issue 13 item 3: `identify M --out M/model.safetensors` must not replace a model's weights."""
+    """`identify M --out M/model.safetensors` must not replace a model's weights."""
     _, mask = llama_mask
     import torch
     from safetensors.torch import save_file
@@ -260,7 +260,7 @@ GOOD_META = {"format_version": 1, **FP}
     ({"neurons.x": [1]}, GOOD_META, "not one of neurons.LAYER"),
 ])
 def test_hand_edited_masks_are_refused_with_the_reason(tmp_path, tensors, meta, message):
-    """Issue 13 item 10: bad metadata or indices are a MaskFormatError naming the problem, never a
+    """Bad metadata or indices are a MaskFormatError naming the problem, never a
     JSONDecodeError/KeyError, nor a mask that silently prunes the wrong neurons."""
     with pytest.raises(MaskFormatError, match=message):
         NeuronMask.load(_hand_edited(tmp_path, tensors, meta))

@@ -1,4 +1,4 @@
-"""Vision-language models end to end (issue 17): identification with image prompts, typographic image
+"""Vision-language models end to end: identification with image prompts, typographic image
 prompts, the pruning attack through images. Tiny random Qwen2-VL / LLaVA built from configs, their processors
 built here (transformers' PIL image processors, no torchvision), no network."""
 
