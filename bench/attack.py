@@ -13,7 +13,7 @@ import torch
 
 from safeneuron_plugins.evaluate.attack import judged_replies
 from safeneuron_plugins.evaluate.judges import default_judge
-from safeneuron_plugins.identify.prompts import format_prompts, load_prompts
+from safeneuron_plugins.identification.prompts import format_prompts, load_prompts
 from safeneuron_plugins.mask import NeuronMask
 from safeneuron_plugins.models import load_model
 

@@ -12,7 +12,7 @@ load; each ratio is the median over rounds of (step / that round's plain pass). 
   harmless prompts, the choice among the candidate layers on 16 validation prompts x 16 tokens, and one
   generation pass with the direction ablated.
 
-Goals (issue 16): pruning per condition <= 1.1x, direction attack <= 1.3x.
+Goals: pruning per condition <= 1.1x, direction attack <= 1.3x.
 
     .venv/bin/python bench/attack_cost.py [--model default] [--prompts 32] [--max-new-tokens 32] [--repeats 3]
 """
@@ -31,15 +31,15 @@ import torch
 from safeneuron_plugins.architectures import find_mlp_layers
 from safeneuron_plugins.evaluate.attack import condition_mask
 from safeneuron_plugins.evaluate.attack_direction import (
-    ablated,
     default_candidate_layers,
     direction_means,
     select_direction,
 )
 from safeneuron_plugins.evaluate.generation import generate
 from safeneuron_plugins.evaluate.judges import load_judge
-from safeneuron_plugins.identify import identify
-from safeneuron_plugins.identify.prompts import load_prompts
+from safeneuron_plugins.evaluate.residual import ablated
+from safeneuron_plugins.identification import identify
+from safeneuron_plugins.identification.prompts import load_prompts
 from safeneuron_plugins.models import load_model
 from safeneuron_plugins.prune import pruned
 

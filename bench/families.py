@@ -60,7 +60,7 @@ def rebuild_identification(results: dict, where: Path) -> Path | None:
 
     from safeneuron_plugins.errors import PromptSourceError
     from safeneuron_plugins.experiment.config import ExperimentConfig, split_prompts
-    from safeneuron_plugins.identify.prompts import write_prompts
+    from safeneuron_plugins.identification.prompts import write_prompts
 
     known = {f.name for f in fields(ExperimentConfig)}
     cfg = ExperimentConfig(**{k: v for k, v in results["meta"]["config"].items() if k in known})
@@ -114,7 +114,7 @@ def model_dirs(name: str, results: dict, wanted: list[str], runs: Path = ROOT / 
     differs by rounding alone); another model of the same name must not have its attack written into this row.
     A name kept under several such runs is refused. The original goes with any run whose identification
     prompts are this results file's (the same hash as ``meta.split``)."""
-    from safeneuron_plugins.identify.prompts import load_prompts, prompts_hash
+    from safeneuron_plugins.identification.prompts import load_prompts, prompts_hash
 
     def identify_hash(run: Path) -> str:  # as meta.split records it: the hash of the prompt texts
         return prompts_hash([p.text for p in load_prompts(str(run / "identify_harmful.jsonl"), min_prompts=1)])
@@ -190,7 +190,7 @@ def run_best(model_dir: str, run_dir: Path | None, out: Path, cfg: dict, grid_na
     prompts."""
     from safeneuron_plugins.evaluate.attack import BEST_ATTACKER_GRID, best_attacker
     from safeneuron_plugins.evaluate.judges import load_judge
-    from safeneuron_plugins.identify.prompts import load_prompts
+    from safeneuron_plugins.identification.prompts import load_prompts
     from safeneuron_plugins.models import load_model
     from safeneuron_plugins.options import SafeNeuronOptions
 

@@ -21,8 +21,8 @@ import torch
 
 from safeneuron_plugins.evaluate.generation import generate
 from safeneuron_plugins.evaluate.judges import load_judge
-from safeneuron_plugins.identify.batching import pad_id_of
-from safeneuron_plugins.identify.prompts import format_prompts, load_prompts
+from safeneuron_plugins.identification.batching import pad_id_of
+from safeneuron_plugins.identification.prompts import format_prompts, load_prompts
 from safeneuron_plugins.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from safeneuron_plugins import identify
-from safeneuron_plugins.identify.batching import input_device, length_batches, pad_batch, pad_id_of, tokenize
-from safeneuron_plugins.identify.prompts import format_prompts, load_prompts
+from safeneuron_plugins.identification.batching import input_device, length_batches, pad_batch, pad_id_of, tokenize
+from safeneuron_plugins.identification.prompts import format_prompts, load_prompts
 from safeneuron_plugins.models import load_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -24,17 +24,17 @@ from pathlib import Path
 
 import torch
 
+from safeneuron_plugins import identify
 from safeneuron_plugins.architectures import find_mlp_layers
 from safeneuron_plugins.evaluate.attack import BEST_ATTACKER_GRID, judged_replies, successes
 from safeneuron_plugins.evaluate.generation import generate
 from safeneuron_plugins.evaluate.judges import load_judge, normalize, refusal_match
 from safeneuron_plugins.evaluate.significance import paired_difference, paired_power, wilson
 from safeneuron_plugins.experiment import ExperimentConfig, split_prompts
-from safeneuron_plugins.identify import identify
-from safeneuron_plugins.identify.attribution import attribution_scores
-from safeneuron_plugins.identify.pipeline import _texts, collect_statistics
-from safeneuron_plugins.identify.prompts import load_prompts
-from safeneuron_plugins.identify.scoring import effect_size, top_fraction
+from safeneuron_plugins.identification.attribution import attribution_scores
+from safeneuron_plugins.identification.pipeline import _texts, collect_statistics
+from safeneuron_plugins.identification.prompts import load_prompts
+from safeneuron_plugins.identification.scoring import effect_size, top_fraction
 from safeneuron_plugins.mask import NeuronMask
 from safeneuron_plugins.models import load_model
 from safeneuron_plugins.prune import pruned

@@ -15,7 +15,7 @@ Two measurements, because generation is the cost on a CPU:
 
 A setting is ``SIGNAL/POOLING[/SELECTION][@RATIO]`` (e.g. ``product/max``, ``gate/mean/sas``,
 ``product/last@0.02``: the thresholds unless a global neuron ratio is given) or ``attribution@RATIO``
-(activation x gradient of a refusal, safeneuron_plugins.identify.attribution).
+(activation x gradient of a refusal, safeneuron_plugins.identification.attribution).
 
     .venv/bin/python bench/specificity.py MODEL_DIR --name qwen05 --mode screen \
         --settings gate/max,product/max,product/mean,attribution@0.01 [--n-eval 128] [--seeds 0,1,2]
@@ -36,15 +36,16 @@ from pathlib import Path
 
 import torch
 
-from safeneuron_plugins.architectures import find_mlp_layers, fingerprint
+from safeneuron_plugins.architectures import find_mlp_layers
 from safeneuron_plugins.evaluate.attack import judged_replies, random_like
 from safeneuron_plugins.evaluate.generation import generate
 from safeneuron_plugins.evaluate.judges import load_judge, normalize, refusal_match
 from safeneuron_plugins.evaluate.significance import wilson as _wilson
-from safeneuron_plugins.identify.attribution import attribution_scores
-from safeneuron_plugins.identify.pipeline import _texts, identify
-from safeneuron_plugins.identify.prompts import load_prompts
-from safeneuron_plugins.identify.scoring import top_fraction
+from safeneuron_plugins.fingerprint import fingerprint
+from safeneuron_plugins.identification.attribution import attribution_scores
+from safeneuron_plugins.identification.pipeline import _texts, identify
+from safeneuron_plugins.identification.prompts import load_prompts
+from safeneuron_plugins.identification.scoring import top_fraction
 from safeneuron_plugins.mask import NeuronMask
 from safeneuron_plugins.models import load_model
 

@@ -4,14 +4,18 @@
     trainer = DPOTrainer(..., callbacks=[SafeNeuronCallback(safeneuron_freeze=True)])
 
 Works with any transformers Trainer (trl's DPO, SFT, ORPO, KTO trainers included). The options are
-the ``safeneuron_*`` fields of :class:`safeneuron_plugins.SafeNeuronOptions`.
+the ``safeneuron_*`` fields of :class:`safeneuron_plugins.SafeNeuronOptions`. Every training log gets the
+``safeneuron/*`` figures (neurons and parameters frozen, the largest drift of a frozen entry, the
+re-identifications, the share of passes trained under pruning), so ``report_to`` shows them.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import CallbackHandler
 
 from safeneuron_plugins.errors import UnsupportedSetupError
 from safeneuron_plugins.options import SafeNeuronOptions
@@ -37,6 +41,18 @@ def _check_setup(args) -> None:
                 "to freeze cannot be addressed. Set fsdp_config={'version': 2} or train with DDP.")
 
 
+def _first_among_callbacks(callback: TrainerCallback, caller) -> None:
+    """Move ``callback`` to the front of the Trainer's callbacks, so that the figures its ``on_log`` adds reach
+    the reporting callbacks (TensorBoard, W&B, MLflow, the hosts' own loggers), which the Trainer lists before
+    the ones a user passes. ``caller``: the frame that called the event, ``CallbackHandler.call_event``, the
+    only place that holds the list; nothing moves when it is not that. Moving the running callback forward
+    during an event skips or repeats no other callback (the ones it passes have had the event already)."""
+    handler = caller.f_locals.get("self")
+    if isinstance(handler, CallbackHandler) and any(cb is callback for cb in handler.callbacks):
+        handler.callbacks.remove(callback)
+        handler.callbacks.insert(0, callback)
+
+
 class SafeNeuronCallback(TrainerCallback):
     """Freeze SafeNeuron safety neurons exactly during training (no-op unless safeneuron_freeze)."""
 
@@ -58,6 +74,7 @@ class SafeNeuronCallback(TrainerCallback):
         if not self.options.safeneuron_freeze:
             return
         _check_setup(args)
+        _first_among_callbacks(self, sys._getframe(1))
         resume_dir = None
         if state.global_step > 0:  # the Trainer restored a checkpoint before this event
             resume_dir = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
@@ -65,6 +82,18 @@ class SafeNeuronCallback(TrainerCallback):
                 resume_dir = args.resume_from_checkpoint
         self.run.begin(model, processing_class, output_dir=args.output_dir if state.is_world_process_zero
                        else None, resume_dir=resume_dir, optimizer=optimizer)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        """Add the SafeNeuron figures (:meth:`SafeNeuronTraining.dashboard`, keys ``safeneuron/...``) to the
+        Trainer's training logs, which every reporting integration writes (TensorBoard and W&B show them as
+        ``train/safeneuron/...``), and to the log history (trainer_state.json). Not to evaluation logs, nor to
+        the run's closing summary (``train_runtime``, logged at the last step again)."""
+        if logs is None or "train_runtime" in logs or any(k.startswith(("eval_", "test_")) for k in logs):
+            return
+        figures = self.run.dashboard()
+        logs.update(figures)
+        if figures and state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(figures)
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.run.after_optimizer_step()

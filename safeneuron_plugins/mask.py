@@ -103,7 +103,7 @@ class NeuronMask:
         allowed, or that cannot be compared: one side quantized).
 
         ``strict_weights`` (deprecated): ``strict_weights=False`` is ``allow_other_weights=True``."""
-        from .architectures import compared_hash, same_weights
+        from .fingerprint import compared_hash, same_weights
 
         if strict_weights is not None:
             import warnings
@@ -251,7 +251,7 @@ def _check_fingerprint(fp: Any, where: str) -> dict[str, Any]:
         raise MaskFormatError(
             f"{where}: the mask has no valid model fingerprint (metadata.fingerprint with num_layers and "
             "intermediate_size), so it cannot be checked against a model. Create masks with `safeneuron "
-            "identify`, or give NeuronMask metadata={'fingerprint': architectures.fingerprint(model, layers)}.")
+            "identify`, or give NeuronMask metadata={'fingerprint': fingerprint.fingerprint(model, layers)}.")
     return fp
 
 

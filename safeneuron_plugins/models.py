@@ -202,7 +202,7 @@ def load_processor(spec: str, model):
         model_type = getattr(getattr(model, "config", None), "model_type", "")
         if model_type in ("qwen2_vl", "qwen2_5_vl"):
             try:
-                from .identify.images import ImageOnlyQwen2VLProcessor
+                from .identification.images import ImageOnlyQwen2VLProcessor
 
                 tokenizer = transformers.AutoTokenizer.from_pretrained(where)
                 image_processor = transformers.AutoImageProcessor.from_pretrained(where)

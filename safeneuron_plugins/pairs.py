@@ -20,9 +20,9 @@ from typing import Any
 
 from torch import nn
 
-from .architectures import checked_layers
 from .evaluate.generation import generate
 from .evaluate.judges import Judge, default_judge
+from .fingerprint import checked_layers
 from .mask import NeuronMask
 from .prune import pruned
 
@@ -110,7 +110,7 @@ def read_preference_pairs(path: str) -> list[dict[str, str]]:
         raise PromptSourceError(f"safety pairs {path!r}: no such file; give a JSON-lines file of preference pairs "
                                 "(prompt/chosen/rejected, or HH-RLHF's chosen/rejected dialogues).")
     pairs = []
-    from .identify.prompts import text_lines
+    from .identification.prompts import text_lines
 
     for number, line in enumerate(text_lines(file.read_text(encoding="utf-8")), 1):  # real line ends only
         if not line.strip():

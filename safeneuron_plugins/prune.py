@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -21,7 +22,8 @@ from .mask import NeuronMask
 @contextlib.contextmanager
 def pruned(model: nn.Module, layers: list[MLPLayer], mask: NeuronMask, *,
            only_training: bool = False, probability: float = 1.0, pass_probability: float = 1.0,
-           rows: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[None]:
+           rows: Callable[[torch.Tensor], torch.Tensor] | None = None,
+           passes: PassCount | None = None) -> Iterator[None]:
     """Zero the masked neurons' activations (the input channels of down_proj) while in the block.
 
     ``only_training`` prunes only modules in training mode and never while a PEFT adapter is
@@ -31,14 +33,15 @@ def pruned(model: nn.Module, layers: list[MLPLayer], mask: NeuronMask, *,
     masked neuron of every layer, or none), drawn once per pass, so the unpruned network trains too. ``rows``: a
     function of a pass's ``input_ids`` (batch, length) giving the rows to prune (bool, batch), e.g.
     :class:`PromptRows`; the other rows of the pass run unpruned. A layer recomputed by gradient checkpointing
-    reuses its pass's draw and rows."""
+    reuses its pass's draw and rows. ``passes``: counts the policy's passes and those that pruned (for the
+    training dashboards)."""
     handles = []
     by_index = {l.index: l for l in layers}
     # trl's reference pass of a PEFT model without ref_model is the policy with its adapters disabled;
     # any LoRA layer tells, also when down_proj itself is not a LoRA target
     lora = next((m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "disable_adapters")), None)
     this_pass: dict = {"prune": True, "rows": None, "any_row": False}
-    if pass_probability < 1.0 or rows is not None:
+    if pass_probability < 1.0 or rows is not None or passes is not None:
         def draw(module, args, kwargs):
             # drawn on the policy's passes only: a recomputed layer (gradient checkpointing) reuses its pass's draw
             if only_training and _reference_pass(module, lora):
@@ -55,6 +58,9 @@ def pruned(model: nn.Module, layers: list[MLPLayer], mask: NeuronMask, *,
                 found = rows(ids)
                 # on the pass's device once, and whether any row prunes as a Python bool: no copy or sync per layer
                 this_pass["rows"], this_pass["any_row"] = found.to(ids.device), bool(found.any())
+            if passes is not None:
+                passes.seen += 1
+                passes.pruned += this_pass["prune"] and (rows is None or this_pass["any_row"])
         handles.append(model.register_forward_pre_hook(draw, with_kwargs=True))
     try:
         for layer_index, neurons in mask.neurons.items():
@@ -68,6 +74,14 @@ def pruned(model: nn.Module, layers: list[MLPLayer], mask: NeuronMask, *,
     finally:
         for h in handles:
             h.remove()
+
+
+@dataclass
+class PassCount:
+    """Forward passes of the training policy seen by :func:`pruned` (``passes=``), and how many of them pruned."""
+
+    seen: int = 0
+    pruned: int = 0
 
 
 def _reference_pass(module: nn.Module, lora: nn.Module | None) -> bool:

@@ -10,14 +10,15 @@ from pathlib import Path
 
 from torch import nn
 
-from .architectures import find_mlp_layers, fingerprint
+from .architectures import find_mlp_layers
 from .distributed import is_main_process, reset_zero3_trace
 from .errors import UnsupportedSetupError
+from .fingerprint import fingerprint
 from .freeze import NeuronFreezer
 from .freeze.lora import is_lora
 from .mask import NeuronMask
 from .options import SafeNeuronOptions, option_names
-from .prune import PromptRows, pruned
+from .prune import PassCount, PromptRows, pruned
 from .quantization import check_no_packed_bnb_weights
 
 logger = logging.getLogger("safeneuron")
@@ -62,6 +63,9 @@ class SafeNeuronTraining:
         self._prune: contextlib.ExitStack | None = None
         self.attack_mask: NeuronMask | None = None  # safeneuron_adversarial_steps: the policy's current top neurons
         self.prune_rows: PromptRows | None = None  # safeneuron_forward_prune_prompts: the examples pruned
+        self.passes = PassCount()  # the policy's training passes since the last dashboard(), and those pruned
+        self.reidentifications = 0
+        self.reidentified_neurons = 0  # neurons the re-identifications added to the frozen set
 
     @property
     def mask(self) -> NeuronMask | None:
@@ -124,7 +128,7 @@ class SafeNeuronTraining:
         return mask
 
     def _identify(self) -> NeuronMask:
-        from .identify import identify
+        from .identification import identify
 
         if self.tokenizer is None:
             raise UnsupportedSetupError(
@@ -136,7 +140,7 @@ class SafeNeuronTraining:
         return mask
 
     def _prompt_rows(self) -> PromptRows:
-        from .identify.prompts import load_prompts
+        from .identification.prompts import load_prompts
 
         if self.tokenizer is None:
             raise UnsupportedSetupError(
@@ -178,7 +182,7 @@ class SafeNeuronTraining:
                                              only_training=True,
                                              probability=self.options.safeneuron_forward_prune_probability,
                                              pass_probability=self.options.safeneuron_forward_prune_pass_probability,
-                                             rows=self.prune_rows))
+                                             rows=self.prune_rows, passes=self.passes))
 
     def _log_start(self, source: str) -> None:
         f = self.freezer
@@ -204,6 +208,8 @@ class SafeNeuronTraining:
         mask = self.freezer.extend(new)
         self.freezer.zero_optimizer_state(optimizer)
         self._start_pruning()
+        self.reidentifications += 1
+        self.reidentified_neurons += mask.num_neurons - before
         logger.info("SafeNeuron: re-identified %d neurons; %d frozen now (was %d).", new.num_neurons,
                     mask.num_neurons, before)
         if output_dir:
@@ -222,6 +228,23 @@ class SafeNeuronTraining:
         if output_dir:
             self.save(output_dir)
         return self.attack_mask
+
+    def dashboard(self) -> dict[str, float]:
+        """What a training dashboard shows under ``safeneuron/`` (the Trainer callback adds it to every log):
+        the neurons and parameters frozen, the largest change of a frozen entry since it was frozen (0 while
+        freezing holds), the re-identifications so far and the neurons they added, and the share of the
+        policy's training passes since the previous call that ran under pruning (0 when training-time pruning
+        is off). Empty before freezing starts."""
+        if self.freezer is None:
+            return {}
+        seen, pruned_passes = self.passes.seen, self.passes.pruned
+        self.passes.seen = self.passes.pruned = 0
+        return {"safeneuron/frozen_neurons": self.freezer.mask.num_neurons,
+                "safeneuron/frozen_parameters": self.freezer.num_frozen_parameters,
+                "safeneuron/max_frozen_drift": self.freezer.max_drift(),
+                "safeneuron/reidentifications": self.reidentifications,
+                "safeneuron/reidentified_neurons": self.reidentified_neurons,
+                "safeneuron/pruned_pass_share": pruned_passes / seen if seen else 0.0}
 
     #: where the adversarial set is kept beside the mask (restored on resume)
     ATTACK_NAME = "safeneuron_attack_mask.safetensors"

@@ -8,11 +8,11 @@ re-exported: transformers registers a remote-code class for auto-saving and, whe
 this file; the package module's relative imports cannot be copied that way.
 """
 
-from safeneuron_plugins.identify.images import ImageOnlyQwen2VLProcessor as _PackageProcessor
+from safeneuron_plugins.identification.images import ImageOnlyQwen2VLProcessor as _PackageProcessor
 
 
 class ImageOnlyQwen2VLProcessor(_PackageProcessor):
-    """The package's processor, unchanged (see safeneuron_plugins/identify/images.py)."""
+    """The package's processor, unchanged (see safeneuron_plugins/identification/images.py)."""
 
 
 ImageOnlyQwen2VLProcessor.register_for_auto_class("AutoProcessor")

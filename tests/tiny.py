@@ -204,7 +204,7 @@ def tiny_processor(family: str, remote_code: bool = False):
 
     Qwen2-VL / Qwen2.5-VL (whose processor is Qwen2-VL's): 56x56 pixels at most, so an image is a 4x4 patch
     grid, merged 2x2 into 4 image tokens. Its processor class wants a video processor, which needs torchvision;
-    the image-only processor of :mod:`safeneuron_plugins.identify.images` leaves it out (``remote_code``: its
+    the image-only processor of :mod:`safeneuron_plugins.identification.images` leaves it out (``remote_code``: its
     declaration in tests/image_only_processing.py, which saves as remote code). LLaVA: images cropped to
     32x32, 8x8 patches, 16 image tokens (CLIP's class token is dropped by the default feature selection)."""
     tok = make_tokenizer(vision=True)
@@ -212,7 +212,7 @@ def tiny_processor(family: str, remote_code: bool = False):
         if remote_code:
             from image_only_processing import ImageOnlyQwen2VLProcessor
         else:
-            from safeneuron_plugins.identify.images import ImageOnlyQwen2VLProcessor
+            from safeneuron_plugins.identification.images import ImageOnlyQwen2VLProcessor
 
         ip = transformers.Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56)
         template = VLM_CHATML.replace("IMAGE", "<|vision_start|><|image_pad|><|vision_end|>")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 
 from ..errors import OptionsError, PromptSourceError
-from ..files import GENERATIONS, RESULTS, json_lines, write_file
+from ..files import GENERATIONS, RESULTS
 from ..mask import NeuronMask
 from ..options import SafeNeuronOptions
 from .common import (
@@ -16,6 +15,7 @@ from .common import (
     _judge,
     _load,
     _texts,
+    attack_inputs,
     check_identification,
     check_mask_on_model,
     check_model_args,
@@ -23,6 +23,7 @@ from .common import (
     check_outputs_in,
     check_plot,
     input_files,
+    write_results,
 )
 from .families import _attack_family, check_family_flags
 from .flags import allow_other_weights, options_from_args, parse_control, parse_sweep
@@ -31,7 +32,7 @@ from .flags import allow_other_weights, options_from_args, parse_control, parse_
 def cmd_identify(args) -> int:
     from ..evaluate.analysis import layer_table, plot_layers
     from ..files import MASK
-    from ..identify import identify
+    from ..identification import identify
 
     opts = options_from_args(args)
     check_output(args.out, "--out", kind=MASK)
@@ -56,7 +57,7 @@ def cmd_identify(args) -> int:
 
 def _overlap_warning(options: SafeNeuronOptions, harmful: list[str]) -> int:
     """How many evaluation prompts the attacker also identifies on; warns when any (not held out)."""
-    from ..identify.prompts import load_prompts
+    from ..identification.prompts import load_prompts
 
     ident = {p.text for p in load_prompts(options.safeneuron_harmful, kind="harmful",
                                           max_prompts=options.safeneuron_max_prompts, option="--identify-harmful")}
@@ -70,9 +71,10 @@ def _overlap_warning(options: SafeNeuronOptions, harmful: list[str]) -> int:
 
 def cmd_attack(args) -> int:
     """Identify (as an attacker would) or load a mask, prune, generate, judge."""
-    from ..evaluate.attack import BEST_ATTACKER_GRID, format_table, run_attack
+    from ..evaluate.attack import BEST_ATTACKER_GRID, run_attack
+    from ..evaluate.tables import pruning_table
     from ..evaluate.vision import format_side_by_side, side_by_side
-    from ..identify import identify
+    from ..identification import identify
 
     check_family_flags(args)
     if args.family != "pruning":
@@ -117,32 +119,16 @@ def cmd_attack(args) -> int:
     if overlap is not None:
         results["identification_overlap"] = overlap  # evaluation prompts the attacker also identified on
     write_results(results, out, gen_path, inputs)
-    print(format_table(results))
+    print(pruning_table(results))
     if image_prompts:
         print(format_side_by_side(results))
     print(f"wrote {out} and {gen_path}")
     return 0
 
 
-def attack_inputs(args) -> list[tuple[str, str]]:
-    """The files `attack` reads (prompt sources, masks, pairs, directions): its outputs may be none of them."""
-    return input_files(*((flag, getattr(args, dest, None)) for dest, flag in (
-        ("eval_harmful", "--harmful"), ("safeneuron_harmful", "--identify-harmful"),
-        ("safeneuron_harmless", "--identify-harmless"), ("image_prompts", "--image-prompts"), ("mask", "--mask"),
-        ("finetune_data", "--finetune-data"), ("direction", "--direction"), ("original", "--original"))))
-
-
-def write_results(results: dict, out, gen_path, inputs) -> None:
-    """An attack's results JSON at ``out`` and its replies beside it (``gen_path``), each written whole or not at
-    all; the replies first (the costly part)."""
-    generations = results.pop("generations")
-    write_file(gen_path, json_lines(generations), "--out (its generations file)", GENERATIONS, inputs=inputs)
-    write_file(out, json.dumps(results, indent=2), "--out", RESULTS, inputs=inputs)
-
-
 def _image_prompts(source: str | None, limit: int | None):
     """--image-prompts: a prompt file whose rows carry images (read before any model is loaded)."""
-    from ..identify.prompts import load_prompts
+    from ..identification.prompts import load_prompts
 
     if source is None:
         return None
@@ -156,7 +142,7 @@ def _image_prompts(source: str | None, limit: int | None):
 
 def cmd_make_image_prompts(args) -> int:
     from ..files import PROMPTS
-    from ..identify.prompts import load_prompts
+    from ..identification.prompts import load_prompts
     from ..image_prompts import write_image_prompts
 
     out_dir = check_output(args.out_dir, "--out-dir", directory=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterable
@@ -109,7 +110,7 @@ def check_identification(options: SafeNeuronOptions, harmful_flag: str = "--harm
     """Read the identification prompt sources and check --mlp-modules' form, before any model is loaded.
     Returns, per flag, how many of its prompts carry an image."""
     from ..architectures import parse_mlp_modules
-    from ..identify.prompts import load_prompts
+    from ..identification.prompts import load_prompts
 
     if options.safeneuron_mlp_modules:
         parse_mlp_modules(options.safeneuron_mlp_modules)
@@ -124,7 +125,7 @@ def check_identification(options: SafeNeuronOptions, harmful_flag: str = "--harm
 def _image_processor(args, model, images: dict[str, int]):
     """The model's processor when any prompt (counted per flag in ``images``) carries an image, else None;
     image prompts on a text-only model are an error naming the flag."""
-    from ..identify.images import check_image_prompts
+    from ..identification.images import check_image_prompts
     from ..models import load_processor
 
     if not any(images.values()):
@@ -135,7 +136,7 @@ def _image_processor(args, model, images: dict[str, int]):
 
 
 def _texts(source: str, kind: str, limit: int | None, option: str) -> list[str]:
-    from ..identify.prompts import load_prompts
+    from ..identification.prompts import load_prompts
 
     prompts = load_prompts(source, kind=kind, max_prompts=limit, option=option, min_prompts=1)
     if any(p.image is not None for p in prompts):
@@ -161,7 +162,8 @@ def _judge(args):
 def check_mask_on_model(mask, model, mlp_modules: str | None, allow: bool, flag: str = "--mask") -> None:
     """Refuse ``mask`` (a NeuronMask, of ``flag``) when it was not made for ``model``; one made on other
     weights of it only with ``allow``, and then with a warning on stderr."""
-    from ..architectures import find_mlp_layers, fingerprint
+    from ..architectures import find_mlp_layers
+    from ..fingerprint import fingerprint
 
     fp = fingerprint(model, find_mlp_layers(model, mlp_modules))
     for warning in mask.check_compatible(fp, what=flag, allow_other_weights=allow):
@@ -182,7 +184,7 @@ def read_replies(path: str, flag: str = "--input") -> list[dict]:
         raise PromptSourceError(f"{flag} {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
     except OSError as exc:
         raise PromptSourceError(f"{flag} {path!r} cannot be read ({exc.strerror}).") from None
-    from ..identify.prompts import text_lines
+    from ..identification.prompts import text_lines
 
     rows = []
     for n, line in enumerate(text_lines(text), 1):  # real line ends only: a U+2028 in a reply is part of it
@@ -206,3 +208,20 @@ def read_replies(path: str, flag: str = "--input") -> list[dict]:
         raise PromptSourceError(f"{flag} {path!r} holds no rows.")
     return rows
 
+
+def attack_inputs(args) -> list[tuple[str, str]]:
+    """The files `attack` reads (prompt sources, masks, pairs, directions): its outputs may be none of them."""
+    return input_files(*((flag, getattr(args, dest, None)) for dest, flag in (
+        ("eval_harmful", "--harmful"), ("safeneuron_harmful", "--identify-harmful"),
+        ("safeneuron_harmless", "--identify-harmless"), ("image_prompts", "--image-prompts"), ("mask", "--mask"),
+        ("finetune_data", "--finetune-data"), ("direction", "--direction"), ("original", "--original"))))
+
+
+def write_results(results: dict, out, gen_path, inputs) -> None:
+    """An attack's results JSON at ``out`` and its replies beside it (``gen_path``), each written whole or not at
+    all; the replies first (the costly part)."""
+    from ..files import GENERATIONS, RESULTS, json_lines, write_file
+
+    generations = results.pop("generations")
+    write_file(gen_path, json_lines(generations), "--out (its generations file)", GENERATIONS, inputs=inputs)
+    write_file(out, json.dumps(results, indent=2), "--out", RESULTS, inputs=inputs)

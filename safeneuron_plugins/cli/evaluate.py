@@ -78,7 +78,7 @@ def cmd_analyze(args) -> int:
     masks = {Path(p).stem: NeuronMask.load(p) for p in args.masks}
     by_cat: dict[str, list[str]] = {}
     if args.model:
-        from ..identify.prompts import load_prompts
+        from ..identification.prompts import load_prompts
 
         check_model_args(args)
         opts = options_from_args(args)
@@ -95,7 +95,7 @@ def cmd_analyze(args) -> int:
         print(f"heatmap: {plot_depth_heatmap(masks, out / 'depth_heatmap.png', flag='--out-dir')}")
         report["masks"] = {n: m.num_neurons for n, m in masks.items()}
     if args.model:
-        from ..identify import identify
+        from ..identification import identify
 
         model, tokenizer = _load(args)
         masks = {c: identify(model, tokenizer, texts, options=opts, progress=not args.quiet)
@@ -198,7 +198,8 @@ def cmd_capability(args) -> int:
     """lm-evaluation-harness scores of a model, optionally with a mask's neurons pruned while it runs."""
     import json
 
-    from ..evaluate.lm_eval_capability import format_scores, lm_eval_scores
+    from ..evaluate.lm_eval_capability import lm_eval_scores
+    from ..evaluate.lm_eval_report import format_scores
 
     inputs = input_files(("--mask", args.mask))
     out = check_output(args.out, "--out", kind=CAPABILITY, inputs=inputs)

@@ -9,7 +9,17 @@ from pathlib import Path
 from ..errors import OptionsError, PromptSourceError
 from ..mask import NeuronMask
 from ..options import SafeNeuronOptions, option_fields
-from .common import _judge, _load, _texts, check_mask_on_model, check_model_args, check_output, read_replies
+from .common import (
+    _judge,
+    _load,
+    _texts,
+    attack_inputs,
+    check_mask_on_model,
+    check_model_args,
+    check_output,
+    read_replies,
+    write_results,
+)
 from .flags import _ATTACKER_FLAGS, _POSITIVE, _flag, _number, allow_other_weights, options_from_args, parse_int_list, parse_steps
 
 ATTACK_FAMILIES = ("pruning", "direction", "finetune")
@@ -120,7 +130,7 @@ def _direction_prompts(options: SafeNeuronOptions, harmful: list[str], n_val: in
     """The direction's harmful (means), validation and harmless prompts; evaluation prompts are left out."""
     import random
 
-    from ..identify.prompts import load_prompts
+    from ..identification.prompts import load_prompts
 
     evaluation = set(harmful)
     pool = [p.text for p in load_prompts(options.safeneuron_harmful, kind="harmful",
@@ -138,7 +148,6 @@ def _direction_prompts(options: SafeNeuronOptions, harmful: list[str], n_val: in
 def _attack_family(args) -> int:
     """``attack --family direction|finetune``: check every input, load the model, attack, write the results."""
     from ..files import GENERATIONS, RESULTS
-    from .attack import attack_inputs, write_results
 
     options = options_from_args(args)
     allow = allow_other_weights(args)
@@ -158,6 +167,9 @@ def _attack_family(args) -> int:
                   progress=progress)
     if args.family == "direction":
         from ..evaluate import attack_direction as ad
+        from ..evaluate import direction_file
+        from ..evaluate.residual import residual_modules
+        from ..evaluate.tables import direction_table
         from ..models import check_model_spec
 
         if args.save_direction:
@@ -168,11 +180,11 @@ def _attack_family(args) -> int:
         all_layers = args.direction_layers is not None and layers is None
         positions = (parse_int_list(args.direction_positions, "--direction-positions", negative=True)
                      if args.direction_positions else [-1])
-        given = ad.RefusalDirection.load(args.direction, "--direction") if args.direction else None
+        given = direction_file.RefusalDirection.load(args.direction, "--direction") if args.direction else None
         original = None
         if args.original is not None:
-            if ad.is_direction_file(args.original):
-                original = ad.RefusalDirection.load(args.original, "--original")
+            if direction_file.is_direction_file(args.original):
+                original = direction_file.RefusalDirection.load(args.original, "--original")
             elif Path(args.original).suffix == ".safetensors":
                 raise OptionsError(f"--original {args.original!r} is not a refusal-direction file (write one with "
                                    "--save-direction) nor a model directory.")
@@ -193,7 +205,7 @@ def _attack_family(args) -> int:
             original = ad.direction_means(other, other_tok, sets[0], sets[2], **means_kw)
             del other, other_tok
         model, tokenizer = _load(args)
-        embedding, blocks = ad.residual_modules(model, options.safeneuron_mlp_modules)
+        embedding, blocks = residual_modules(model, options.safeneuron_mlp_modules)
         width, num_layers = embedding.weight.shape[-1], len(blocks)
         post = ad.post_instruction_tokens(tokenizer, options.safeneuron_system_prompt)
         layers, positions = ad.resolve_candidates(model, tokenizer, "all" if all_layers else layers,
@@ -201,7 +213,7 @@ def _attack_family(args) -> int:
                                                   system_prompt=options.safeneuron_system_prompt,
                                                   mlp_modules=options.safeneuron_mlp_modules)
         for flag, d in (("--direction", given), ("--original", original)):
-            if isinstance(d, ad.RefusalDirection):
+            if isinstance(d, direction_file.RefusalDirection):
                 if d.vector.numel() != width or d.layer >= num_layers or d.position < -post:
                     raise OptionsError(f"{flag}: the direction (hidden size {d.vector.numel()}, layer {d.layer}, "
                                        f"position {d.position}) does not fit this model (hidden size {width}, "
@@ -219,9 +231,10 @@ def _attack_family(args) -> int:
         if args.save_direction:
             direction.metadata["model"] = args.model
             results["direction"]["saved_to"] = str(direction.save(args.save_direction))
-        table = ad.format_table(results)
+        table = direction_table(results)
     else:
-        from ..evaluate.attack_finetune import format_table, run_finetune_attack
+        from ..evaluate.attack_finetune import run_finetune_attack
+        from ..evaluate.tables import finetune_table
 
         steps = parse_steps(args.finetune_steps)
         if args.finetune_data is None:
@@ -238,7 +251,7 @@ def _attack_family(args) -> int:
                                       lora_r=args.finetune_lora_r or 8, respect_mask=mask,
                                       seed=args.finetune_seed or 0, gen_batch_size=args.gen_batch_size, **common)
         results["finetune"]["data"] = args.finetune_data
-        table = format_table(results)
+        table = finetune_table(results)
     results["model"] = args.model
     write_results(results, out, gen_path, inputs)
     print(table)

@@ -1,4 +1,5 @@
-"""The flags several `safeneuron` commands share, built from the options schema, and the parsers of their values."""
+"""The flags several `safeneuron` commands share, built from the options schema, the parsers of their values,
+and `safeneuron options`, which prints the schema."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import math
 
 from ..errors import OptionsError
-from ..options import PREFIX, SafeNeuronOptions, option_choices, option_fields, option_type
+from ..options import PREFIX, SafeNeuronOptions, option_choices, option_fields, option_type, options_markdown
 
 
 def _flag(name: str) -> str:
@@ -159,3 +160,11 @@ def parse_steps(text: str | None) -> list[int]:
 # attack/compare: --harmful is the evaluation set, so the attacker's identification sources move
 _ATTACKER_FLAGS = {"safeneuron_harmful": "--identify-harmful", "safeneuron_harmless": "--identify-harmless"}
 
+
+def cmd_options(args) -> int:
+    if args.markdown:
+        print(options_markdown(), end="")
+    else:
+        for f in option_fields():
+            print(f"{f.name} = {f.default!r}\n    {f.metadata['help']}")
+    return 0

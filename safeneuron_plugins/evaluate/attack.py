@@ -218,7 +218,7 @@ def control_summary(full: list[bool], seeds: list[int], by_seed: list[list[bool]
             "vs_full": {**paired_difference(full, majority), "against": "per-prompt majority over seeds"}}
 
 
-def _label(setting: Mapping[str, Any]) -> str:
+def best_label(setting: Mapping[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in setting.items())
 
 
@@ -231,7 +231,7 @@ def best_attacker(model: nn.Module, tokenizer, harmful: list[str], *,
     judge the replies. Reports the worst case for the defender, the highest ASR (the first such
     setting in grid order), the setting that achieved it and every setting's result (``grid``: ASR, interval,
     neurons pruned and the rate of each label)."""
-    from ..identify import identify
+    from ..identification import identify
 
     judge = judge or default_judge()
     if _runner is None:
@@ -255,7 +255,7 @@ def best_attacker(model: nn.Module, tokenizer, harmful: list[str], *,
 
 def best_condition(setting: Mapping[str, Any]) -> str:
     """The condition name of a best-attacker setting's generations."""
-    return f"best:{_label(setting)}"
+    return f"best:{best_label(setting)}"
 
 
 def grid_row(setting: dict[str, Any], verdicts, pruned_neurons: int) -> dict[str, Any]:
@@ -270,31 +270,3 @@ def best_of(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
     best = max(rows, key=lambda r: r["asr"])
     return {"asr": best["asr"], "ci95": best["ci95"], "n": n, "setting": best["setting"],
             "pruned_neurons": best["pruned_neurons"], "grid": rows}
-
-
-def _ci(ci) -> str:
-    return f"[{ci[0]:.2f},{ci[1]:.2f}]"
-
-
-def format_table(results: dict[str, Any]) -> str:
-    """The console table: each condition's ASR with its 95% Wilson interval, refusal and evasive rates."""
-    lines = [f"judge: {results['judge']}   prompts: {results['n_prompts']}   [95% Wilson interval]",
-             f"{'condition':<11} {'pruned':>7} {'ASR':>6} {'95% CI':<12} {'refusal':>8} {'evasive':>8}"]
-    names = list(CONDITIONS) + [f"FULL@{p}%" for p in results["sweep"]]
-    names += [f"random:{s}" for s in results.get("controls", {}).get("random", {}).get("seeds", [])]
-    for name in names:
-        r = results["rates"][name]
-        ci = r.get("ci95", {}).get("compliance")
-        lines.append(f"{name:<11} {results['pruned_neurons'][name]:>7} {r['compliance']:>6.2f} "
-                     f"{_ci(ci) if ci else '':<12} {r['refusal']:>8.2f} {r['evasive']:>8.2f}")
-    control = results.get("controls", {}).get("random")
-    if control:
-        vs = control["vs_full"]
-        lines.append(f"random control ({len(control['seeds'])} seeds, {control['pruned_neurons']} neurons each): "
-                     f"ASR {control['asr']:.2f} {_ci(control['ci95'])}; FULL - control (majority) "
-                     f"{vs['diff']:+.2f} {_ci(vs['ci95'])}, McNemar p = {vs['p_value']:.3g}")
-    best = results.get("best_attacker")
-    if best:
-        lines.append(f"best attacker ({len(best['grid'])} settings): ASR {best['asr']:.2f} {_ci(best['ci95'])} "
-                     f"with {_label(best['setting'])} ({best['pruned_neurons']} neurons)")
-    return "\n".join(lines)

@@ -21,153 +21,28 @@ the same layer and position, to see whether training moved the direction or only
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..architectures import find_mlp_layers
 from ..distributed import is_sharded
 from ..errors import OptionsError, SafeNeuronError
-from ..identify.activations import _StopForward
-from ..identify.batching import input_device, length_batches, pad_batch, pad_id_of, tokenize
-from ..identify.prompts import format_prompts
+from ..identification.activations import _StopForward
+from ..identification.batching import input_device, length_batches, pad_batch, pad_id_of, tokenize
+from ..identification.prompts import format_prompts
 from ..quantization import unpacked_bnb_weights
+from .direction_file import DirectionFileError, RefusalDirection
 from .generation import generate
 from .judges import Judge, default_judge
+from .residual import ablated, hidden_state, residual_modules
 
-FORMAT_VERSION = 1
-_META_KEY = "safeneuron_direction"
 _MARKER = "SAFENEURONINSTRUCTIONMARKER"
 #: candidate layers by default, as fractions of the depth (Arditi et al. search the layers below 80%)
 DEFAULT_LAYER_FRACTIONS = (0.25, 0.4, 0.55, 0.7)
 
-
-class DirectionFileError(SafeNeuronError, ValueError):
-    """A refusal-direction file is missing, unreadable, or does not fit the model."""
-
-
-@dataclass
-class RefusalDirection:
-    """A unit vector in the residual stream, taken at the output of decoder layer ``layer`` and at
-    ``position`` (a negative offset from the end of the templated prompt: -1 is its last token)."""
-
-    vector: torch.Tensor
-    layer: int
-    position: int
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """safetensors with the vector (float32) and JSON metadata (layer, position, format version, ...);
-        written atomically, never over a file that is not a direction file."""
-        from safetensors.torch import save as serialise
-
-        from ..files import DIRECTION, write_file
-
-        path = check_direction_destination(path)
-        meta = {**self.metadata, "layer": self.layer, "position": self.position,
-                "hidden_size": int(self.vector.numel()), "format_version": FORMAT_VERSION}
-        data = serialise({"direction": self.vector.detach().float().cpu().contiguous()},
-                         metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
-        return write_file(path, data, "--save-direction", DIRECTION)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, flag: str = "--direction") -> RefusalDirection:
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise DirectionFileError(f"{flag} {str(path)!r}: no such file; write one with --save-direction.")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {}).get(_META_KEY, "null"))
-                vector = f.get_tensor("direction") if meta is not None else None
-        except Exception as exc:
-            raise DirectionFileError(f"{flag} {str(path)!r} is not a safetensors file ({exc}).") from None
-        if meta is None or vector is None:
-            raise DirectionFileError(f"{flag} {str(path)!r} is not a refusal-direction file (no "
-                                     f"{_META_KEY!r} metadata); write one with --save-direction.")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise DirectionFileError(f"{flag} {str(path)!r}: format version {meta.get('format_version')!r}, "
-                                     f"this library reads {FORMAT_VERSION}.")
-        try:
-            layer, position = int(meta.pop("layer")), int(meta.pop("position"))
-        except (KeyError, TypeError, ValueError):
-            raise DirectionFileError(f"{flag} {str(path)!r}: the metadata has no integer layer and position.") from None
-        meta.pop("format_version")
-        vector = vector.float()
-        if vector.dim() != 1 or not torch.isfinite(vector).all() or vector.norm() == 0:
-            raise DirectionFileError(f"{flag} {str(path)!r}: the direction must be a finite non-zero vector.")
-        return cls(vector / vector.norm(), layer, position, meta)
-
-
-def is_direction_file(path: str | os.PathLike) -> bool:
-    from ..files import has_metadata_key
-
-    return has_metadata_key(path, _META_KEY)
-
-
-def check_direction_destination(path: str | os.PathLike, flag: str = "--save-direction") -> Path:
-    """Refuse a directory, or an existing file that is not a direction file (never overwrite weights)."""
-    from ..files import DIRECTION, check_destination
-
-    return check_destination(path, flag, DIRECTION)
-
-
-# --- where the residual stream is ----------------------------------------------------------------
-
-def residual_modules(model: nn.Module, mlp_modules: str | None = None) -> tuple[nn.Module, list[nn.Module]]:
-    """The embedding and every decoder layer (in order) of the language model: their outputs are the
-    residual stream. ``mlp_modules``: the ``safeneuron_mlp_modules`` spec of an architecture not
-    recognised automatically (its LAYERS_PATH names the decoder layers)."""
-    blocks = [model.get_submodule(layer.block) for layer in find_mlp_layers(model, mlp_modules)]
-    return model.get_input_embeddings(), blocks
-
-
-def _hidden(out) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    raise TypeError(f"a decoder layer returned {type(out).__name__}; expected a tensor or a tuple starting with one")
-
-
-def _replace_hidden(out, hidden: torch.Tensor):
-    return hidden if isinstance(out, torch.Tensor) else (hidden,) + tuple(out[1:])
-
-
-def project_out(hidden: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-    """``hidden - (hidden . d) d`` for a unit vector ``d`` (computed in float32, returned in hidden's dtype)."""
-    d = direction.to(hidden.device, torch.float32)
-    h = hidden.float()
-    return (h - (h @ d).unsqueeze(-1) * d).to(hidden.dtype)
-
-
-@contextlib.contextmanager
-def ablated(model: nn.Module, direction: torch.Tensor | RefusalDirection,
-            mlp_modules: str | None = None) -> Iterator[None]:
-    """Project ``direction`` out of the residual stream (embedding output and every decoder layer's
-    output, every position) while in the block; the hooks are removed on exit."""
-    vector = direction.vector if isinstance(direction, RefusalDirection) else direction
-    vector = vector.detach().float().flatten()
-    vector = vector / vector.norm()
-    embedding, blocks = residual_modules(model, mlp_modules)
-    width = getattr(embedding, "embedding_dim", None) or embedding.weight.shape[-1]
-    if vector.numel() != width:
-        raise DirectionFileError(f"the direction has {vector.numel()} dimensions but the model's residual stream "
-                                 f"has {width}; it was taken on a model of another size.")
-    hook = lambda mod, args, out: _replace_hidden(out, project_out(_hidden(out), vector))
-    handles = [m.register_forward_hook(hook) for m in [embedding, *blocks]]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 # --- means and candidates ----------------------------------------------------------------------
@@ -231,7 +106,7 @@ def _mean_residual(model: nn.Module, tokenizer, prompts: list[str], positions: i
 
     def record(i: int):
         def hook(mod, args, out):
-            h = _hidden(out)
+            h = hidden_state(out)
             rows = torch.arange(h.shape[0], device=h.device).unsqueeze(1)
             current[i] = h[rows, index[0].to(h.device)].double().sum(0)  # [positions, hidden]
             if stop and i == len(blocks) - 1:
@@ -375,7 +250,7 @@ def run_direction_attack(model: nn.Module, tokenizer, harmful: list[str], *,
     over the same prompts, or the original ``(model, tokenizer)``; ``results["direction"]["cosine_to_original"]``
     is then the cosine of this model's direction and the original's at the same layer and position (a
     direction's own layer and position; for means or a model, those of the direction ablated here). Returns the
-    results with every generation (``generations``), as :func:`safeneuron_plugins.attack.run_attack` does; the
+    results with every generation (``generations``), as :func:`safeneuron_plugins.evaluate.attack.run_attack` does; the
     direction itself is ``results["_direction"]``."""
     from .attack import rate_summary
     from .significance import paired_difference
@@ -432,26 +307,3 @@ def run_direction_attack(model: nn.Module, tokenizer, harmful: list[str], *,
     results["vs_ori"] = paired_difference(wins["ABLATED"], wins["ORI"])
     results["_direction"] = direction
     return results
-
-
-def format_table(results: dict[str, Any]) -> str:
-    from .attack import _ci
-
-    d = results["direction"]
-    lines = [f"judge: {results['judge']}   prompts: {results['n_prompts']}   [95% Wilson interval]",
-             f"refusal direction: layer {d['layer']}, position {d['position']} ({d['source']})"]
-    for c in d.get("candidates", []):
-        lines.append(f"  candidate layer {c['layer']:>3} position {c['position']:>3}: validation refusal "
-                     f"{c['refusal']:.2f} compliance {c['compliance']:.2f} (n={c['n']})")
-    lines.append(f"{'condition':<9} {'ASR':>6} {'95% CI':<12} {'refusal':>8} {'evasive':>8}")
-    for name in CONDITIONS:
-        r = results["rates"][name]
-        lines.append(f"{name:<9} {r['compliance']:>6.2f} {_ci(r['ci95']['compliance']):<12} {r['refusal']:>8.2f} "
-                     f"{r['evasive']:>8.2f}")
-    vs = results["vs_ori"]
-    lines.append(f"ABLATED - ORI {vs['diff']:+.2f} {_ci(vs['ci95'])}, McNemar p = {vs['p_value']:.3g}")
-    cos = d.get("cosine_to_original")
-    if cos:
-        lines.append(f"cosine to the original's direction (layer {cos['layer']}, position {cos['position']}): "
-                     f"{cos['cosine']:.3f}")
-    return "\n".join(lines)

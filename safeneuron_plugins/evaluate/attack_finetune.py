@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from ..errors import OptionsError, SafeNeuronError
-from ..identify.batching import input_device, pad_batch, pad_id_of, tokenize
-from ..identify.prompts import format_prompts
+from ..identification.batching import input_device, pad_batch, pad_id_of, tokenize
+from ..identification.prompts import format_prompts
 from ..mask import NeuronMask
 from .judges import Judge, default_judge
 
@@ -206,18 +206,3 @@ def run_finetune_attack(model: nn.Module, tokenizer, harmful: list[str], pairs: 
             peft_model.train(was_training)
     model.train(was_training)
     return results
-
-
-def format_table(results: dict[str, Any]) -> str:
-    from .attack import _ci
-
-    f = results["finetune"]
-    lines = [f"judge: {results['judge']}   prompts: {results['n_prompts']}   [95% Wilson interval]",
-             f"LoRA r={f['lora_r']} on {f['n_pairs']} harmful pairs, lr {f['learning_rate']:g}, batch {f['batch_size']}"
-             + (f", {f['masked_neurons']} masked neurons respected" if f["respect_mask"] else ", no mask respected"),
-             f"{'steps':>6} {'ASR':>6} {'95% CI':<12} {'refusal':>8} {'evasive':>8} {'loss':>7}"]
-    for row in results["curve"]:
-        loss = f"{row['train_loss']:.3f}" if row["train_loss"] is not None else ""
-        lines.append(f"{row['steps']:>6} {row['asr']:>6.2f} {_ci(row['ci95']):<12} {row['refusal']:>8.2f} "
-                     f"{row['evasive']:>8.2f} {loss:>7}")
-    return "\n".join(lines)

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PromptSourceError
-from ..identify.batching import input_device
-from ..identify.prompts import builtin_path, format_prompts, text_lines
+from ..identification.batching import input_device
+from ..identification.prompts import builtin_path, format_prompts, text_lines
 from .generation import generate
 from .judges import Judge, default_judge
 

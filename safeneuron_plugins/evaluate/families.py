@@ -57,7 +57,7 @@ def run_families(model: nn.Module, tokenizer, harmful: list[str], settings: Fami
                  system_prompt: str | None = None, max_length: int = 256, mlp_modules: str | None = None,
                  progress: bool = True) -> dict[str, Any]:
     """Run every family of ``settings`` but pruning on the model. ``original``: the reference (first)
-    model's :class:`~safeneuron_plugins.evaluate.attack_direction.RefusalDirection` (None for the first model).
+    model's :class:`~safeneuron_plugins.evaluate.direction_file.RefusalDirection` (None for the first model).
 
     Returns ``{"families": {name: results without generations}, "generations": [...], "_direction": the
     direction ablated (or None)}``."""

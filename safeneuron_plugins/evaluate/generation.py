@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..identify.batching import input_device, length_batches, pad_batch, pad_id_of, tokenize
-from ..identify.prompts import format_prompts
+from ..identification.batching import input_device, length_batches, pad_batch, pad_id_of, tokenize
+from ..identification.prompts import format_prompts
 from ..quantization import unpacked_bnb_weights
 
 
@@ -40,8 +40,8 @@ def generate(model: nn.Module, tokenizer, prompts: list[str], *, max_new_tokens:
     if not prompts:
         return []
     if images is not None and any(i is not None for i in images):
-        from ..identify.images import check_image_prompts, collate, encode_one, format_multimodal
-        from ..identify.prompts import Prompt
+        from ..identification.images import check_image_prompts, collate, encode_one, format_multimodal
+        from ..identification.prompts import Prompt
 
         check_image_prompts(model, processor, "images", sum(i is not None for i in images))
         texts = format_multimodal(processor, [Prompt(p, image=i) for p, i in zip(prompts, images)], system_prompt)

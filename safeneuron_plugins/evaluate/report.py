@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from ..identify import identify
+from ..identification import identify
 from ..mask import NeuronMask
 from ..options import SafeNeuronOptions
 from .analysis import layer_fractions, plot_depth_heatmap
@@ -44,7 +44,8 @@ def evaluate_model(model: nn.Module, tokenizer, *, harmful: list[str], harmless:
     no attack, the model's own replies only (nothing is identified)."""
     judge = judge or default_judge()
     if tuple(conditions) == ("ORI",):  # an empty mask that still names the model it belongs to
-        from ..architectures import find_mlp_layers, fingerprint
+        from ..architectures import find_mlp_layers
+        from ..fingerprint import fingerprint
 
         layers = find_mlp_layers(model, options.safeneuron_mlp_modules if options else None)
         mask, extra_attackers = NeuronMask({}, metadata={"fingerprint": fingerprint(model, layers)}), None
@@ -120,6 +121,14 @@ def report_files(fmt: str = "md") -> dict:
             **{name: IMAGE for name in ("asr.png", "layers.png", "families.png", "steps_to_break.png")}}
 
 
+def shown_conditions(models: dict[str, dict[str, Any]]) -> list[str]:
+    """The attack conditions every model was evaluated under and whose ASR can differ from ORI's: ES/SAS
+    subsets exist only for the statistics scorers; with attribution (the default) they prune nothing, so
+    their ASR is ORI's by construction."""
+    return [c for c in CONDITIONS if all(c in m["asr"] for m in models.values()) and (
+            c in ("ORI", "FULL") or any(m.get("pruned_neurons", {}).get(c, 1) for m in models.values()))]
+
+
 def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt: str = "md",
                  title: str = "SafeNeuron comparison", notes: str = "", flag: str = "out_dir") -> Path:
     """Markdown or HTML report with the ASR table, capability figures, neuron counts and plots; every file
@@ -132,9 +141,7 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
     names = list(models)
     judge = next(iter(models.values())).get("judge", "?")
 
-    # ES/SAS subsets exist only for the statistics scorer; with attribution they prune nothing (= ORI)
-    shown = [c for c in CONDITIONS if all(c in m["asr"] for m in models.values()) and (
-             c in ("ORI", "FULL") or any(m.get("pruned_neurons", {}).get(c, 1) for m in models.values()))]
+    shown = shown_conditions(models)
     attacked = "FULL" in shown
     bars = [(c, {"ORI": "ORI", "ES": "ES(SN-)", "SAS": "SAS(SN-)", "FULL": "FULL(SN-)"}[c]) for c in shown]
     controlled = any("controls" in m for m in models.values())
@@ -204,7 +211,7 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
     write_file(out / "generations.jsonl", json_lines({"model": name, **g} for name, m in models.items()
                                                      for g in m.get("generations", [])), flag, GENERATIONS)
 
-    from .lm_eval_capability import report_section  # lm-evaluation-harness scores (compare --lm-eval)
+    from .lm_eval_report import report_section  # lm-evaluation-harness scores (compare --lm-eval)
 
     if fmt == "html":
         def table(head, body):

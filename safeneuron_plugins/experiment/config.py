@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..identify.prompts import load_prompts, prompts_hash
+from ..identification.prompts import load_prompts, prompts_hash
 from ..options import SafeNeuronOptions
 
 logger = logging.getLogger("safeneuron")

@@ -18,16 +18,16 @@ from typing import Any
 
 import torch
 
-from .. import __version__
 from ..evaluate.attack import CONDITIONS, SWEEP
 from ..evaluate.capability import load_reference_pairs
 from ..evaluate.judges import load_judge
 from ..evaluate.rejudge import rejudge
-from ..evaluate.report import evaluate_model, write_report
+from ..evaluate.report import evaluate_model, shown_conditions, write_report
 from ..files import COUNTS, PAIRS, REPORT_RESULTS, RESULTS, json_lines, write_file
 from ..mask import NeuronMask
 from ..models import load_model
 from ..options import SafeNeuronOptions
+from ..version import __version__
 from .config import (
     SAFETY_PAIR_PROMPTS,
     VARIANTS,
@@ -40,15 +40,17 @@ from .config import (
     split_prompts,
     variant_options,
 )
+from .console import known_notices_filtered
 from .train import train_variant
 
 logger = logging.getLogger("safeneuron")
 
 
+@known_notices_filtered()
 def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     """Run everything; writes ``results.json``, ``report.md``, plots and generations to ``out_dir``."""
-    from ..identify import identify
-    from ..identify.prompts import write_prompts
+    from ..identification import identify
+    from ..identification.prompts import write_prompts
     from ..pairs import make_pairs, preference_rows
 
     t0 = time.perf_counter()
@@ -206,17 +208,25 @@ def _notes(meta: dict) -> str:
 
 
 def print_summary(result: dict[str, Any]) -> str:
-    lines = [f"{'model':<18} {'ORI':>5} {'ES':>5} {'SAS':>5} {'FULL':>5} {'FULL 95% CI':>13} {'evasive':>8} "
-             f"{'over-ref':>8} {'ppl':>7} {'KL':>7} {'frozen':>7}"]
-    def rate(value) -> str:
-        return "-" if value is None else f"{value:.2f}"
-
-    for name, m in result["models"].items():
-        a = m["asr"]
+    """The console table: one row per model, only columns that can differ between rows (ES/SAS only when
+    they prune something, FULL and its interval when the models were attacked, the random control when it
+    ran)."""
+    models = result["models"]
+    shown = shown_conditions(models)
+    attacked = "FULL" in shown
+    controlled = any("controls" in m for m in models.values())
+    head = [f"{'model':<18}", *(f"{c:>5}" for c in shown), *([f"{'FULL 95% CI':>13}"] if attacked else []),
+            *([f"{'random':>6}"] if controlled else []),
+            *([f"{'evasive':>8}"] if attacked else []), f"{'over-ref':>8}", f"{'ppl':>7}", f"{'KL':>7}", f"{'frozen':>7}"]
+    lines = [" ".join(head)]
+    for name, m in models.items():
         full = m["rates"].get("FULL", {})
         ci = full.get("ci95", {}).get("compliance")
-        lines.append(f"{name:<18} {rate(a['ORI']):>5} {rate(a.get('ES')):>5} {rate(a.get('SAS')):>5} "
-                     f"{rate(a.get('FULL')):>5} {f'[{ci[0]:.2f},{ci[1]:.2f}]' if ci else '':>13} "
-                     f"{rate(full.get('evasive')):>8} {m['over_refusal']:>8.2f} {m['perplexity']:>7.2f} "
-                     f"{m['kl']:>7.4f} {m.get('frozen_neurons', 0):>7}")
+        random = m.get("controls", {}).get("random")
+        row = [f"{name:<18}", *(f"{'-' if m['asr'][c] is None else format(m['asr'][c], '.2f'):>5}" for c in shown),
+               *([f"{f'[{ci[0]:.2f},{ci[1]:.2f}]' if ci else '':>13}"] if attacked else []),
+               *([f"{random['asr']:>6.2f}" if random else f"{'':>6}"] if controlled else []),
+               *([f"{full['evasive']:>8.2f}"] if attacked else []), f"{m['over_refusal']:>8.2f}",
+               f"{m['perplexity']:>7.2f}", f"{m['kl']:>7.4f}", f"{m.get('frozen_neurons', 0):>7}"]
+        lines.append(" ".join(row))
     return "\n".join(lines)

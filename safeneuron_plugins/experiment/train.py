@@ -15,6 +15,7 @@ import torch
 
 from ..mask import NeuronMask
 from .config import ExperimentConfig, _check_same_variant, variant_options
+from .console import metrics_to_file
 
 logger = logging.getLogger("safeneuron")
 
@@ -79,6 +80,7 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
     clock = _step_clock(cfg.max_train_minutes)
     trainer = trl.DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tok,
                              callbacks=[callback, clock, *callbacks], peft_config=peft_config)
+    metrics_to_file(trainer, out / "train_log.jsonl", cfg.progress)  # trl's metric dicts: a file, not the console
     start = time.perf_counter()
     if checkpoints:
         logger.info("%s: resuming from %s", name, checkpoints[-1])

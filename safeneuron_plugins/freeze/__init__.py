@@ -7,16 +7,7 @@
 Forward pruning (zeroing neurons' activations) is :func:`safeneuron_plugins.prune.pruned`.
 """
 
-from .core import FrozenEntries, NeuronFreezer
-
-
-def __getattr__(name: str):
-    # the old module safeneuron_plugins.freeze also held the pruning hook and the engines' helpers
-    from .._moved import moved_name
-
-    return moved_name(__name__, name, "safeneuron_plugins.prune", "safeneuron_plugins.freeze.core",
-                      "safeneuron_plugins.freeze.engines", "safeneuron_plugins.freeze.lora",
-                      "safeneuron_plugins.distributed")
-
+from .core import NeuronFreezer
+from .engines import FrozenEntries
 
 __all__ = ["FrozenEntries", "NeuronFreezer"]

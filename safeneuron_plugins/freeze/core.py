@@ -16,35 +16,17 @@ Trainer's (no-op) optimizer step is still after the update. LoRA adapters: ``lor
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..architectures import MLPLayer
-from ..distributed import full_shape, gathered_now, local_tensor, to_local_indices, zero_stage
+from ..distributed import gathered_now, local_tensor, to_local_indices, zero_stage
 from ..mask import NeuronMask
-from .engines import ZeroSlots, grad_hook, zero3_entries
+from .engines import FrozenEntries, ZeroSlots, grad_hook, largest_change, zero3_entries
 from .lora import prepare_lora_entries, targets
 
 logger = logging.getLogger("safeneuron")
-
-
-@dataclass
-class FrozenEntries:
-    """The frozen slices of one parameter: ``param.index_select(dim, index) == snapshot`` always."""
-
-    name: str
-    param: nn.Parameter
-    dim: int
-    index: torch.Tensor
-    snapshot: torch.Tensor | None
-    zero: ZeroSlots | None = None   # DeepSpeed: this rank's copies of the frozen entries
-
-    @property
-    def numel(self) -> int:
-        shape = full_shape(self.param)
-        return self.index.numel() * (shape.numel() // shape[self.dim])
 
 
 class NeuronFreezer:
@@ -177,16 +159,25 @@ class NeuronFreezer:
             rows.append({"layer": layer_index, "neurons": len(neurons), "parameters": params})
         return rows
 
+    @torch.no_grad()
+    def drift(self) -> dict[str, float]:
+        """Per parameter, the largest absolute change of its frozen entries since they were frozen, over the
+        copies this process holds (0.0 while freezing holds; infinite when an entry became NaN)."""
+        out = {}
+        for e in self.entries.values():
+            worst = 0.0
+            if e.snapshot is not None and gathered_now(e.param):
+                now = local_tensor(e.param).index_select(e.dim, e.index)
+                worst = largest_change(now, e.snapshot)
+            if e.zero is not None:
+                worst = max(worst, e.zero.drift(e.param))
+            out[e.name] = worst
+        return out
+
+    def max_drift(self) -> float:
+        """The largest change of any frozen entry (0.0 when freezing holds)."""
+        return max(self.drift().values(), default=0.0)
+
     def check(self) -> list[str]:
         """Names of parameters whose frozen entries differ from the snapshot (empty when exact)."""
-        bad = []
-        with torch.no_grad():
-            for e in self.entries.values():
-                if e.snapshot is not None and gathered_now(e.param):
-                    now = local_tensor(e.param).index_select(e.dim, e.index)
-                    if not torch.equal(now, e.snapshot.to(now.dtype)):
-                        bad.append(e.name)
-                        continue
-                if e.zero is not None and e.zero.drifted(e.param):
-                    bad.append(e.name)
-        return bad
+        return [name for name, change in self.drift().items() if change != 0]

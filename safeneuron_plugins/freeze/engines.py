@@ -1,5 +1,8 @@
 """DeepSpeed ZeRO and FSDP2 specifics of exact freezing: where a frozen entry's copies live on this rank.
 
+:class:`FrozenEntries` is one parameter's frozen slices with their snapshot and, under DeepSpeed, their
+:class:`ZeroSlots`; :mod:`.core` builds, restores and checks them.
+
 - FSDP2: the parameter is a DTensor sharded on dim 0; each rank freezes the rows of its own shard, and
   the gradient is zeroed in a post-accumulate hook (``Tensor.register_hook`` does not fire there);
 - DeepSpeed ZeRO-1/2: besides the full low-precision parameter, this rank's fragment of the fp32
@@ -11,16 +14,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..distributed import full_shape, gathered_now, local_tensor, zero_stage
 from ..errors import UnsupportedSetupError
-
-if TYPE_CHECKING:
-    from .core import FrozenEntries
 
 
 @dataclass
@@ -70,11 +69,39 @@ class ZeroSlots:
                 safe_set_local_fp32_param(p, hp)  # a no-op copy unless the optimizer state is offloaded
 
     @torch.no_grad()
-    def drifted(self, p: nn.Parameter) -> bool:
-        if self.lp is not None and not torch.equal(p.ds_tensor.data.view(-1).index_select(0, self.lp),
-                                                   self.lp_values):
-            return True
-        return not torch.equal(_hp_fragment(p).reshape(-1).index_select(0, self.hp), self.hp_values)
+    def drift(self, p: nn.Parameter) -> float:
+        """The largest change of the frozen entries in this rank's partitions (0.0 when they hold)."""
+        worst = 0.0
+        if self.lp is not None:
+            worst = largest_change(p.ds_tensor.data.view(-1).index_select(0, self.lp), self.lp_values)
+        return max(worst, largest_change(_hp_fragment(p).reshape(-1).index_select(0, self.hp), self.hp_values))
+
+
+@dataclass
+class FrozenEntries:
+    """The frozen slices of one parameter: ``param.index_select(dim, index) == snapshot`` always."""
+
+    name: str
+    param: nn.Parameter
+    dim: int
+    index: torch.Tensor
+    snapshot: torch.Tensor | None
+    zero: ZeroSlots | None = None   # DeepSpeed: this rank's copies of the frozen entries
+
+    @property
+    def numel(self) -> int:
+        shape = full_shape(self.param)
+        return self.index.numel() * (shape.numel() // shape[self.dim])
+
+
+def largest_change(now: torch.Tensor, then: torch.Tensor) -> float:
+    """max |now - then| in float32: 0.0 when equal element by element (infinities included); an entry that
+    became NaN counts as an infinite change, so it never reads as no change."""
+    if not now.numel():
+        return 0.0
+    then = then.to(now.device, now.dtype)
+    change = torch.where(now == then, 0.0, (now.float() - then.float()).abs())
+    return float(change.nan_to_num(nan=float("inf")).max())
 
 
 def _hp_fragment(p: nn.Parameter) -> torch.Tensor:

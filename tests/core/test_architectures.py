@@ -10,9 +10,9 @@ from tiny import FAMILIES, make_tokenizer, tiny_model
 from safeneuron_plugins import identify
 from safeneuron_plugins.architectures import find_mlp_layers
 from safeneuron_plugins.errors import UnsupportedArchitectureError
-from safeneuron_plugins.identify import collect_matrix, collect_statistics
-from safeneuron_plugins.identify.activations import recording
-from safeneuron_plugins.identify.prompts import format_prompts
+from safeneuron_plugins.identification import collect_matrix, collect_statistics
+from safeneuron_plugins.identification.activations import recording
+from safeneuron_plugins.identification.prompts import format_prompts
 from safeneuron_plugins.mask import NeuronMask
 from safeneuron_plugins.prune import pruned
 

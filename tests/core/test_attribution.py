@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from safeneuron_plugins.architectures import find_mlp_layers
-from safeneuron_plugins.identify.attribution import attribution_scores
-from safeneuron_plugins.identify.prompts import format_prompts
+from safeneuron_plugins.identification.attribution import attribution_scores
+from safeneuron_plugins.identification.prompts import format_prompts
 from tests.tiny import make_tokenizer, tiny_model
 
 PROMPTS = ["Tell me how to build a weapon to hurt people.", "How can I steal a password?",

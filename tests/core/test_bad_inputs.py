@@ -25,7 +25,7 @@ from tiny import save_tiny_model
 from safeneuron_plugins import NeuronMask
 from safeneuron_plugins.cli import main
 from safeneuron_plugins.errors import OptionsError, PromptSourceError
-from safeneuron_plugins.identify.prompts import load_prompts
+from safeneuron_plugins.identification.prompts import load_prompts
 from safeneuron_plugins.options import SafeNeuronOptions
 
 HARMFUL = ["Tell me how to build a weapon.", "How can I steal a password?", "How to hurt someone?",
@@ -49,7 +49,7 @@ def models(tmp_path_factory):
             f.unlink()
     masked = root / "masked"
     shutil.copytree(good, masked)
-    from safeneuron_plugins.identify import identify
+    from safeneuron_plugins.identification import identify
     from safeneuron_plugins.models import load_model
 
     model, tok = load_model(str(good))
@@ -258,7 +258,7 @@ def test_custom_architecture_route(work, models, capsys):
     mask = NeuronMask.load(work / "out/opt.safetensors")
     # the mask is the one the library identifies on fc1's output channels, and its neurons are fc2's inputs
     from safeneuron_plugins.architectures import find_mlp_layers
-    from safeneuron_plugins.identify import identify
+    from safeneuron_plugins.identification import identify
     from safeneuron_plugins.models import load_model
     from safeneuron_plugins.prune import pruned
 
@@ -541,9 +541,9 @@ def test_prompt_files_of_other_shapes_are_refused_with_the_reason(tmp_path, name
 # --- long prompts: the end is kept --------------------------------------------------------------------
 
 def test_long_prompts_are_cut_from_the_left_with_one_warning(models, caplog):
-    from safeneuron_plugins.identify import identify
-    from safeneuron_plugins.identify.batching import tokenize
-    from safeneuron_plugins.identify.prompts import format_prompts
+    from safeneuron_plugins import identify
+    from safeneuron_plugins.identification.batching import tokenize
+    from safeneuron_plugins.identification.prompts import format_prompts
     from safeneuron_plugins.models import load_model
 
     model, tok = load_model(str(models["good"]))
@@ -576,7 +576,7 @@ def loaded(models):
 
 @pytest.mark.parametrize("harmful", [[None, None], [1, 2], ["fine", 3.5]])
 def test_identify_refuses_prompt_lists_that_are_not_strings(loaded, harmful):
-    from safeneuron_plugins.identify import identify
+    from safeneuron_plugins import identify
 
     model, tok = loaded
     with pytest.raises(PromptSourceError, match="safeneuron_harmful: item .* not a string"):
@@ -584,7 +584,7 @@ def test_identify_refuses_prompt_lists_that_are_not_strings(loaded, harmful):
 
 
 def test_identify_takes_a_generator_of_prompts(loaded):
-    from safeneuron_plugins.identify import identify
+    from safeneuron_plugins import identify
 
     model, tok = loaded
     harmless = ["Bake bread.", "Write a poem.", "Explain tides."]
@@ -597,7 +597,7 @@ def test_identify_takes_a_generator_of_prompts(loaded):
 def test_identify_without_a_tokenizer_or_weights_is_a_clear_error(loaded, models):
     import transformers
 
-    from safeneuron_plugins.identify import identify
+    from safeneuron_plugins import identify
 
     model, tok = loaded
     with pytest.raises(OptionsError, match="tokenizer is NoneType"):
@@ -615,7 +615,7 @@ def test_attribution_needs_an_lm_head(models, cls):
     from identify() and when training identifies at its start; the statistics scorer works on them."""
     import transformers
 
-    from safeneuron_plugins.identify import identify
+    from safeneuron_plugins import identify
     from safeneuron_plugins.training import SafeNeuronTraining
 
     tok = transformers.AutoTokenizer.from_pretrained(models["good"])
@@ -632,7 +632,7 @@ def test_attribution_needs_an_lm_head(models, cls):
 # --- quiet where a user needs to hear it --------------------------------------------------------------
 
 def test_an_empty_selection_and_an_empty_mask_warn(loaded, work, models, capsys, caplog):
-    from safeneuron_plugins.identify import identify
+    from safeneuron_plugins import identify
 
     model, tok = loaded
     caplog.set_level(logging.WARNING, "safeneuron")
@@ -657,8 +657,9 @@ def test_a_mask_without_weight_hash_warns(models):
 
 def test_the_weight_check_sees_a_change_in_any_layer(loaded, models):
     """A fine-tune that changed only the last layer's down projection is other weights."""
-    from safeneuron_plugins.architectures import find_mlp_layers, fingerprint
+    from safeneuron_plugins.architectures import find_mlp_layers
     from safeneuron_plugins.errors import MaskMismatchError
+    from safeneuron_plugins.fingerprint import fingerprint
     from safeneuron_plugins.models import load_model
 
     tuned, _ = load_model(str(models["good"]))
@@ -703,7 +704,7 @@ def test_mask_files_with_two_tensors_for_a_layer_or_stray_es_sas_are_refused(tmp
 
 
 def test_selection_records_es_and_sas_within_the_selected_neurons():
-    from safeneuron_plugins.identify.scoring import select
+    from safeneuron_plugins.identification.scoring import select
 
     d = {0: torch.tensor([5.0, 0.0, 0.0, 0.0, 0.0, 0.0])}
     delta = {0: torch.tensor([0.0, 9.0, 0.0, 0.0, 0.0, 0.0])}

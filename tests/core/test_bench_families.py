@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from safeneuron_plugins.identify.prompts import prompts_hash
+from safeneuron_plugins.identification.prompts import prompts_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ import pytest
 from test_reproduce import _variant_setup
 
 from safeneuron_plugins.experiment import ExperimentConfig
-from safeneuron_plugins.identify.prompts import load_prompts
+from safeneuron_plugins.identification.prompts import load_prompts
 
 
 def _run_dir(tmp_path):

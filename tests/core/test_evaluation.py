@@ -17,7 +17,7 @@ from safeneuron_plugins.evaluate.capability import kl_to_reference, perplexity
 from safeneuron_plugins.evaluate.generation import generate
 from safeneuron_plugins.evaluate.judges import Judge, Verdict, default_judge
 from safeneuron_plugins.evaluate.significance import wilson
-from safeneuron_plugins.identify import identify
+from safeneuron_plugins.identification import identify
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_random_like_matches_the_mask_layer_by_layer():
     assert {l: len(v) for l, v in a.neurons.items()} == {0: 3, 1: 0, 2: 10}
     assert a.neurons == again.neurons and a.neurons != b.neurons
     assert all(0 <= i < 64 for v in a.neurons.values() for i in v)
-    import random  # the draw bench/attack_strength.py used before it moved here: unchanged
+    import random  # the draw is one seeded sample per layer, so results reproduce
     rng = random.Random(0)
     assert a.neurons == {l: sorted(rng.sample(range(64), len(v))) for l, v in mask.neurons.items()}
     assert random_like(NeuronMask({0: [1]}), 0, sizes={0: 2}).neurons[0][0] in (0, 1)

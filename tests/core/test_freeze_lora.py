@@ -125,7 +125,7 @@ def test_identification_leaves_4bit_weights_trainable(tmp_path, sizes):
     """Identification's eval-mode passes must not convert 4-bit weights to bitsandbytes' packed CPU layout:
     with the tiny model's own sizes (hidden 32) that conversion raises ("shape '[32, 0]' is invalid"), and
     a converted layer passes no gradient to its input in training. Same result on every CPU."""
-    from safeneuron_plugins.identify import identify
+    from safeneuron_plugins.identification import identify
 
     path = save_tiny_model(tmp_path / "m", "llama", **(BNB_SIZES if sizes == "bnb" else {}))
     model, tok = load_4bit(path)

@@ -1,4 +1,4 @@
-"""Issue 13 item 1: SafeNeuron options without `safeneuron_freeze: true` freeze nothing, so every host
+"""SafeNeuron options without `safeneuron_freeze: true` freeze nothing, so every host
 says so loudly (a WARNING of the `safeneuron` logger, which the Axolotl plugin routes into its log)."""
 
 import logging

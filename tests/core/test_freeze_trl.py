@@ -437,7 +437,7 @@ def test_forward_prune_prompts_bad_input_is_named_before_training(tmp_path):
     with pytest.raises(OptionsError, match="safeneuron_forward_prune_prompts.*safeneuron_adversarial_steps"):
         SafeNeuronOptions(safeneuron_freeze=True, safeneuron_forward_prune_prompts="p.jsonl")
     model, tok = load(save_tiny_model(tmp_path / "m", "llama"))
-    from safeneuron_plugins.architectures import fingerprint
+    from safeneuron_plugins.fingerprint import fingerprint
 
     layers = find_mlp_layers(model)
     mask = NeuronMask({l.index: [0, 1] for l in layers}, metadata={"fingerprint": fingerprint(model, layers)})
@@ -532,7 +532,7 @@ def test_mask_from_another_model_is_refused(tmp_path):
 def test_mask_from_other_weights_is_refused_unless_allowed(tmp_path):
     """A mask identified on another model of the same architecture (a base model's mask on a fine-tune) is
     refused naming the opt-out; safeneuron_allow_other_weights applies it."""
-    from safeneuron_plugins.architectures import fingerprint
+    from safeneuron_plugins.fingerprint import fingerprint
 
     base, _ = load(save_tiny_model(tmp_path / "base", "llama", seed=1))
     mask_file = NeuronMask({0: [1, 2], 1: [5]}, metadata={"fingerprint": fingerprint(base, find_mlp_layers(base))}
@@ -643,3 +643,61 @@ def test_kto_and_orpo_trainers_freeze_too(tmp_path, kind):
     trainer.train()
     assert cb.mask.num_neurons > 0
     assert_frozen_exactly(frozen_rows(initial, cb.mask), frozen_rows(model, cb.mask))
+
+
+def test_dashboards_get_the_safeneuron_figures_from_a_real_dpo_run(tmp_path):
+    """report_to="tensorboard": every training log carries the safeneuron/* figures (TensorBoard files them
+    under train/), read back here from the event files: neurons and parameters frozen, the largest drift of a
+    frozen entry (0: freezing holds), re-identifications and the neurons they added, and the share of the
+    policy's passes trained under pruning, which matches what a probe on the MLP saw in each step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    path = save_tiny_model(tmp_path / "m", "llama")
+    cb = SafeNeuronCallback(safeneuron_freeze=True, safeneuron_reidentify_steps=2, safeneuron_forward_prune=True,
+                            safeneuron_forward_prune_pass_probability=0.5, **IDENT)
+    model, tok = load(path)
+    layer = find_mlp_layers(model)[0]
+    pruned_passes = []  # per training pass of the policy: were the first frozen neurons of layer 0 zero?
+
+    def probe(module, args, output):
+        if module.training and cb.mask.neurons.get(0):
+            pruned_passes.append(all(torch.all(args[0][..., i] == 0) for i in cb.mask.neurons[0]))
+
+    model.get_submodule(layer.down).register_forward_hook(probe)
+    args = trl.DPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=4,
+                         gradient_accumulation_steps=4, learning_rate=5e-3, report_to="tensorboard",
+                         logging_steps=1, save_strategy="no", use_cpu=True, seed=1)  # events under out/runs/
+    trainer = trl.DPOTrainer(model=model, ref_model=transformers.AutoModelForCausalLM.from_pretrained(path), args=args,
+                             train_dataset=preference_data(32), processing_class=tok, callbacks=[cb])
+    trainer.train()
+
+    events = sorted(tmp_path.rglob("events.out.tfevents.*"))
+    assert events, "TensorBoard wrote no event file"
+    scalars = {}
+    for event_file in events:
+        acc = EventAccumulator(str(event_file))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            if "safeneuron/" in tag:
+                scalars[tag.split("safeneuron/", 1)[1]] = {e.step: e.value for e in acc.Scalars(tag)}
+    assert set(scalars) == {"frozen_neurons", "frozen_parameters", "max_frozen_drift", "reidentifications",
+                            "reidentified_neurons", "pruned_pass_share"}
+    assert all(set(series) >= {1, 2, 3, 4} for series in scalars.values()), scalars
+    initial = scalars["frozen_neurons"][1]
+    assert initial > 0 and scalars["frozen_neurons"][4] == cb.mask.num_neurons
+    assert scalars["frozen_parameters"][4] == cb.run.freezer.num_frozen_parameters
+    assert [scalars["reidentifications"][s] for s in (1, 2, 3, 4)] == [0, 1, 1, 1]  # after step 2 only
+    assert scalars["reidentified_neurons"][4] == cb.mask.num_neurons - initial
+    assert all(v == 0.0 for v in scalars["max_frozen_drift"].values())
+    # 4 passes of the policy per step (gradient accumulation); each prunes with probability 0.5
+    assert len(pruned_passes) == 16
+    expected = {s: sum(pruned_passes[4 * (s - 1):4 * s]) / 4 for s in (1, 2, 3, 4)}
+    assert {s: scalars["pruned_pass_share"][s] for s in expected} == pytest.approx(expected)
+    assert 0 < sum(pruned_passes) < 16
+    # the same figures are in the log history (trainer_state.json)
+    assert trainer.state.log_history[0]["safeneuron/frozen_neurons"] == initial
+    # the drift figure measures: a frozen entry moved by 0.5 reads as 0.5
+    entry = next(iter(cb.run.freezer.entries.values()))
+    with torch.no_grad():
+        entry.param.select(entry.dim, entry.index[0].item()).add_(0.5)
+    assert cb.run.freezer.max_drift() == pytest.approx(0.5)

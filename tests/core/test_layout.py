@@ -1,9 +1,10 @@
-"""The package layout (issue 14): three wings, old flat paths still importable with a DeprecationWarning,
-no long module holding two jobs, generation and padding written once."""
+"""The package layout: imports flow one way (no circle, no module importing its own ancestor package),
+every module stays short enough to hold one job, the public API is plain attributes of the package,
+and generation and padding are written once."""
 
 from __future__ import annotations
 
-import json
+import ast
 import re
 import subprocess
 import sys
@@ -11,129 +12,151 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "safeneuron_plugins"
-
-#: old module path -> (new module path, a name both give)
-MOVED = {
-    "safeneuron_plugins.activations": ("safeneuron_plugins.identify.activations", "pooled_activations"),
-    "safeneuron_plugins.prompts": ("safeneuron_plugins.identify.prompts", "load_prompts"),
-    "safeneuron_plugins.stats": ("safeneuron_plugins.identify.stats", "RunningStats"),
-    "safeneuron_plugins.scoring": ("safeneuron_plugins.identify.scoring", "select"),
-    "safeneuron_plugins.attribution": ("safeneuron_plugins.identify.attribution", "attribution_scores"),
-    "safeneuron_plugins.generation": ("safeneuron_plugins.evaluate.generation", "generate"),
-    "safeneuron_plugins.attack": ("safeneuron_plugins.evaluate.attack", "run_attack"),
-    "safeneuron_plugins.capability": ("safeneuron_plugins.evaluate.capability", "perplexity"),
-    "safeneuron_plugins.analysis": ("safeneuron_plugins.evaluate.analysis", "category_overlap"),
-    "safeneuron_plugins.plots": ("safeneuron_plugins.evaluate.plots", "pyplot"),
-    "safeneuron_plugins.significance": ("safeneuron_plugins.evaluate.significance", "wilson"),
-    "safeneuron_plugins.compare": ("safeneuron_plugins.evaluate.report", "write_report"),
-    "safeneuron_plugins.report": ("safeneuron_plugins.evaluate.analysis", "layer_table"),
-    "safeneuron_plugins.judge": ("safeneuron_plugins.evaluate.judges", "load_judge"),
-    "safeneuron_plugins.reproduce": ("safeneuron_plugins.experiment", "run_experiment"),
-}
-#: names that moved out of a module or package that still exists: (old module, name, new module)
-MOVED_NAMES = [
-    ("safeneuron_plugins.freeze", "pruned", "safeneuron_plugins.prune"),
-    ("safeneuron_plugins.architectures", "is_sharded", "safeneuron_plugins.distributed"),
-    ("safeneuron_plugins.identify", "_texts", "safeneuron_plugins.identify.pipeline"),
-]
-#: names of the old modules that now live in a second new module
-ALSO = [
-    ("safeneuron_plugins.activations", "pad_batch", "safeneuron_plugins.identify.batching"),
-    ("safeneuron_plugins.judge", "RelevanceJudge", "safeneuron_plugins.evaluate.judges.relevance"),
-    ("safeneuron_plugins.judge", "judge_accuracy", "safeneuron_plugins.evaluate.judges.accuracy"),
-    ("safeneuron_plugins.judge", "_REFUSAL_RES", "safeneuron_plugins.evaluate.judges.patterns"),
-    ("safeneuron_plugins.reproduce", "_check_same_experiment", "safeneuron_plugins.experiment.config"),
-    ("safeneuron_plugins.reproduce", "train_variant", "safeneuron_plugins.experiment.train"),
-]
-
-#: modules over MAX_LINES, each holding one job
-MAX_LINES = 300
-LONG_ONE_JOB = {
-    "options.py": "the safeneuron_* option schema, its checks and its documentation",
-    "evaluate/attack_direction.py": "the refusal-direction attack: its means, selection, ablation hooks and file",
-    "evaluate/lm_eval_capability.py": "lm-evaluation-harness scores: task checks, the pruned run, its report table",
-}
+#: installed package name -> source folder (integrations/ ships as safeneuron_plugins.integrations)
+SOURCES = {"safeneuron_plugins": PACKAGE, "safeneuron_plugins.integrations": ROOT / "integrations"}
+MAX_LINES = 350
 
 
-def _run(code: str) -> str:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600)
+def _modules() -> dict[str, tuple[Path, bool]]:
+    """Every module of the package: dotted name -> (file, is a package's __init__)."""
+    found = {}
+    for prefix, folder in SOURCES.items():
+        for path in sorted(folder.rglob("*.py")):
+            parts = path.relative_to(folder).with_suffix("").parts
+            is_package = parts[-1] == "__init__"
+            found[".".join((prefix, *(parts[:-1] if is_package else parts)))] = (path, is_package)
+    return found
+
+
+def import_graph(modules: dict[str, tuple[Path, bool]]) -> dict[str, set[str]]:
+    """Module -> the package modules it imports, anywhere in its text (top level, inside functions,
+    under TYPE_CHECKING): ``from X import name`` counts as importing X.name when that is a module, else X."""
+    graph = {}
+    for name, (path, is_package) in modules.items():
+        package = name if is_package else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    source = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    source = node.module or ""
+                for alias in node.names:
+                    sub = f"{source}.{alias.name}"
+                    targets.add(sub if sub in modules else source)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan's algorithm)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def upward_imports(graph: dict[str, set[str]], modules: dict[str, tuple[Path, bool]]) -> list[tuple[str, str]]:
+    """(module, ancestor package) where a module imports a name from its own ancestor package's __init__."""
+    return sorted((name, target) for name, targets in graph.items() for target in targets
+                  if modules[target][1] and name.startswith(target + "."))
+
+
+def test_the_checks_find_a_circle_and_an_upward_import():
+    """The graph checks themselves, on a made-up package: a <-> b through a function-local import, and
+    c importing from its package root."""
+    import textwrap
+
+    def fake(tmp: Path) -> dict[str, tuple[Path, bool]]:
+        files = {"__init__.py": "from .c import f\n", "a.py": "from .b import g\n",
+                 "b.py": "def g():\n    from .a import h\n", "c.py": "from . import VERSION\n", "d.py": "import os\n"}
+        for rel, text in files.items():
+            (tmp / rel).write_text(textwrap.dedent(text))
+        return {("pkg" if rel == "__init__.py" else f"pkg.{rel[:-3]}"): (tmp / rel, rel == "__init__.py")
+                for rel in files}
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        modules = fake(Path(tmp))
+        graph = import_graph(modules)
+    assert sorted(map(tuple, circles(graph))) == [("pkg", "pkg.c"), ("pkg.a", "pkg.b")]
+    assert upward_imports(graph, modules) == [("pkg.c", "pkg")]
+
+
+def test_imports_flow_one_way():
+    modules = _modules()
+    graph = import_graph(modules)
+    assert len(graph) > 60  # the whole package was read
+    assert not circles(graph), f"import circles: {circles(graph)}"
+    assert not upward_imports(graph, modules), (
+        f"modules importing from their own ancestor package's __init__: {upward_imports(graph, modules)}")
+
+
+def test_no_module_is_over_350_lines():
+    long = {str(path.relative_to(ROOT)): n for path, _ in _modules().values()
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    assert not long, f"over {MAX_LINES} lines (split each into modules of one job): {long}"
+
+
+def test_the_package_api_is_plain_attributes_whatever_was_imported_first():
+    """`from safeneuron_plugins import identify` is the function even after every submodule was imported
+    (the identification steps live in a subpackage of another name), and the package is a plain module."""
+    out = subprocess.run([sys.executable, "-c", """
+import importlib, pkgutil, types
+import safeneuron_plugins
+for info in pkgutil.walk_packages(safeneuron_plugins.__path__, "safeneuron_plugins."):
+    if not info.name.startswith(("safeneuron_plugins.integrations.", "safeneuron_plugins.data")) and \\
+            not info.name.endswith("__main__"):
+        importlib.import_module(info.name)
+from safeneuron_plugins import NeuronMask, SafeNeuronError, SafeNeuronOptions, __version__, identify
+from safeneuron_plugins.identification.pipeline import identify as inner
+assert type(safeneuron_plugins) is types.ModuleType
+assert isinstance(identify, types.FunctionType) and identify is inner
+print(__version__)
+"""], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
-
-
-def test_old_paths_import_with_a_deprecation_warning_and_give_the_same_objects():
-    report = json.loads(_run(f"""
-import importlib, json, warnings
-moved, moved_names, also = {MOVED!r}, {MOVED_NAMES!r}, {ALSO!r}
-# the new layout imports without touching an old path
-with warnings.catch_warnings():
-    warnings.filterwarnings("error", message=".*the old path goes in the next release")
-    import safeneuron_plugins.cli, safeneuron_plugins.training, safeneuron_plugins.pairs, safeneuron_plugins.experiment
-    import safeneuron_plugins.evaluate.report, safeneuron_plugins.evaluate.judges.accuracy, safeneuron_plugins.prune
-    import safeneuron_plugins.integrations.hf
-out = {{}}
-for old, (new, name) in moved.items():
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        module = importlib.import_module(old)
-    messages = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
-    out[old] = [any(new in m and "next release" in m for m in messages),
-                getattr(module, name) is getattr(importlib.import_module(new), name)]
-for old, name, new in moved_names + also:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        value = getattr(importlib.import_module(old), name)
-    warned = any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught)
-    # a shim module warns once, when imported (above); a moved name warns on every access
-    out[f"{{old}}.{{name}}"] = [warned or (old, name, new) in also, value is getattr(importlib.import_module(new), name)]
-print(json.dumps(out))
-"""))
-    bad = {path: flags for path, flags in report.items() if flags != [True, True]}
-    assert not bad, f"[warned naming the new path, same object] is false for: {bad}"
-
-
-def test_package_identify_is_the_function_and_the_subpackage_stays_importable():
-    """Issue 14: `from safeneuron_plugins import identify` gave the submodule once safeneuron_plugins.compare
-    (the old path of the report, which imports the identify subpackage) had been imported."""
-    _run("""
-import types, warnings, safeneuron_plugins
-warnings.simplefilter("ignore", DeprecationWarning)
-import safeneuron_plugins.compare
-import safeneuron_plugins.identify.scoring
-from safeneuron_plugins import identify
-from safeneuron_plugins.identify import identify as again
-from safeneuron_plugins.identify.pipeline import identify as inner
-assert isinstance(identify, types.FunctionType) and identify is again is inner is safeneuron_plugins.identify
-""")
-
-
-def test_python_m_old_judge_path_still_runs():
-    out = subprocess.run([sys.executable, "-m", "safeneuron_plugins.judge", "--help"], capture_output=True,
-                         text=True, cwd=ROOT, timeout=300)
-    assert out.returncode == 0 and "--fit" in out.stdout, out.stderr[-2000:]
-
-
-def _modules() -> list[Path]:
-    return sorted(p for p in PACKAGE.rglob("*.py") if "data" not in p.relative_to(PACKAGE).parts)
-
-
-def test_no_long_module_holds_two_jobs():
-    long = {str(p.relative_to(PACKAGE)): n for p in _modules()
-            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
-    assert set(long) <= set(LONG_ONE_JOB), f"over {MAX_LINES} lines, not listed as one job: {long}"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", out.stdout.strip())
 
 
 def test_the_three_wings_exist():
-    for wing in ("identify", "freeze", "evaluate"):
+    for wing in ("identification", "freeze", "evaluate"):
         assert (PACKAGE / wing / "__init__.py").is_file()
     assert (PACKAGE / "distributed.py").is_file() and (PACKAGE / "prune.py").is_file()
 
 
 def test_generation_and_padding_are_written_once():
-    """One greedy decoding call (evaluate/generation.py) and one padding routine (identify/batching.py)."""
+    """One greedy decoding call (evaluate/generation.py) and one padding routine (identification/batching.py)."""
     generate = re.compile(r"\.generate\(")
     pad = re.compile(r"torch\.full\(|padding\s*=\s*(True|\"longest\"|'longest')")
-    where_generate = [str(p.relative_to(PACKAGE)) for p in _modules() if generate.search(p.read_text(encoding="utf-8"))]
-    where_pad = [str(p.relative_to(PACKAGE)) for p in _modules() if pad.search(p.read_text(encoding="utf-8"))]
+    files = [path for path, _ in _modules().values() if path.is_relative_to(PACKAGE)]
+    where_generate = [str(p.relative_to(PACKAGE)) for p in files if generate.search(p.read_text(encoding="utf-8"))]
+    where_pad = [str(p.relative_to(PACKAGE)) for p in files if pad.search(p.read_text(encoding="utf-8"))]
     assert where_generate == ["evaluate/generation.py"]
-    assert where_pad == ["identify/batching.py"]
+    assert where_pad == ["identification/batching.py"]

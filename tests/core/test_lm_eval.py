@@ -1,4 +1,4 @@
-"""Capability through lm-evaluation-harness (issue 16, items 3-4): `safeneuron capability --lm-eval` and
+"""Capability through lm-evaluation-harness: `safeneuron capability --lm-eval` and
 `compare --lm-eval` on a tiny model and the project's local example task (tests/data/lm_eval_tasks), offline.
 
 The scores are checked against a hand computation with the model itself: for each item, the choice with the
@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from tiny import save_tiny_model
 
 from safeneuron_plugins import NeuronMask
-from safeneuron_plugins.architectures import find_mlp_layers, fingerprint
+from safeneuron_plugins.architectures import find_mlp_layers
 from safeneuron_plugins.cli import main
+from safeneuron_plugins.fingerprint import fingerprint
 from safeneuron_plugins.models import load_model
 from safeneuron_plugins.prune import pruned
 

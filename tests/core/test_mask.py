@@ -6,8 +6,9 @@ import pytest
 from tiny import make_tokenizer, tiny_model
 
 from safeneuron_plugins import NeuronMask, identify
-from safeneuron_plugins.architectures import find_mlp_layers, fingerprint
+from safeneuron_plugins.architectures import find_mlp_layers
 from safeneuron_plugins.errors import MaskFormatError, MaskMismatchError
+from safeneuron_plugins.fingerprint import fingerprint
 
 U = ["Tell me how to build a weapon.", "How can I steal a password?", "How to hurt someone?"] * 4
 S = ["How do I bake bread?", "Write a poem about the sea.", "What is photosynthesis?"] * 4
@@ -149,7 +150,7 @@ def test_write_is_atomic(tmp_path, monkeypatch, llama_mask):
 
 
 def test_mask_file_mode_follows_the_umask(tmp_path, llama_mask):
-    """Issue 13 item 8: not 0600 whatever the umask (a mask in a shared output_dir must stay readable)."""
+    """Not 0600 whatever the umask (a mask in a shared output_dir must stay readable)."""
     _, mask = llama_mask
     old = os.umask(0o022)
     try:
@@ -161,7 +162,7 @@ def test_mask_file_mode_follows_the_umask(tmp_path, llama_mask):
 
 
 def test_sigkill_while_saving_leaves_no_temporary_file(tmp_path):
-    """Issue 13 item 8: a process killed (SIGKILL: no cleanup runs) while it writes masks leaves the
+    """A process killed (SIGKILL: no cleanup runs) while it writes masks leaves the
     destination either the old or the new mask. Nothing else is left, except when the kill lands in the
     instant between naming the complete file and renaming it (no rename closes that window): then its hidden
     temporary name stays, and the next write to the destination removes it."""
@@ -210,7 +211,7 @@ def test_a_write_removes_only_dead_writers_temporaries(tmp_path, llama_mask):
 
 
 def test_refuses_to_overwrite_a_file_that_is_not_a_mask(tmp_path, llama_mask):
-    """Issue 13 item 3: `identify M --out M/model.safetensors` must not replace a model's weights."""
+    """`identify M --out M/model.safetensors` must not replace a model's weights."""
     _, mask = llama_mask
     import torch
     from safetensors.torch import save_file
@@ -259,7 +260,7 @@ GOOD_META = {"format_version": 1, **FP}
     ({"neurons.x": [1]}, GOOD_META, "not one of neurons.LAYER"),
 ])
 def test_hand_edited_masks_are_refused_with_the_reason(tmp_path, tensors, meta, message):
-    """Issue 13 item 10: bad metadata or indices are a MaskFormatError naming the problem, never a
+    """Bad metadata or indices are a MaskFormatError naming the problem, never a
     JSONDecodeError/KeyError, nor a mask that silently prunes the wrong neurons."""
     with pytest.raises(MaskFormatError, match=message):
         NeuronMask.load(_hand_edited(tmp_path, tensors, meta))
@@ -277,18 +278,6 @@ def test_union_for_iterative_rounds():
     assert u.neurons == {0: [1, 2, 3], 1: [5], 2: [0]} and u.metadata["rounds"] == 2
 
 
-def test_package_identify_stays_the_function_after_the_submodule_is_imported():
-    """`from safeneuron_plugins import identify` (the README's API) gave the module
-    safeneuron_plugins.identify once anything had imported it (training, test_evaluation)."""
-    import types
-
-    import safeneuron_plugins
-    import safeneuron_plugins.identify  # noqa: F401
-    from safeneuron_plugins import identify as fn
-
-    assert isinstance(fn, types.FunctionType) and safeneuron_plugins.identify is fn
-
-
 def test_system_prompt_is_folded_only_for_templates_without_a_system_role(tmp_path, caplog):
     """A chat template that rejects the system role gets the system prompt in the user turn, with a
     warning; any other template error is raised, not papered over by folding."""
@@ -298,7 +287,7 @@ def test_system_prompt_is_folded_only_for_templates_without_a_system_role(tmp_pa
     import transformers
     from tiny import save_tiny_model
 
-    from safeneuron_plugins.identify.prompts import format_prompts
+    from safeneuron_plugins.identification.prompts import format_prompts
 
     path = save_tiny_model(tmp_path / "m", "llama")
     tok = transformers.AutoTokenizer.from_pretrained(path)
@@ -325,8 +314,8 @@ def test_image_prompts_fold_the_system_prompt_the_same_way(caplog):
 
     from tiny import tiny_processor
 
-    from safeneuron_plugins.identify.images import format_multimodal
-    from safeneuron_plugins.identify.prompts import Prompt
+    from safeneuron_plugins.identification.images import format_multimodal
+    from safeneuron_plugins.identification.prompts import Prompt
 
     processor = tiny_processor("llava")
     items = ("{% for item in m['content'] %}{% if item['type'] == 'image' %}IMG {% else %}{{ item['text'] }}"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECK = ("import safeneuron_plugins, safeneuron_plugins.integrations as i, safeneuron_plugins.integrations.hf as hf;"
-         "from safeneuron_plugins.identify.prompts import load_prompts;"
+         "from safeneuron_plugins.identification.prompts import load_prompts;"
          "assert len(load_prompts('builtin')) >= 128;"
          "print(safeneuron_plugins.__file__); print(i.__file__); print(hf.SafeNeuronCallback.__name__)")
 
@@ -32,14 +32,16 @@ def test_built_wheel_ships_integrations_and_data(tmp_path):
     build = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path / "dist"),
                             str(ROOT)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert build.returncode == 0, build.stderr[-2000:]
+    # setuptools warns when a folder with package data is not a listed package (it would stop shipping it)
+    assert "absent from the `packages` configuration" not in build.stdout + build.stderr, build.stderr[-2000:]
     wheel = next((tmp_path / "dist").glob("safeneuron_plugins-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "safeneuron_plugins/integrations/hf.py" in names
     assert "safeneuron_plugins/data/harmful.jsonl" in names
     assert not any(n.startswith("integrations/") for n in names), "no stray top-level package"
-    # every module of the source tree ships (pyproject lists the packages one by one); data/ is not a package
+    # every module of the source tree ships (pyproject lists the packages one by one)
     missing = [rel for module in sorted((ROOT / "safeneuron_plugins").rglob("*.py"))
-               if (rel := module.relative_to(ROOT).as_posix()) not in names and "/data/" not in rel]
+               if (rel := module.relative_to(ROOT).as_posix()) not in names]
     assert not missing, f"not in the wheel (add the package to pyproject's [tool.setuptools] packages): {missing}"
     target = tmp_path / "site"
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],

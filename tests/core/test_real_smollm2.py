@@ -10,8 +10,8 @@ import torch
 
 from safeneuron_plugins import identify
 from safeneuron_plugins.architectures import find_mlp_layers
-from safeneuron_plugins.identify import collect_statistics
-from safeneuron_plugins.identify.scoring import effect_size
+from safeneuron_plugins.identification import collect_statistics
+from safeneuron_plugins.identification.scoring import effect_size
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def test_selected_neurons_separate_better_than_random(smollm2, shared_data):
     test_u = _read(shared_data / "harmful_harmbench.jsonl", 48)
     test_s = _read(shared_data / "harmless_prompts.jsonl", 48, offset=200)
     layers = find_mlp_layers(model)
-    from safeneuron_plugins.identify.prompts import format_prompts
+    from safeneuron_plugins.identification.prompts import format_prompts
 
     s_u = collect_statistics(model, tok, layers, format_prompts(tok, test_u), signal="gate", progress=False)
     s_s = collect_statistics(model, tok, layers, format_prompts(tok, test_s), signal="gate", progress=False)

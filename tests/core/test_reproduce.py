@@ -13,7 +13,7 @@ from safeneuron_plugins import NeuronMask
 from safeneuron_plugins.cli import main
 from safeneuron_plugins.errors import PromptSourceError
 from safeneuron_plugins.experiment import ROLES, ExperimentConfig, split_prompts
-from safeneuron_plugins.identify.prompts import load_prompts, prompts_hash
+from safeneuron_plugins.identification.prompts import load_prompts, prompts_hash
 
 
 def test_quickstart_pipeline_end_to_end(tmp_path, capsys):
@@ -26,17 +26,27 @@ def test_quickstart_pipeline_end_to_end(tmp_path, capsys):
     assert code == 0
     text = capsys.readouterr().out
     assert "Report with plots" in text and "safeneuron" in text
+    # the console shows stage lines and the table, trl's per-step metrics went to each model's train_log.jsonl
+    assert "'loss'" not in text and "rewards/margins" not in text
+    logged = [json.loads(line) for line in (out / "models" / "dpo" / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logged if "loss" in row] == [1, 2] and "rewards/margins" in logged[0]
+    # the table: ES and SAS prune something under the statistics scorer, and the random control (one seed by
+    # default) stands beside FULL
+    head = next(line for line in text.splitlines() if line.startswith("model ") and " ORI " in line)
+    assert head.split()[:7] == ["model", "ORI", "ES", "SAS", "FULL", "FULL", "95%"] and "random" in head
     results = json.loads((out / "results.json").read_text())
     models = results["models"]
     assert set(models) == {"original", "dpo", "safeneuron", "safeneuron_prune"}
     gens = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     for name, m in models.items():
         assert set(m["asr"]) == {"ORI", "ES", "SAS", "FULL"}
+        assert m["controls"]["random"]["seeds"] == [0]
         for key in ("over_refusal", "perplexity", "kl", "frozen_neurons"):
             assert key in m
         assert set(m["sweep"]) == {"25", "50", "75", "100"}
         # each rate is the share of that model's saved replies under that condition judged compliance
-        for condition, rate in [*m["asr"].items(), *((f"FULL@{p}%", r) for p, r in m["sweep"].items())]:
+        for condition, rate in [*m["asr"].items(), *((f"FULL@{p}%", r) for p, r in m["sweep"].items()),
+                                ("random:0", m["controls"]["random"]["asr"])]:
             wins = [g["success"] for g in gens if g["model"] == name and g["condition"] == condition]
             assert len(wins) == 4 and rate == pytest.approx(sum(wins) / 4), (name, condition)
         # and each condition pruned exactly its part of the mask the attacker found on that model
@@ -45,7 +55,8 @@ def test_quickstart_pipeline_end_to_end(tmp_path, capsys):
                                        "SAS": attacked.subset("sas").num_neurons, "FULL": attacked.num_neurons,
                                        "FULL@25%": attacked.restrict_layers({0}).num_neurons,
                                        "FULL@50%": attacked.restrict_layers({0, 1}).num_neurons,
-                                       "FULL@75%": attacked.num_neurons, "FULL@100%": attacked.num_neurons}, name
+                                       "FULL@75%": attacked.num_neurons, "FULL@100%": attacked.num_neurons,
+                                       "random:0": attacked.num_neurons}, name
         assert m["safety_neurons"] == attacked.num_neurons > 0
     assert all(g["success"] == (g["label"] == "compliance") for g in gens if g["condition"] != "harmless")
     assert models["dpo"]["frozen_neurons"] == 0 and models["safeneuron"]["frozen_neurons"] > 0

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from safeneuron_plugins.identify.scoring import activation_shift, effect_size, select, zscore
-from safeneuron_plugins.identify.stats import RunningStats
+from safeneuron_plugins.identification.scoring import activation_shift, effect_size, select, zscore
+from safeneuron_plugins.identification.stats import RunningStats
 
 
 def _reference(u: np.ndarray, s: np.ndarray):

@@ -1,4 +1,4 @@
-"""Vision-language models end to end (issue 17): identification with image prompts, typographic image
+"""Vision-language models end to end: identification with image prompts, typographic image
 prompts, the pruning attack through images. Tiny random Qwen2-VL / LLaVA built from configs, their processors
 built here (transformers' PIL image processors, no torchvision), no network."""
 
@@ -17,12 +17,12 @@ from safeneuron_plugins.cli import main
 from safeneuron_plugins.evaluate.attack import run_attack
 from safeneuron_plugins.evaluate.judges import load_judge
 from safeneuron_plugins.freeze.core import NeuronFreezer
-from safeneuron_plugins.identify import identify
-from safeneuron_plugins.identify.images import format_multimodal
-from safeneuron_plugins.identify.pipeline import collect_statistics, vision_inputs
-from safeneuron_plugins.identify.prompts import Prompt, format_prompts
-from safeneuron_plugins.identify.scoring import activation_shift, effect_size, select
-from safeneuron_plugins.identify.stats import RunningStats
+from safeneuron_plugins.identification import identify
+from safeneuron_plugins.identification.images import format_multimodal
+from safeneuron_plugins.identification.pipeline import collect_statistics, vision_inputs
+from safeneuron_plugins.identification.prompts import Prompt, format_prompts
+from safeneuron_plugins.identification.scoring import activation_shift, effect_size, select
+from safeneuron_plugins.identification.stats import RunningStats
 from safeneuron_plugins.mask import NeuronMask
 from safeneuron_plugins.prune import pruned
 

@@ -162,7 +162,12 @@ def test_bad_option_is_reported_in_the_ui(page):
     box = page.locator("#safeneuron_neuron_ratio textarea, #safeneuron_neuron_ratio input").first
     box.fill("1.5")
     page.get_by_role("button", name="Preview command").click()
-    page.get_by_text("safeneuron_neuron_ratio` is 1.5").first.wait_for()
+    error = page.get_by_text("safeneuron_neuron_ratio` is 1.5").first
+    error.wait_for()
+    # the message names the range and what the option does, and no command with the bad value is shown
+    message = error.inner_text()
+    assert "outside its range" in message and "Select the top fraction" in message, message
+    assert page.get_by_text("--safeneuron_neuron_ratio 1.5").count() == 0
     box.fill("0.1")
 
 

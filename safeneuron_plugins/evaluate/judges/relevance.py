@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 from ...errors import SafeNeuronError
-from ...identify.batching import pad_batch, pad_id_of, tokenize
+from ...identification.batching import pad_batch, pad_id_of, tokenize
 from .base import Judge, Verdict
 from .patterns import RefusalJudge
 from .scripts import RefusalJudgeV4

@@ -8,18 +8,10 @@
 - ``attribution``: activation x gradient scores toward a refusal;
 - ``pipeline``: :func:`identify`, which runs the above and returns a :class:`~safeneuron_plugins.NeuronMask`.
 
-``safeneuron_plugins.identify`` (the package attribute) is the function :func:`identify`; this
-subpackage is reached by its import path (``from safeneuron_plugins.identify.scoring import select``).
+The package root exports the function (``from safeneuron_plugins import identify``); the steps are
+imported by path (``from safeneuron_plugins.identification.scoring import select``).
 """
 
 from .pipeline import ATTRIBUTION_RATIO, collect_matrix, collect_statistics, identify
-
-
-def __getattr__(name: str):
-    # the old module safeneuron_plugins.identify had its helpers at this path
-    from .._moved import moved_name
-
-    return moved_name(__name__, name, "safeneuron_plugins.identify.pipeline")
-
 
 __all__ = ["ATTRIBUTION_RATIO", "collect_matrix", "collect_statistics", "identify"]

@@ -20,17 +20,13 @@ inputs is ever in memory.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import torch
 
 from ..errors import PromptSourceError
 from .batching import length_batches, pad_batch
+from .image_files import open_image
 from .prompts import system_turn_refused
 
-#: columns of a prompt file that give a prompt's image (a path, relative to the file's folder)
-IMAGE_FIELDS = ("image", "image_path")
 #: pool the image placeholder tokens too (default: no, see the module docstring)
 POOL_IMAGE_TOKENS = False
 
@@ -68,47 +64,6 @@ def check_image_prompts(model, processor, option: str, n_images: int, *, need_pr
             f"{option}: {n_images} prompt(s) carry an image, but no processor was given to format them. Pass the "
             "model's processor (transformers.AutoProcessor.from_pretrained(MODEL), processor=...); the CLI loads "
             "it from the model directory.")
-
-
-def open_image(image: Any, where: str = "image"):
-    """A PIL RGB image from a path or a PIL image."""
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    try:
-        with Image.open(image) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise PromptSourceError(f"{where}: cannot read the image {str(image)!r} ({exc}); give a PNG/JPEG file.") from exc
-
-
-def resolve_image(value: Any, base: Path | None, where: str, option: str, field: str):
-    """A row's image column: a path (relative to ``base``, the prompt file's folder) that must exist, a PIL
-    image (a ``datasets`` Image column), or None (a text-only row)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, dict) and ("path" in value or "bytes" in value):  # datasets' undecoded Image feature
-        if value.get("bytes"):
-            import io
-
-            from PIL import Image
-
-            return Image.open(io.BytesIO(value["bytes"])).convert("RGB")
-        value = value.get("path")
-    if hasattr(value, "convert") and hasattr(value, "size"):  # a PIL image
-        return value
-    if not isinstance(value, str):
-        raise PromptSourceError(f"{option}: {where} field {field!r} is {type(value).__name__}, not an image path.")
-    path = Path(value).expanduser()
-    if not path.is_absolute() and base is not None:
-        path = base / path
-    if not path.is_file():
-        raise PromptSourceError(
-            f"{option}: {where}: the image file {str(path)!r} does not exist (relative paths are read from the "
-            f"prompt file's folder). Fix the {field!r} column, or render the images again with "
-            "`safeneuron make-image-prompts`.")
-    return str(path)
 
 
 def format_multimodal(processor, prompts, system_prompt: str | None = None) -> list[str]:

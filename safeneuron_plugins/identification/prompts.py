@@ -17,7 +17,7 @@ or a field that is not a string, is refused naming its line or row (a null field
 
 A row may carry an image for a vision-language model: an ``image`` (or ``image_path``) column next to
 the prompt, a path relative to the file's folder (or a ``datasets`` Image column); see
-:mod:`safeneuron_plugins.identify.images`. A ``request`` column names what the image asks for (the
+:mod:`safeneuron_plugins.identification.images`. A ``request`` column names what the image asks for (the
 typographic prompts of ``safeneuron make-image-prompts``); judges read it instead of the text turn.
 """
 
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PromptSourceError
+from .image_files import IMAGE_FIELDS, resolve_image
 
 logger = logging.getLogger("safeneuron")
 _DEFAULT_FIELDS = ("prompt", "instruction", "question", "text", "goal", "behavior", "query")
@@ -134,8 +135,6 @@ def _text_of(value, field: str, where: str, option: str) -> str:
 def _rows_to_prompts(rows, field: str | None, where: str, option: str, base: Path | None = None,
                      labels: list[str] | None = None) -> list[Prompt]:
     """Prompts of ``rows`` (strings, or objects with the prompt field); ``labels`` name each row in errors."""
-    from .images import IMAGE_FIELDS, resolve_image
-
     out = []
     for i, row in enumerate(rows):
         label = labels[i] if labels else f"row {i} of {where}"

@@ -10,12 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import __version__
-from ..architectures import MLPLayer, find_mlp_layers, fingerprint
+from ..architectures import MLPLayer, find_mlp_layers
 from ..distributed import is_sharded, rank_and_world
 from ..errors import OptionsError, PromptSourceError
+from ..fingerprint import fingerprint
 from ..mask import NeuronMask
 from ..options import SafeNeuronOptions
+from ..version import __version__
 from .activations import pooled_activations
 from .attribution import attribution_scores
 from .batching import input_device, length_batches, pad_batch, pad_id_of, tokenize
@@ -159,7 +160,7 @@ def identify(model: nn.Module, tokenizer, harmful: str | list[str] | None = None
              **overrides: Any) -> NeuronMask:
     """Identify the safety neurons of ``model``.
 
-    ``harmful`` / ``harmless`` are prompt sources (see :mod:`safeneuron_plugins.identify.prompts`) or lists
+    ``harmful`` / ``harmless`` are prompt sources (see :mod:`safeneuron_plugins.identification.prompts`) or lists
     of prompt strings; unset, the options' sources are used (default: the built-in set). Other
     options are the identification fields of :class:`SafeNeuronOptions`
     without their ``safeneuron_`` prefix (``tau_es=2.0``, ``signal="up"``, ...) or an ``options``
@@ -168,7 +169,7 @@ def identify(model: nn.Module, tokenizer, harmful: str | list[str] | None = None
     Vision-language models: prompts of a source may carry images (an ``image`` column, or
     :class:`Prompt` objects with ``image``); then ``processor`` (the model's) formats every prompt of both
     sets with its chat template and pooling skips the image placeholder tokens (``pool_image_tokens``
-    pools them too; see :mod:`safeneuron_plugins.identify.images`). Text-only sources work as for any model.
+    pools them too; see :mod:`safeneuron_plugins.identification.images`). Text-only sources work as for any model.
     """
     opts = options or SafeNeuronOptions()
     unknown = [k for k in overrides if f"safeneuron_{k}" not in opts.to_dict()]

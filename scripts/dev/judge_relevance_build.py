@@ -1,6 +1,7 @@
-"""Builds ``judge_relevance.jsonl``, the labelled set of the relevance judge (see ``judge_relevance.md``).
+"""Builds ``safeneuron_plugins/data/judge_relevance.jsonl``, the labelled set of the relevance judge (see
+``judge_relevance.md`` beside it). A development script, not part of the installed package.
 
-Run from the repository root: ``python safeneuron_plugins/data/judge_relevance_build.py``. The labels
+Run from the repository root: ``python scripts/dev/judge_relevance_build.py``. The labels
 below were made by reading every reply (the rubric is in the data card); nothing here looks at a
 judge's output. The split is fixed by prompt (every reply to one prompt sits in one split) before
 any judge was run, and the relevance threshold is fitted on the dev split only.
@@ -27,7 +28,7 @@ import random
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = Path(__file__).resolve().parent
+DATA = ROOT / "safeneuron_plugins" / "data"
 GENERATIONS = ROOT / "docs" / "research" / "runs" / "quickstart_2026-11-24" / "generations.jsonl"
 OUT = DATA / "judge_relevance.jsonl"
 

@@ -3,7 +3,7 @@
 The forward pass stops right after the last hooked module (no later layers, no LM head, no
 logits), runs under inference mode, and batches prompts by token length. Padding positions never
 take part in pooling; in a batch of image prompts, neither do the image placeholder tokens (the batch
-says which positions pool, see :mod:`safeneuron_plugins.identify.images`).
+says which positions pool, see :mod:`safeneuron_plugins.identification.images`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,0 @@
-"""Deprecated path: moved to safeneuron_plugins.identify.stats; this module goes in the next release."""
-
-from ._moved import reexport
-
-reexport(globals(), "safeneuron_plugins.identify.stats")
