@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from .base import LABELS, PARTIAL_REFUSAL, Judge, Verdict
 from .classifier import ClassifierJudge, parse_guard_output
+from .llm import RUBRICS, LlmJudge
 from .patterns import RefusalJudge, RefusalJudgeV2, RefusalJudgeV3, handed_over, normalize, refusal_match
 from .relevance import (
     EMBEDDING_PACKAGE,
@@ -75,15 +76,18 @@ def load_judge(spec: str = DEFAULT_JUDGE, **kwargs) -> Judge:
         return RelevanceJudge(**kwargs)
     if spec.startswith("classifier:") and spec.split(":", 1)[1]:
         return ClassifierJudge(spec.split(":", 1)[1], **kwargs)
-    raise ValueError(f"judge {spec!r}: use 'patterns', 'relevance' or 'classifier:PATH_OR_ID' (a Llama-Guard-style model).")
+    if spec.startswith("llm:") and spec.split(":", 1)[1]:
+        return LlmJudge(spec.split(":", 1)[1], **kwargs)
+    raise ValueError(f"judge {spec!r}: use 'patterns', 'relevance', 'llm:PATH_OR_ID' (a local chat model reading a "
+                     "rubric) or 'classifier:PATH_OR_ID' (a Llama-Guard-style model).")
 
 
 # measuring a judge (it imports load_judge from here, hence last)
-from .accuracy import LABELLED_SET, RELEVANCE_SET, judge_accuracy, load_labelled, main  # noqa: E402
+from .accuracy import LABELLED_SET, REAL_SET, RELEVANCE_SET, judge_accuracy, load_labelled, main  # noqa: E402
 
 __all__ = ["LABELS", "Verdict", "Judge", "RefusalJudge", "RefusalJudgeV2", "RefusalJudgeV3", "RefusalJudgeV4", "PARTIAL_REFUSAL",
-           "handed_over", "RelevanceJudge", "ClassifierJudge",
+           "handed_over", "RelevanceJudge", "ClassifierJudge", "LlmJudge", "RUBRICS",
            "MiniLMEmbedder", "JudgeModelMissing", "EMBEDDING_PACKAGE", "EMBEDDING_PIN", "DEFAULT_JUDGE",
            "default_judge", "load_judge", "normalize", "refusal_match", "parse_guard_output", "embedding_cache_dir",
            "embedding_model_dir", "embedding_model_zip", "fit_threshold", "fit_relevance_threshold",
-           "relevance_fit_rows", "LABELLED_SET", "RELEVANCE_SET", "judge_accuracy", "load_labelled", "main"]
+           "relevance_fit_rows", "LABELLED_SET", "RELEVANCE_SET", "REAL_SET", "judge_accuracy", "load_labelled", "main"]
