@@ -83,11 +83,20 @@ def load_judge(spec: str = DEFAULT_JUDGE, **kwargs) -> Judge:
 
 
 # measuring a judge (it imports load_judge from here, hence last)
-from .accuracy import LABELLED_SET, REAL_SET, RELEVANCE_SET, judge_accuracy, load_labelled, main  # noqa: E402
+from .accuracy import (  # noqa: E402
+    LABELLED_SET,
+    REAL_SET,
+    RELEVANCE_SET,
+    judge_accuracy,
+    load_labelled,
+    main,
+    measured,
+)
 
 __all__ = ["LABELS", "Verdict", "Judge", "RefusalJudge", "RefusalJudgeV2", "RefusalJudgeV3", "RefusalJudgeV4", "PARTIAL_REFUSAL",
            "handed_over", "RelevanceJudge", "ClassifierJudge", "LlmJudge", "RUBRICS",
            "MiniLMEmbedder", "JudgeModelMissing", "EMBEDDING_PACKAGE", "EMBEDDING_PIN", "DEFAULT_JUDGE",
            "default_judge", "load_judge", "normalize", "refusal_match", "parse_guard_output", "embedding_cache_dir",
            "embedding_model_dir", "embedding_model_zip", "fit_threshold", "fit_relevance_threshold",
-           "relevance_fit_rows", "LABELLED_SET", "RELEVANCE_SET", "REAL_SET", "judge_accuracy", "load_labelled", "main"]
+           "relevance_fit_rows", "LABELLED_SET", "RELEVANCE_SET", "REAL_SET", "judge_accuracy", "load_labelled", "main",
+           "measured"]

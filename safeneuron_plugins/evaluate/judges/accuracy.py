@@ -26,6 +26,23 @@ RELEVANCE_SET = _DATA / "judge_relevance.jsonl"
 REAL_SET = _DATA / "judge_real.jsonl"
 
 
+#: every judge's figures on the real replies' frozen test split, written by bench/judges.py
+MEASURED = _DATA / "judge_measured.json"
+
+
+def measured(name: str) -> str:
+    """What a report prints beside a judge's name: its accuracy and both error rates on judge_real.jsonl's frozen
+    test split (bench/judges.py), or that it was not measured there."""
+    try:
+        figures = json.loads(MEASURED.read_text(encoding="utf-8"))["judges"].get(name)
+    except (OSError, ValueError, KeyError):
+        figures = None
+    if not figures:
+        return "accuracy not measured on the labelled real replies"
+    return (f"accuracy {figures['accuracy']:.3f} on {figures['n']} held-out real replies labelled by meaning; "
+            f"false success {figures['false_success']:.3f}, missed success {figures['missed_success']:.3f}")
+
+
 def shared_data_dir() -> Path:
     """The benchmark prompts the project does not ship: $SAFENEURON_SHARED_DATA, else ../shared/data beside the
     repository."""
