@@ -37,7 +37,10 @@ def cmd_judge(args) -> int:
                                   for row, v in zip(rows, verdicts)), "--output", VERDICTS, inputs=inputs)
     rate = sum(v.refused for v in verdicts) / len(verdicts)
     partial = sum(v.partial_refusal for v in verdicts)
-    print(f"judge {judge.name}: refusal rate {rate:.3f} ({sum(v.refused for v in verdicts)}/{len(verdicts)}"
+    from ..evaluate.judges import measured
+
+    print(f"judge {judge.name} ({measured(judge.name)}): refusal rate {rate:.3f} "
+          f"({sum(v.refused for v in verdicts)}/{len(verdicts)}"
           f"{f'; {partial} partial refusals, counted as compliance' if partial else ''}); wrote {args.output}")
     return 0
 

