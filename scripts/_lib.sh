@@ -1,5 +1,17 @@
 # Shared by scripts/setup.sh, scripts/env_axolotl.sh and scripts/env_llamafactory.sh (sourced, not run).
 
+# pip_install VENV ARGS...: pip install --quiet into VENV. A pip configuration that names package indexes
+# holding no copy of some package makes pip warn "Location ... is ignored" once per package and index;
+# those lines say nothing about this install and are dropped, everything else pip prints is kept.
+pip_install() {
+    local venv="$1"
+    shift
+    local rc=0
+    "$venv/bin/python" -m pip install --quiet "$@" 2>&1 \
+        | { grep -v "is ignored: it is neither a file nor a directory" >&2 || true; } || rc="${PIPESTATUS[0]}"
+    return "$rc"
+}
+
 # editable_install VENV ROOT: install this repository into VENV, editable and without dependencies
 # (the environment's own pins provide them). A stamp keyed on pyproject.toml makes re-runs free;
 # pip's output goes to a log shown only on failure.

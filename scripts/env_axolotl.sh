@@ -25,11 +25,9 @@ if [[ ! -f "$deps_stamp" || "$(cat "$deps_stamp")" != "$deps_key" ]]; then
     echo "[env_axolotl] building $VENV (axolotl==$AXOLOTL_VERSION, torch==$TORCH_VERSION)" >&2
     rm -rf "$VENV"
     "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    pip_install "$VENV" --upgrade pip
     # One command line: axolotl and torch resolve together, torch from the local CPU wheel.
-    "$VENV/bin/python" -m pip install --quiet \
-        "axolotl==$AXOLOTL_VERSION" "torch==$TORCH_VERSION" "pytest>=8" \
-        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+    pip_install "$VENV" "axolotl==$AXOLOTL_VERSION" "torch==$TORCH_VERSION" "pytest>=8"
     # nvidia-ml-py (pure-Python NVML bindings, an axolotl dependency) is the only nvidia package allowed.
     assert_cpu_torch "$VENV" "$TORCH_VERSION" '^nvidia-ml-py '
     echo "$deps_key" > "$deps_stamp"

