@@ -96,21 +96,13 @@ class NeuronMask:
 
     # --- checks --------------------------------------------------------------------------
     def check_compatible(self, fingerprint: dict[str, Any], *, what: str = "safeneuron_mask",
-                         allow_other_weights: bool = False, strict_weights: bool | None = None) -> list[str]:
+                         allow_other_weights: bool = False) -> list[str]:
         """Raise :class:`MaskMismatchError` when the mask's model differs in structure from
         ``fingerprint``, or has other weights of the same architecture (e.g. the base model of a
         fine-tune) unless ``allow_other_weights``; return warnings (the weights that differ, when
-        allowed, or that cannot be compared: one side quantized).
-
-        ``strict_weights`` (deprecated): ``strict_weights=False`` is ``allow_other_weights=True``."""
+        allowed, or that cannot be compared: one side quantized)."""
         from .fingerprint import compared_hash, same_weights
 
-        if strict_weights is not None:
-            import warnings
-
-            warnings.warn(f"check_compatible(strict_weights=...) is deprecated; pass allow_other_weights="
-                          f"{not strict_weights} instead.", DeprecationWarning, stacklevel=2)
-            allow_other_weights = not strict_weights
         if self.source and self.source not in what:
             what = f"{what} ({self.source})"
         mine = self.fingerprint

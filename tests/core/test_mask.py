@@ -75,10 +75,6 @@ def test_other_weights_same_shape_are_refused_unless_allowed(llama_mask):
         assert part in str(err.value), part
     warnings = mask.check_compatible(fp, allow_other_weights=True)
     assert len(warnings) == 1 and "other weights" in warnings[0]
-    with pytest.warns(DeprecationWarning, match="allow_other_weights"):  # the old switch still works
-        assert mask.check_compatible(fp, strict_weights=False) == warnings
-    with pytest.raises(MaskMismatchError), pytest.warns(DeprecationWarning):
-        mask.check_compatible(fp, strict_weights=True)
 
 
 def test_same_weights_in_another_dtype_are_the_same_weights(tmp_path):
