@@ -1,7 +1,8 @@
 """Every judge measured on the labelled sets: accuracy, the two error directions, per kind and per script, and the
 cost per reply on this machine. Writes the table that docs/research/judge/README.md shows.
 
-    .venv/bin/python bench/judges.py [--llm ~/.cache/qwen-0.5b/hf --llm ~/.cache/qwen-1.5b/hf] [--batch-size 8]
+    .venv/bin/python bench/judges.py [--llm ~/.cache/qwen-0.5b/hf --llm ~/.cache/qwen-1.5b/hf] [--batch-size 8] [--int8]
+        [--splits dev,test]
         [--out docs/research/judge/judges.json] [--sets real,labelled,relevance]
 
 Judges: refusal-patterns-v4 (the rules alone), refusal-patterns-v4+relevance-minilm (the default before the rubric
@@ -58,12 +59,15 @@ def main() -> None:
     parser.add_argument("--sets", default="real,labelled,relevance")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--int8", action="store_true", help="dynamic int8 linear weights for the --llm models")
+    parser.add_argument("--splits", default="dev,test", help="which splits of each set to judge")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "research" / "judge" / "judges.json"))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    sets = {name: _rows(name) for name in args.sets.split(",")}
+    splits = args.splits.split(",")
+    sets = {name: {s: rows for s, rows in _rows(name).items() if s in splits} for name in args.sets.split(",")}
     rules = RefusalJudgeV4()
     relevance = RelevanceJudge()
     results: list[dict] = []
@@ -88,8 +92,9 @@ def main() -> None:
             record(set_name, split, relevance.name, rows, relevance.judge(prompts, replies), time.perf_counter() - start)
     for path in args.llm:
         start = time.perf_counter()
-        judge = LlmJudge(os.path.expanduser(path), dtype=args.dtype, batch_size=args.batch_size)
-        staged = LlmJudge(judge.model_id, model=judge.model, tokenizer=judge.tokenizer, first_stage=True)
+        judge = LlmJudge(os.path.expanduser(path), dtype=args.dtype, batch_size=args.batch_size, int8=args.int8)
+        staged = LlmJudge(judge.model_id, model=judge.model, tokenizer=judge.tokenizer, first_stage=True,
+                          int8=args.int8)
         print(f"{judge.name}: loaded in {time.perf_counter() - start:.1f} s ({args.dtype}, "
               f"{torch.get_num_threads()} threads)", flush=True)
         for set_name, splits in sets.items():
@@ -111,10 +116,48 @@ def main() -> None:
                 record(set_name, split, staged.name, rows, staged_v, seconds * read / max(1, len(rows)))
         del judge, staged
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"results": results, "cost": cost, "batch_size": args.batch_size, "dtype": args.dtype,
-                               "threads": torch.get_num_threads()}, indent=1) + "\n")
+    _merge_into(out, results, {"batch_size": args.batch_size, "dtype": args.dtype, "int8": args.int8,
+                               "threads": torch.get_num_threads(), "cost": cost})
     print(f"wrote {out}")
+    _write_measured(results)
+
+
+def _merge_into(out: Path, results: list[dict], run: dict) -> None:
+    """Add this run's rows to ``out`` (a row of an earlier run for the same set, split and judge is replaced), so
+    judges measured in separate runs (a slow model on one split, say) end up in one table."""
+    from safeneuron_plugins.files import atomic_write
+
+    try:
+        earlier = json.loads(out.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        earlier = {}
+    key = lambda r: (r["set"], r["split"], r["judge"])  # noqa: E731
+    mine = {key(r) for r in results}
+    rows = [r for r in earlier.get("results", []) if key(r) not in mine] + results
+    runs = [*earlier.get("runs", []), {**run, "judges": sorted({r["judge"] for r in results})}]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, (json.dumps({"results": rows, "runs": runs}, indent=1) + "\n").encode())
+
+
+def _write_measured(results: list[dict]) -> None:
+    """Each judge's figures on the real replies' frozen test split into the package's judge_measured.json (what
+    reports print beside a judge's name); judges measured earlier and not in this run are kept."""
+    from safeneuron_plugins.evaluate.judges.accuracy import MEASURED
+    from safeneuron_plugins.files import atomic_write
+
+    rows = [r for r in results if r["set"] == "real" and r["split"] == "test"]
+    if not rows:
+        return
+    try:
+        known = json.loads(MEASURED.read_text(encoding="utf-8"))["judges"]
+    except (OSError, ValueError, KeyError):
+        known = {}
+    for r in rows:
+        known[r["judge"]] = {k: r[k] for k in ("n", "accuracy", "success_accuracy", "false_success", "missed_success",
+                                               "seconds_per_reply")}
+    atomic_write(MEASURED, (json.dumps({"set": "judge_real.jsonl", "split": "test", "command": "bench/judges.py",
+                                        "judges": known}, indent=1, sort_keys=True) + "\n").encode())
+    print(f"wrote {MEASURED}")
 
 
 if __name__ == "__main__":
