@@ -132,6 +132,12 @@ PAIRS = FileKind("a preference pairs file (JSON lines with `prompt`, `chosen` an
 PROMPTS = FileKind("a prompt file (JSON lines with `prompt`)", "prompts.jsonl", _json_lines(("prompt",)))
 REPORT = FileKind("a SafeNeuron report", "report.md", _text_with("ASR = share of harmful prompts"))
 IMAGE = FileKind("an image of the same format", "plot.png", _image)
+EXPERIMENT = FileKind("an experiment's settings file (JSON with `model` and `learning_rate`)", "experiment.json",
+                      _json_object(("model", "learning_rate")))
+TRAINING = FileKind("a training record (JSON with `train_seconds` and `steps`)", "training.json",
+                    _json_object(("train_seconds", "steps")))
+MANIFEST = FileKind("a trained model's manifest (JSON with `variant` and `weights_sha256`)", "manifest.json",
+                    _json_object(("variant", "weights_sha256")))
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -297,4 +297,6 @@ def _check_same_experiment(cfg: ExperimentConfig, out: Path) -> None:
                 "models and evaluations would not match. Give another output directory (--name), or delete it "
                 "to start over.")
     else:
-        path.write_text(json.dumps(mine, indent=2))
+        from ..files import EXPERIMENT, write_file
+
+        write_file(path, json.dumps(mine, indent=2), "--output-dir", EXPERIMENT)

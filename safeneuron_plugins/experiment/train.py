@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from ..files import MANIFEST as MANIFEST_FILE
+from ..files import TRAINING, write_file
 from ..mask import NeuronMask
 from .config import ExperimentConfig, _check_same_variant, variant_options
 from .console import metrics_to_file
@@ -108,7 +110,7 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
         facts["pruned_rows"] = {"matched": rows.matched, "seen": rows.seen}
     if "safeneuron_mask" in options:  # T0; frozen_neurons is the union after re-identification
         facts["frozen_neurons_t0"] = NeuronMask.load(options["safeneuron_mask"]).num_neurons
-    done.write_text(json.dumps(facts, indent=2))
+    write_file(done, json.dumps(facts, indent=2), "--output-dir", TRAINING)
     write_manifest(out, cfg, name, options, pairs_path)
     for ckpt in out.glob("checkpoint-*"):  # the model is saved; optimizer states are GBs at this size
         shutil.rmtree(ckpt, ignore_errors=True)
@@ -140,7 +142,7 @@ def write_manifest(out: Path, cfg: ExperimentConfig, name: str, options: dict[st
     manifest = {"variant": name, "config": asdict(cfg),
                 "options": {k: v for k, v in options.items() if k != "safeneuron_mask"},
                 "pairs_sha256": _sha256(pairs_path), "weights_sha256": weights}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    write_file(out / MANIFEST, json.dumps(manifest, indent=2), "--output-dir", MANIFEST_FILE)
 
 
 def check_manifest(out: Path, pairs_path: Path) -> None:
