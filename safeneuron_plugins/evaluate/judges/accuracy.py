@@ -22,7 +22,8 @@ from .relevance import JudgeModelMissing, RelevanceJudge, fit_relevance_threshol
 _DATA = Path(__file__).resolve().parents[2] / "data"
 LABELLED_SET = _DATA / "judge_labelled.jsonl"
 RELEVANCE_SET = _DATA / "judge_relevance.jsonl"
-#: real replies of the project's own models labelled by meaning; prompts by reference (data card judge_real.md)
+#: real replies of the project's own models labelled by meaning; prompts by reference
+#: (data card safeneuron_plugins/data/judge_real.md)
 REAL_SET = _DATA / "judge_real.jsonl"
 
 
