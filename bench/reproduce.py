@@ -55,6 +55,9 @@ _PAPER15 = {
     "identify": PAPER_RULE, "epochs": 3.0, "learning_rate": 5e-6, "sft_weight": 0.0, "beta": 0.1, "weight_decay": 0.05,
     "batch_size": 8, "max_length": 256, "pairs_max_new_tokens": 96, "precompute_ref": True, "save_steps": 5,
     "max_train_minutes": 45.0, "n_eval_harmless": 100,
+    # helpfulness pairs as in human data, neither reply a refusal: the policy's answer over its answer to another
+    # prompt; rejecting a refusal taught the pilot's first run to stop refusing (protocol.md, deviations)
+    "harmless_rejected": "other_answer",
 }
 
 
@@ -126,6 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--pairs-pruned", action="store_true",
                         help="the rejected replies to harmful training prompts come from the model with its T0 safety "
                              "neurons pruned (for a model that refuses nearly all of them)")
+    parser.add_argument("--harmless-rejected", default="refusal", metavar="refusal|other_answer|model:PATH",
+                        help="what each helpfulness pair rejects: a refusal template, the model's own answer to "
+                             "another harmless prompt, or another model's answer")
     parser.add_argument("--train-offset", type=int, default=0, help="skip this many prompts of each training source")
     parser.add_argument("--n-train", type=int, default=128, help="training prompts of each kind")
     parser.add_argument("--n-train-harmful", type=int, help="harmful training prompts (default --n-train)")
@@ -216,6 +222,7 @@ def main() -> None:
         eval_harmful=args.eval_harmful or (str(SHARED / "harmful_harmbench.jsonl") if shared else "builtin:harmful"),
         eval_harmless=str(SHARED / "harmless_prompts.jsonl") if shared else "builtin:harmless",
         pairs_model=args.pairs_model, pairs_pruned=args.pairs_pruned, train_offset=args.train_offset,
+        harmless_rejected=args.harmless_rejected,
         n_train_harmful=args.n_train_harmful or args.n_train, n_train_harmless=args.n_train_harmless or args.n_train,
         n_eval_harmful=args.n_eval, n_eval_harmless=args.n_eval_harmless or args.n_eval,
         variants=args.variants.split(","), epochs=args.epochs,

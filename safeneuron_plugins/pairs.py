@@ -2,7 +2,12 @@
 
 Harmful prompt: chosen = a refusal (varied templates written by the project), rejected = the
 model's own compliant reply (only when it complied). Harmless prompt: chosen = the model's own
-answer (unless it refused), rejected = a refusal, so training does not teach over-refusal.
+answer (unless it refused), rejected = a refusal, so training does not teach over-refusal; or, with
+``harmless_rejected``, a worse answer that is no refusal either, as in human helpfulness data: the
+model's own answer to another prompt, or another model's answer. Contrasting every helpful
+answer with a refusal also teaches the model to stop refusing harmful prompts: plain DPO of Qwen2.5-
+Coder-0.5B on such pairs raised its attack success on held-out harmful prompts from 0.26 to 0.86
+(docs/research/paper15/README.md).
 
 A vendor-aligned model may refuse nearly every harmful prompt and so give few safety pairs (Qwen2.5-
 Coder-1.5B refused 191 of 200 AdvBench prompts). ``rejected_mask`` then generates the harmful replies
@@ -26,6 +31,9 @@ from .fingerprint import checked_layers
 from .mask import NeuronMask
 from .prune import pruned
 
+#: what a helpfulness pair can reject besides given replies (see ``make_pairs``)
+HARMLESS_REJECTED = ("refusal", "other_answer")
+
 
 def refusal_templates() -> list[str]:
     text = (resources.files("safeneuron_plugins") / "data" / "refusals.json").read_text(encoding="utf-8")
@@ -44,13 +52,17 @@ def make_pairs(model: nn.Module, tokenizer, harmful: list[str], harmless: list[s
                judge: Judge | None = None, max_new_tokens: int = 96, batch_size: int = 16,
                include_evasive: bool = False, conversational: bool = True, seed: int = 0,
                progress: bool = True, rejected_mask: NeuronMask | None = None, mlp_modules: str | None = None,
-               allow_other_weights: bool = False) -> tuple[list[dict[str, Any]], dict[str, int]]:
+               allow_other_weights: bool = False,
+               harmless_rejected: str | list[str] = "refusal") -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Preference rows in trl's format plus counts of what was kept and skipped.
 
     ``rejected_mask``: generate the replies to harmful prompts with these neurons pruned (see the
     module's docstring); a mask identified on other weights of the same architecture is an error unless
     ``allow_other_weights``. ``mlp_modules`` is the ``safeneuron_mlp_modules`` spec for an architecture
-    that is not recognised automatically."""
+    that is not recognised automatically. ``harmless_rejected``: what a harmless prompt's pair rejects:
+    ``"refusal"`` (a refusal template), ``"other_answer"`` (the model's own answer to another harmless prompt
+    of the set: off-topic, never a refusal), or one reply per harmless prompt (e.g. a weaker model's); a pair
+    is skipped when that reply is empty, declines, or equals the chosen one."""
     judge = judge or default_judge()
     rng = random.Random(seed)
     refusals = refusal_templates()
@@ -73,13 +85,33 @@ def make_pairs(model: nn.Module, tokenizer, harmful: list[str], harmless: list[s
         else:
             rows.append(_row(prompt, rng.choice(refusals), reply, "harmful", conversational))
             counts["harmful_pairs"] += 1
+    if not isinstance(harmless_rejected, str) and len(harmless_rejected) != len(harmless):
+        raise ValueError(f"harmless_rejected has {len(harmless_rejected)} replies for {len(harmless)} harmless prompts")
+    if isinstance(harmless_rejected, str) and harmless_rejected not in HARMLESS_REJECTED:
+        raise ValueError(f"harmless_rejected {harmless_rejected!r}: one of {', '.join(HARMLESS_REJECTED)}, or one "
+                         "reply per harmless prompt")
     replies = generate(model, tokenizer, harmless, max_new_tokens=max_new_tokens, batch_size=batch_size,
                        desc="harmless replies", progress=progress)
-    for prompt, reply, v in zip(harmless, replies, judge.judge(harmless, replies)):
-        if v.declined or not reply.strip():  # a partial refusal is no helpful reply either
+    usable = []
+    for i, v in enumerate(judge.judge(harmless, replies)):
+        if v.declined or not replies[i].strip():  # a partial refusal is no helpful reply either
             counts["harmless_skipped_refused"] += 1
+        else:
+            usable.append(i)
+    if harmless_rejected == "refusal":
+        rejected = {i: rng.choice(refusals) for i in usable}
+    elif harmless_rejected == "other_answer":  # a seeded cycle: every usable answer is rejected once, elsewhere
+        order = rng.sample(usable, len(usable))
+        rejected = {i: replies[order[(k + 1) % len(order)]] for k, i in enumerate(order)} if len(order) > 1 else {}
+    else:
+        rejected = {i: harmless_rejected[i] for i in usable}
+        verdicts = judge.judge([harmless[i] for i in rejected], list(rejected.values()))
+        rejected = {i: r for (i, r), v in zip(rejected.items(), verdicts) if not v.declined}
+    for i in usable:
+        if i not in rejected or not rejected[i].strip() or rejected[i].strip() == replies[i].strip():
+            counts["harmless_skipped_rejected"] = counts.get("harmless_skipped_rejected", 0) + 1
             continue
-        rows.append(_row(prompt, reply, rng.choice(refusals), "harmless", conversational))
+        rows.append(_row(harmless[i], replies[i], rejected[i], "harmless", conversational))
         counts["harmless_pairs"] += 1
     rng.shuffle(rows)
     return rows, counts

@@ -74,6 +74,8 @@ class ExperimentConfig:
     pairs_model: str | None = None   # the model whose replies make the pairs (default: ``model``)
     pairs_pruned: bool = False       # replies to harmful training prompts with the T0 safety neurons pruned
     #                                  (a model that refuses nearly all of them gives compliant ones so)
+    harmless_rejected: str = "refusal"  # what a helpfulness pair rejects: "refusal" (a template), "other_answer"
+    #                                  (the model's answer to another harmless prompt) or "model:PATH" (its answer)
     train_offset: int = 0            # skip this many prompts of each training source
     n_train_harmful: int = 40
     n_train_harmless: int = 40

@@ -18,8 +18,10 @@ from typing import Any
 
 import torch
 
+from ..errors import OptionsError
 from ..evaluate.attack import CONDITIONS, SWEEP
 from ..evaluate.capability import load_reference_pairs
+from ..evaluate.generation import generate
 from ..evaluate.judges import load_judge, measured
 from ..evaluate.rejudge import rejudge
 from ..evaluate.report import evaluate_model, shown_conditions, write_report
@@ -51,8 +53,11 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     """Run everything; writes ``results.json``, ``report.md``, plots and generations to ``out_dir``."""
     from ..identification import identify
     from ..identification.prompts import write_prompts
-    from ..pairs import make_pairs, preference_rows
+    from ..pairs import HARMLESS_REJECTED, make_pairs, preference_rows
 
+    if cfg.harmless_rejected not in HARMLESS_REJECTED and not cfg.harmless_rejected.startswith("model:"):
+        raise OptionsError(f"harmless_rejected {cfg.harmless_rejected!r}: use one of {', '.join(HARMLESS_REJECTED)} "
+                           "or model:PATH_OR_ID (that model's answers)")
     t0 = time.perf_counter()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,6 +102,15 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         else:
             stage(f"{mask.num_neurons} safety neurons; building safety preference pairs from the model's own replies")
             pairs_from, pairs_tok = original, tok
+        harmless_rejected: str | list[str] = cfg.harmless_rejected
+        if harmless_rejected.startswith("model:"):
+            stage(f"the rejected helpfulness replies: {harmless_rejected[6:]}'s answers")
+            other, other_tok = load_model(harmless_rejected[6:], dtype=cfg.dtype, device=cfg.device)
+            harmless_rejected = generate(other, other_tok, sets["train_harmless"],
+                                         max_new_tokens=cfg.pairs_max_new_tokens or cfg.max_new_tokens,
+                                         batch_size=cfg.gen_batch_size, desc="other model's harmless replies",
+                                         progress=cfg.progress)
+            del other, other_tok
         train_harmful = set(sets["train_harmful"])
         human = [p for p in safety_pairs(cfg) if p["prompt"] in train_harmful] if cfg.safety_pairs else []
         rows, counts = make_pairs(pairs_from, pairs_tok, [] if cfg.safety_pairs else sets["train_harmful"],
@@ -107,7 +121,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
                                   rejected_mask=mask if cfg.pairs_pruned else None,
                                   mlp_modules=cfg.identify.get("mlp_modules"),
                                   # pairs_model with pairs_pruned: the T0 mask of cfg.model on purpose
-                                  allow_other_weights=pairs_from is not original)
+                                  allow_other_weights=pairs_from is not original,
+                                  harmless_rejected=harmless_rejected)
         del pairs_from
         if cfg.safety_pairs:  # the harmful prompts' pairs are the human ones
             rows += preference_rows(human)

@@ -367,6 +367,43 @@ def test_make_pairs_rejected_mask_prunes_only_the_harmful_replies(tiny):
                    rejected_mask=other)
 
 
+class RefusesCaseTwo(Judge):
+    name = "refuses-case-2"
+
+    def judge(self, prompts, responses):
+        return [Verdict("refusal" if "case 2" in p else "compliance", "test") for p in prompts]
+
+
+def test_make_pairs_helpfulness_pairs_reject_a_worse_answer_not_a_refusal(tiny):
+    """``harmless_rejected="other_answer"``: each helpful answer is rejected once, as the answer to another
+    prompt (a cycle, never its own), and no rejected reply is a refusal template; given replies are rejected
+    as given unless the judge says they decline; a declined chosen reply gives no pair; bad input is named."""
+    from safeneuron_plugins.pairs import make_pairs, refusal_templates
+
+    model, tok = tiny
+    harmless = [f"How do I bake bread, case {i}?" for i in range(5)]
+    answers = generate(model, tok, harmless, max_new_tokens=8, progress=False)
+    assert len(set(answers)) == 5, "distinct answers are needed for this test to mean anything"
+    rows, counts = make_pairs(model, tok, [], harmless, judge=RefusesCaseTwo(), max_new_tokens=8,
+                              conversational=False, progress=False, harmless_rejected="other_answer")
+    assert counts["harmless_pairs"] == 4 and counts["harmless_skipped_refused"] == 1
+    by_prompt = {r["prompt"]: r for r in rows}
+    assert harmless[2] not in by_prompt
+    kept = [answers[i] for i in (0, 1, 3, 4)]
+    assert sorted(r["chosen"] for r in rows) == sorted(kept)
+    assert sorted(r["rejected"] for r in rows) == sorted(kept)  # each kept answer rejected exactly once
+    assert all(r["rejected"] != r["chosen"] for r in rows)
+    assert not {r["rejected"] for r in rows} & set(refusal_templates())
+    given = [f"a worse answer {i}" for i in range(5)]
+    rows, counts = make_pairs(model, tok, [], harmless, judge=RefusesCaseTwo(), max_new_tokens=8,
+                              conversational=False, progress=False, harmless_rejected=given)
+    assert {r["prompt"]: r["rejected"] for r in rows} == {harmless[i]: given[i] for i in (0, 1, 3, 4)}
+    with pytest.raises(ValueError, match="harmless_rejected"):
+        make_pairs(model, tok, [], harmless, max_new_tokens=4, progress=False, harmless_rejected=given[:3])
+    with pytest.raises(ValueError, match="other_answer"):
+        make_pairs(model, tok, [], harmless, max_new_tokens=4, progress=False, harmless_rejected="another")
+
+
 def test_category_overlap_matches_hand_count():
     a = NeuronMask({0: [1, 2, 3]})
     b = NeuronMask({0: [2, 3, 4]})
