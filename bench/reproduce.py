@@ -262,6 +262,9 @@ def main() -> None:
                   "seconds": {n: m["training"]["train_seconds"] for n, m in data["models"].items() if "training" in m},
                   "median_step_seconds": {n: m["training"].get("median_step_seconds")
                                           for n, m in data["models"].items() if "training" in m},
+                  "chunks": {n: m["training"].get("chunks") for n, m in data["models"].items() if "training" in m},
+                  "longest_chunk_seconds": {n: m["training"].get("longest_chunk_seconds")
+                                            for n, m in data["models"].items() if "training" in m},
                   "peak_rss_gb": {n: m["training"].get("peak_rss_gb") for n, m in data["models"].items()
                                   if "training" in m}})
     (dest / f"{args.name}.json").write_text(json.dumps(data, indent=2))

@@ -17,13 +17,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import OptionsError, OutputWriteError
+from .errors import OptionsError, OutputWriteError, PromptSourceError
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ EXPERIMENT = FileKind("an experiment's settings file (JSON with `model` and `lea
                       _json_object(("model", "learning_rate")))
 TRAINING = FileKind("a training record (JSON with `train_seconds` and `steps`)", "training.json",
                     _json_object(("train_seconds", "steps")))
+CHUNKS = FileKind("a record of training chunks (JSON with `chunks`)", "chunks.json", _json_object(("chunks",)))
 MANIFEST = FileKind("a trained model's manifest (JSON with `variant` and `weights_sha256`)", "manifest.json",
                     _json_object(("variant", "weights_sha256")))
 
@@ -185,6 +187,43 @@ def write_file(path: str | os.PathLike, data: bytes | str, flag: str, kind: File
                                f"{'the file there is unchanged' if path.exists() else 'no file was left there'}. "
                                "Free some space or fix the permissions, and run again.") from exc
     return path
+
+
+_LINE_END = re.compile(r"\r\n|\r|\n")  # the only line ends: U+2028, U+0085, form feed are text
+
+
+def text_lines(text: str) -> list[str]:
+    """``text`` split on real line ends only (LF, CRLF, CR); unlike ``str.splitlines``, U+2028, U+2029, U+0085,
+    form feed and vertical tab stay inside a line, as they are inside a prompt."""
+    lines = _LINE_END.split(text)
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
+def read_json_objects(path: str | os.PathLike, what: str, expected: str = "") -> list[tuple[int, dict]]:
+    """The objects of a JSON-lines file with their line numbers, blank lines skipped. Every error names ``what``
+    (the option or role, and the file), the line, and what each line must be (``expected``)."""
+    source = Path(path)
+    if not source.is_file():
+        raise PromptSourceError(f"{what}: no such file." if not source.exists() else f"{what} is not a file.")
+    try:
+        text = source.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PromptSourceError(f"{what} is not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
+    except OSError as exc:
+        raise PromptSourceError(f"{what} cannot be read ({exc.strerror}).") from None
+    rows = []
+    for n, line in enumerate(text_lines(text), 1):  # real line ends only: a U+2028 in a reply is part of it
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PromptSourceError(f"{what} line {n} is not JSON ({exc.msg}).") from None
+        if not isinstance(row, dict):
+            raise PromptSourceError(f"{what} line {n} is a JSON {type(row).__name__}; each line must be an object"
+                                    + (f" {expected}." if expected else "."))
+        rows.append((n, row))
+    return rows
 
 
 def json_lines(rows: Iterable[dict]) -> str:

@@ -133,25 +133,13 @@ def read_preference_pairs(path: str) -> list[dict[str, str]]:
     standard form (string fields ``prompt``, ``chosen``, ``rejected``) or in Anthropic HH-RLHF's form (full
     dialogues in ``chosen`` and ``rejected`` that differ in the last assistant turn). Dialogues of more than
     one human turn are skipped (the prompt would not be one request)."""
-    from pathlib import Path
-
     from .errors import PromptSourceError
+    from .files import read_json_objects
 
-    file = Path(path)
-    if not file.is_file():
-        raise PromptSourceError(f"safety pairs {path!r}: no such file; give a JSON-lines file of preference pairs "
-                                "(prompt/chosen/rejected, or HH-RLHF's chosen/rejected dialogues).")
     pairs = []
-    from .identification.prompts import text_lines
-
-    for number, line in enumerate(text_lines(file.read_text(encoding="utf-8")), 1):  # real line ends only
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PromptSourceError(f"safety pairs {path}: line {number} is not JSON ({e.msg}).") from None
-        if not isinstance(row, dict) or not isinstance(row.get("chosen"), str) \
+    for number, row in read_json_objects(path, f"safety pairs {path}", "of preference pairs (prompt/chosen/rejected, "
+                                                                      "or HH-RLHF's chosen/rejected dialogues)"):
+        if not isinstance(row.get("chosen"), str) \
                 or not isinstance(row.get("rejected"), str):
             raise PromptSourceError(f"safety pairs {path}: line {number} has no string fields 'chosen' and "
                                     "'rejected'.")

@@ -172,31 +172,10 @@ def check_mask_on_model(mask, model, mlp_modules: str | None, allow: bool, flag:
 
 def read_replies(path: str, flag: str = "--input") -> list[dict]:
     """JSONL rows, each an object with string ``prompt`` and ``response``; errors name the line."""
-    import json
-
-    source = Path(path)
-    if not source.is_file():
-        raise PromptSourceError(f"{flag} {path!r}: no such file." if not source.exists()
-                                else f"{flag} {path!r} is not a file.")
-    try:
-        text = source.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise PromptSourceError(f"{flag} {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
-    except OSError as exc:
-        raise PromptSourceError(f"{flag} {path!r} cannot be read ({exc.strerror}).") from None
-    from ..identification.prompts import text_lines
+    from ..files import read_json_objects
 
     rows = []
-    for n, line in enumerate(text_lines(text), 1):  # real line ends only: a U+2028 in a reply is part of it
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PromptSourceError(f"{flag} {path!r} line {n} is not JSON ({exc.msg}).") from None
-        if not isinstance(row, dict):
-            raise PromptSourceError(f"{flag} {path!r} line {n} is a JSON {type(row).__name__}; each line must be "
-                                    "an object with `prompt` and `response` fields.")
+    for n, row in read_json_objects(path, f"{flag} {path!r}", "with `prompt` and `response` fields"):
         if "prompt" not in row or "response" not in row:
             raise PromptSourceError(f"{flag} {path!r} line {n} needs `prompt` and `response` fields.")
         for key in ("prompt", "response"):

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import PromptSourceError
 from ..identification.batching import input_device
-from ..identification.prompts import builtin_path, format_prompts, text_lines
+from ..identification.prompts import builtin_path, format_prompts
 from .generation import generate
 from .judges import Judge, default_judge
 
@@ -18,11 +18,10 @@ from .judges import Judge, default_judge
 def load_reference_pairs(source: str | None = None, limit: int | None = None) -> list[tuple[str, str]]:
     """(prompt, reference answer) rows from a JSONL with prompt/answer (or harmless_prompt/harmless_answer)
     fields; default: the built-in set."""
-    import json
-    from pathlib import Path
+    from ..files import read_json_objects
 
-    path = Path(source) if source else builtin_path("reference_answers.jsonl")
-    rows = [json.loads(line) for line in text_lines(path.read_bytes().decode("utf-8")) if line.strip()]
+    path = source or builtin_path("reference_answers.jsonl")
+    rows = [row for _, row in read_json_objects(path, f"--reference-answers {path}", "with prompt/answer fields")]
     pairs = [(r.get("prompt") or r.get("harmless_prompt"), r.get("answer") or r.get("harmless_answer")) for r in rows]
     pairs = [(p, a) for p, a in pairs if p and a]
     if not pairs:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -205,10 +206,18 @@ def split_prompts(cfg: ExperimentConfig) -> tuple[dict[str, list[str]], dict[str
 
 
 def safety_pairs(cfg: ExperimentConfig) -> list[dict[str, str]]:
-    """The pairs of ``cfg.safety_pairs`` that teach refusal (:func:`~safeneuron_plugins.pairs.select_safety_pairs`)."""
+    """The pairs of ``cfg.safety_pairs`` that teach refusal (:func:`~safeneuron_plugins.pairs.select_safety_pairs`),
+    read and judged once per file version (the split and the pairs both need them)."""
+    stat = Path(cfg.safety_pairs).stat() if Path(cfg.safety_pairs).is_file() else None
+    key = (cfg.safety_pairs, stat and (stat.st_mtime_ns, stat.st_size), cfg.safety_pairs_max_words)
+    return [dict(p) for p in _selected_safety_pairs(*key)]
+
+
+@lru_cache(maxsize=4)
+def _selected_safety_pairs(path: str, version, max_words: int) -> tuple[dict[str, str], ...]:
     from ..pairs import read_preference_pairs, select_safety_pairs
 
-    return select_safety_pairs(read_preference_pairs(cfg.safety_pairs), max_words=cfg.safety_pairs_max_words)
+    return tuple(select_safety_pairs(read_preference_pairs(path), max_words=max_words))
 
 
 def identification_options(cfg: ExperimentConfig, out: Path, setting: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
+from ..files import CHUNKS, TRAINING, write_file
 from ..files import MANIFEST as MANIFEST_FILE
-from ..files import TRAINING, write_file
 from ..mask import NeuronMask
 from .config import ExperimentConfig, _check_same_variant, variant_options
 from .console import metrics_to_file
@@ -86,8 +86,9 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
     start = time.perf_counter()
     if checkpoints:
         logger.info("%s: resuming from %s", name, checkpoints[-1])
+    first_step = int(checkpoints[-1].name.split("-")[1]) if checkpoints else 0
     trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
-    seconds = time.perf_counter() - start
+    chunks = _record_chunk(out, first_step, trainer.state.global_step, time.perf_counter() - start, clock)
     if trainer.state.global_step < trainer.state.max_steps:  # the chunk's time ran out; a checkpoint was saved
         raise TrainingChunkEnded(
             f"{name}: trained {cfg.max_train_minutes:g} minutes to step {trainer.state.global_step} of "
@@ -99,12 +100,12 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
         trainer.save_model(str(out))
     tok.save_pretrained(str(out))
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    facts = {"train_seconds": round(seconds, 1), "steps": trainer.state.global_step,
+    facts = {**_chunk_totals(chunks), "steps": trainer.state.global_step,
              "final_loss": logs[-1]["loss"] if logs else None,
              "final_reward_margin": logs[-1].get("rewards/margins") if logs else None,
              "frozen_neurons": callback.mask.num_neurons if callback.mask is not None else 0,
              "options": {k: v for k, v in options.items() if k != "safeneuron_mask"},
-             "resumed_from": checkpoints[-1].name if checkpoints else None, **clock.summary()}
+             "resumed_from": checkpoints[-1].name if checkpoints else None}
     rows = getattr(callback.run, "prune_rows", None)
     if rows is not None:  # safeneuron_forward_prune_prompts: the policy's training rows pruned, of those it ran
         facts["pruned_rows"] = {"matched": rows.matched, "seen": rows.seen}
@@ -162,13 +163,35 @@ def check_manifest(out: Path, pairs_path: Path) -> None:
                                "model directory to train it again.")
 
 
+def _record_chunk(out: Path, first_step: int, last_step: int, seconds: float, clock) -> list[dict[str, Any]]:
+    """Add this invocation's chunk to ``out/chunks.json`` (a run from step 0 starts a new record) and return the
+    record: the steps it trained, its seconds, the seconds of each step after its first, its peak RSS."""
+    path = out / "chunks.json"
+    chunks = json.loads(path.read_text())["chunks"] if first_step and path.is_file() else []
+    chunks = [c for c in chunks if c["to_step"] <= first_step]  # a chunk whose checkpoint was lost is redone
+    chunks.append({"from_step": first_step, "to_step": last_step, "seconds": round(seconds, 1),
+                   "step_seconds": [round(b - a, 2) for a, b in zip(clock.stamps, clock.stamps[1:])],
+                   "peak_rss_gb": round(_peak_rss_gb(), 2)})
+    write_file(path, json.dumps({"chunks": chunks}, indent=1), "--output-dir", CHUNKS)
+    return chunks
+
+
+def _chunk_totals(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Training facts over every chunk of a run: total and longest chunk seconds, median step, peak RSS."""
+    steps = sorted(x for c in chunks for x in c["step_seconds"])
+    return {"train_seconds": round(sum(c["seconds"] for c in chunks), 1), "chunks": len(chunks),
+            "longest_chunk_seconds": max(c["seconds"] for c in chunks),
+            "median_step_seconds": steps[len(steps) // 2] if steps else None,
+            "peak_rss_gb": max(c["peak_rss_gb"] for c in chunks)}
+
+
 class TrainingChunkEnded(Exception):
     """An invocation's training time (``max_train_minutes``) ran out before the last step; the run resumes from
     the checkpoint it saved."""
 
 
 def _step_clock(max_minutes: float = 0):
-    """A callback recording seconds per optimizer step and the process's peak resident memory; with
+    """A callback recording when each optimizer step ended; with
     ``max_minutes`` it saves a checkpoint and stops training once that much time has passed."""
     import transformers
 
@@ -182,11 +205,6 @@ def _step_clock(max_minutes: float = 0):
             if max_minutes and self.stamps[-1] - self.start > 60 * max_minutes and state.global_step < state.max_steps:
                 control.should_save = True
                 control.should_training_stop = True
-
-        def summary(self) -> dict[str, Any]:
-            gaps = sorted(b - a for a, b in zip(self.stamps, self.stamps[1:]))
-            return {"median_step_seconds": round(gaps[len(gaps) // 2], 1) if gaps else None,
-                    "peak_rss_gb": round(_peak_rss_gb(), 2)}
 
     return StepClock()
 

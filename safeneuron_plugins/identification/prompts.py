@@ -28,13 +28,13 @@ import hashlib
 import io
 import json
 import logging
-import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..errors import PromptSourceError
+from ..files import text_lines
 from .image_files import IMAGE_FIELDS, resolve_image
 
 logger = logging.getLogger("safeneuron")
@@ -157,14 +157,6 @@ def _rows_to_prompts(rows, field: str | None, where: str, option: str, base: Pat
 
 #: a JSON prompt file holding one object keeps its prompts under one of these keys (the first present)
 _JSON_LISTS = ("prompts", "data")
-_LINE_END = re.compile(r"\r\n|\r|\n")  # the only line ends: U+2028, U+0085, form feed are text
-
-
-def text_lines(text: str) -> list[str]:
-    """``text`` split on real line ends only (LF, CRLF, CR); unlike ``str.splitlines``, U+2028, U+2029, U+0085,
-    form feed and vertical tab stay inside a line, as they are inside a prompt."""
-    lines = _LINE_END.split(text)
-    return lines[:-1] if lines and lines[-1] == "" else lines
 
 
 def _read_file(path: Path, field: str | None, option: str) -> list[Prompt]:

@@ -336,6 +336,11 @@ def test_8bit_adamw_in_time_chunks_keeps_frozen_rows_exact_and_checks_its_manife
                          if "__bnb_optimizer_quant_state__" in s]
             assert any(q["state1"].dtype == torch.uint8 for q in quantised), "the MLP weights have 8-bit moments"
     assert chunks == 2 and facts["steps"] == 3 and facts["resumed_from"] == "checkpoint-2"
+    record = json.loads((out / "chunks.json").read_text())["chunks"]  # every chunk's time, not the last one's
+    assert [(c["from_step"], c["to_step"]) for c in record] == [(0, 1), (1, 2), (2, 3)]
+    assert facts["chunks"] == 3 and facts["train_seconds"] == pytest.approx(sum(c["seconds"] for c in record), abs=0.2)
+    assert facts["longest_chunk_seconds"] == max(c["seconds"] for c in record)
+    assert facts["peak_rss_gb"] == max(c["peak_rss_gb"] for c in record)
     trained = transformers.AutoModelForCausalLM.from_pretrained(out)
     mask = NeuronMask.load(mask_path)
     before, after = frozen_rows(original, mask), frozen_rows(trained, mask)
