@@ -1,8 +1,10 @@
 """Throughput of the attack's generation, side by side in one run: plain batched ``generate`` on the prompts in
 their order against the project's routine (``evaluate.generation.generate``: batches of similar length, left
 padding, KV cache), with a static KV cache, and with bf16 weights where the CPU computes bf16 natively
-(AVX512-BF16 or AMX; elsewhere bf16 falls back to a slow path and the row says so). Every mode's replies are
-judged, and the share of verdicts identical to the plain fp32 pass is printed beside its speed.
+(AVX512-BF16 or AMX; elsewhere bf16 falls back to a slow path and the row says so), and with int8 weights
+(torch's dynamic quantisation, per output channel, of every linear layer but the LM head: int8 matrix products on AVX2/AVX-512 VNNI,
+activations quantised per batch). Every mode's replies are judged, and the share of verdicts identical to the
+plain fp32 pass is printed beside its speed.
 
     .venv/bin/python bench/generation_speed.py MODEL [--n 128] [--max-new-tokens 64] [--batch-size 16] [--modes ...]
 
@@ -27,7 +29,7 @@ from safeneuron_plugins.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-MODES = ("plain", "sorted", "sorted+static", "sorted+bf16")
+MODES = ("plain", "sorted", "sorted+static", "sorted+bf16", "sorted+int8")
 
 
 def native_bf16() -> bool:
@@ -54,6 +56,12 @@ def run_mode(mode: str, model_path: str, prompts: list[str], max_new_tokens: int
     model, tok = load_model(model_path, dtype=dtype)
     if mode.endswith("static"):
         model.generation_config.cache_implementation = "static"
+    if mode.endswith("int8"):
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        linear = {name: per_channel_dynamic_qconfig for name, m in model.named_modules()
+                  if isinstance(m, torch.nn.Linear) and m is not model.get_output_embeddings()}
+        model = quantize_dynamic(model, linear, dtype=torch.qint8)
     start = time.perf_counter()
     if mode == "plain":
         replies = plain(model, tok, prompts, max_new_tokens, batch_size)

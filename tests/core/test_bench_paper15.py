@@ -60,3 +60,31 @@ def test_curve_best_and_results(work, bench_script):
     full = {n: [g["success"] for g in e["generations"] if g["condition"] == "FULL"] for n, e in evaluations.items()}
     assert primary["n"] == 6 and primary["diff"] == pytest.approx((sum(full["safeneuron"]) - sum(full["dpo"])) / 6)
     assert primary["ci95"][0] <= primary["diff"] <= primary["ci95"][1]
+
+
+def test_pilot_rule_takes_the_first_candidate_on_target_else_the_lowest(work, bench_script, tmp_path, capsys):
+    """The learning-rate pilot's registered rule, on results files of the experiment's own shape: candidates in order,
+    the first whose plain-DPO ORI ASR is <= 0.10 is taken; with every candidate run and none on target, the lowest;
+    until then the next candidate's command is printed (and nothing is run without --run)."""
+    paper15 = bench_script("paper15")
+    real = json.loads((work / "results.json").read_text())
+
+    def write(lr, asr):
+        data = json.loads(json.dumps(real))
+        data["models"]["dpo"]["asr"]["ORI"] = asr
+        (tmp_path / f"{paper15.PILOT_NAME.format(lr)}.json").write_text(json.dumps(data))
+
+    assert paper15.pilot_decision(tmp_path) == {"rows": [], "settled": None, "next": "5e-6"}
+    write("5e-6", 0.40)
+    state = paper15.pilot_decision(tmp_path)
+    assert state["settled"] is None and state["next"] == "2e-5" and [r[:2] for r in state["rows"]] == [("5e-6", 0.40)]
+    assert paper15.run_pilot(tmp_path, run=False, hours=0) == 0
+    assert "--name paper15_pilot_other_lr2e-5 --learning-rate 2e-5" in capsys.readouterr().out
+    write("2e-5", 0.10)
+    assert paper15.pilot_decision(tmp_path)["settled"] == "2e-5"  # on target: 5e-5 is never run
+    write("2e-5", 0.30)
+    write("5e-5", 0.35)
+    state = paper15.pilot_decision(tmp_path)
+    assert state["settled"] == "2e-5" and state["next"] is None and len(state["rows"]) == 3
+    assert paper15.run_pilot(tmp_path, run=True, hours=0) == 0
+    assert "no candidate reached" in capsys.readouterr().out
