@@ -311,8 +311,10 @@ def test_gradient_checkpointing_off_trains_the_same_weights(tmp_path):
 def test_8bit_adamw_in_time_chunks_keeps_frozen_rows_exact_and_checks_its_manifest(tmp_path):
     """The full-parameter recipe of the paper15 protocol: bitsandbytes' 8-bit AdamW (block-wise quantised moments,
     on the CPU), weight decay, reference log-probs from the policy before training (no second model), and training
-    in time-limited chunks that each end with a checkpoint (exit, then resume). The frozen rows come out
-    bit-identical, the rest moved, and the finished model's manifest refuses a changed weight file."""
+    in time-limited chunks that each end with a checkpoint (exit, then resume), and re-identification rounds
+    (``safeneuron_rounds``) whose union crosses a chunk boundary. The T0 rows come out bit-identical, the rows the
+    round at step 2 added stay as they were at step 2 through the resumed chunk, the rest moved, and the finished
+    model's manifest refuses a changed weight file."""
     from safeneuron_plugins.errors import OptionsError
     from safeneuron_plugins.experiment import train_variant
     from safeneuron_plugins.experiment.train import MANIFEST, TrainingChunkEnded
@@ -321,16 +323,19 @@ def test_8bit_adamw_in_time_chunks_keeps_frozen_rows_exact_and_checks_its_manife
     model_dir, pairs, ident, original, mask_path = _variant_setup(tmp_path, hidden_size=64, intermediate_size=128)
     cfg = ExperimentConfig(model=str(model_dir), batch_size=4, max_steps=3, learning_rate=5e-3, weight_decay=0.1,
                            sft_weight=0.0, optim="adamw_bnb_8bit", precompute_ref=True, save_steps=1,
-                           max_train_minutes=1e-6, identify=ident, progress=False)
+                           max_train_minutes=1e-6, reidentify_steps=2, identify=ident, progress=False)
     out = tmp_path / "run"
     chunks = 0
     while True:
         try:
-            facts = train_variant(cfg, "safeneuron", pairs, mask_path, out)
+            facts = train_variant(cfg, "safeneuron_rounds", pairs, mask_path, out)
             break
         except TrainingChunkEnded as e:
             chunks += 1
             assert "Run the same command again" in str(e) and chunks < 5
+            if chunks == 2:  # the chunk that ended at step 2, just after the round: its union and weights
+                union = NeuronMask.load(out / "checkpoint-2" / "safeneuron_mask.safetensors")
+                at_step2 = frozen_rows(transformers.AutoModelForCausalLM.from_pretrained(out / "checkpoint-2"), union)
             state = torch.load(next(out.glob("checkpoint-*")) / "optimizer.pt", weights_only=False)["state"]
             quantised = [s["__bnb_optimizer_quant_state__"] for s in state.values()
                          if "__bnb_optimizer_quant_state__" in s]
@@ -346,16 +351,19 @@ def test_8bit_adamw_in_time_chunks_keeps_frozen_rows_exact_and_checks_its_manife
     before, after = frozen_rows(original, mask), frozen_rows(trained, mask)
     assert all(torch.equal(before[k][0], after[k][0]) for k in before), "frozen rows bit-identical"
     assert all(not torch.equal(before[k][1], after[k][1]) for k in before), "the other rows trained"
+    assert union.num_neurons > mask.num_neurons and facts["frozen_neurons"] >= union.num_neurons, "the round added"
+    final = frozen_rows(trained, union)
+    assert all(torch.equal(at_step2[k][0], final[k][0]) for k in final), "rows added at step 2 frozen after it"
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["config"]["optim"] == "adamw_bnb_8bit" and "model.safetensors" in manifest["weights_sha256"]
-    assert train_variant(cfg, "safeneuron", pairs, mask_path, out) == facts  # intact: reused
+    assert train_variant(cfg, "safeneuron_rounds", pairs, mask_path, out) == facts  # intact: reused
     with open(out / "model.safetensors", "r+b") as f:  # one byte of the weights changed
         f.seek(-1, 2)
         last = f.read(1)
         f.seek(-1, 2)
         f.write(bytes([last[0] ^ 1]))
     with pytest.raises(OptionsError, match="changed since training"):
-        train_variant(cfg, "safeneuron", pairs, mask_path, out)
+        train_variant(cfg, "safeneuron_rounds", pairs, mask_path, out)
 
 
 def test_experiment_with_human_pairs_and_separate_attackers(tmp_path):
