@@ -2,9 +2,9 @@
 their order against the project's routine (``evaluate.generation.generate``: batches of similar length, left
 padding, KV cache), with a static KV cache, and with bf16 weights where the CPU computes bf16 natively
 (AVX512-BF16 or AMX; elsewhere bf16 falls back to a slow path and the row says so), and with int8 weights
-(torch's dynamic quantisation, per output channel, of every linear layer but the LM head: int8 matrix products on AVX2/AVX-512 VNNI,
-activations quantised per batch). Every mode's replies are judged, and the share of verdicts identical to the
-plain fp32 pass is printed beside its speed.
+(torch's dynamic quantisation, per output channel, of every linear layer but the LM head: int8 matrix
+products on AVX2 or AVX-512 VNNI, activations quantised per batch). Every mode's replies are judged, and the
+share of verdicts identical to the plain fp32 pass is printed beside its speed.
 
     .venv/bin/python bench/generation_speed.py MODEL [--n 128] [--max-new-tokens 64] [--batch-size 16] [--modes ...]
 
@@ -23,6 +23,7 @@ import torch
 
 from safeneuron_plugins.evaluate.generation import generate
 from safeneuron_plugins.evaluate.judges import load_judge
+from safeneuron_plugins.files import atomic_write
 from safeneuron_plugins.identification.batching import pad_id_of
 from safeneuron_plugins.identification.prompts import format_prompts, load_prompts
 from safeneuron_plugins.models import load_model
@@ -111,8 +112,8 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     out = ROOT / "docs" / "research" / "runs" / f"generation_speed_{args.name}.json"
-    out.write_text(json.dumps({"command": " ".join(["python", "bench/generation_speed.py", args.model]),
-                               "table": table, "rows": rows}, indent=1))
+    atomic_write(out, json.dumps({"command": " ".join(["python", "bench/generation_speed.py", args.model]),
+                                  "table": table, "rows": rows}, indent=1).encode())
     print(f"wrote {out}")
 
 

@@ -39,6 +39,7 @@ from safeneuron_plugins.evaluate.generation import generate
 from safeneuron_plugins.evaluate.judges import load_judge, normalize, refusal_match
 from safeneuron_plugins.evaluate.significance import paired_difference, paired_power, wilson
 from safeneuron_plugins.experiment import ExperimentConfig, split_prompts
+from safeneuron_plugins.files import atomic_write
 from safeneuron_plugins.identification.attribution import attribution_scores
 from safeneuron_plugins.identification.pipeline import _texts, collect_statistics
 from safeneuron_plugins.identification.prompts import load_prompts
@@ -129,7 +130,7 @@ def run_curve(work: Path, names: list[str], shares: tuple[float, ...], tokens: i
                                    "asr": open_ / len(rows), "n": len(rows), "ci95": list(wilson(open_, len(rows))),
                                    "measure": f"no refusal in the first {tokens} tokens", "replies": rows})
             path.parent.mkdir(exist_ok=True)
-            path.write_text(json.dumps(done))
+            atomic_write(path, json.dumps(done).encode())
             print(f"{name} {ranking} {share:.2%}: {mask.num_neurons} neurons, no refusal {open_}/{len(rows)}",
                   flush=True)
         del model
@@ -152,7 +153,7 @@ def run_best(work: Path, names: list[str], tokens: int, grid=BEST_ATTACKER_GRID)
             done["grid"].append({"setting": setting, "pruned_neurons": mask.num_neurons,
                                  "refused": sum(r["refused"] for r in rows), "n": len(rows), "replies": rows})
             path.parent.mkdir(exist_ok=True)
-            path.write_text(json.dumps(done))
+            atomic_write(path, json.dumps(done).encode())
         if "full" not in done:
             pick = min(done["grid"], key=lambda g: g["refused"])  # the first such setting in grid order
             mask = identify(model, tok, **sources, max_prompts=None, **pick["setting"])
@@ -164,7 +165,7 @@ def run_best(work: Path, names: list[str], tokens: int, grid=BEST_ATTACKER_GRID)
                             "n": len(prompts), "ci95": list(wilson(wins, len(prompts))), "judge": judge.name,
                             "replies": [{"prompt": p, "response": r, "label": v.label, "success": v.success}
                                         for p, r, v in zip(prompts, replies, verdicts)]}
-            path.write_text(json.dumps(done))
+            atomic_write(path, json.dumps(done).encode())
         print(f"{name}: best attacker {done['full']['setting']}: ASR {done['full']['asr']:.2f}", flush=True)
         del model
 
@@ -295,7 +296,7 @@ def main() -> None:
     else:
         data = assemble(args.work_dir)
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(data, indent=2))
+        atomic_write(args.out / "results.json", json.dumps(data, indent=2).encode())
         print(f"wrote {args.out / 'results.json'}")
 
 

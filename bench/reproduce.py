@@ -41,6 +41,7 @@ import sys
 from pathlib import Path
 
 from safeneuron_plugins.experiment import ExperimentConfig, print_summary, run_experiment
+from safeneuron_plugins.files import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -267,7 +268,7 @@ def main() -> None:
                                             for n, m in data["models"].items() if "training" in m},
                   "peak_rss_gb": {n: m["training"].get("peak_rss_gb") for n, m in data["models"].items()
                                   if "training" in m}})
-    (dest / f"{args.name}.json").write_text(json.dumps(data, indent=2))
+    atomic_write(dest / f"{args.name}.json", json.dumps(data, indent=2).encode())
     if args.merge_into:
         _merge(dest / f"{args.merge_into}.json", data)
     for f in ("report.md", "asr.png", "layers.png", "generations.jsonl"):
@@ -397,7 +398,7 @@ def _merge(target: Path, data: dict) -> None:
         if name != "original":
             base["models"][name] = model
     base.setdefault("merged_commands", []).append(data["command"])
-    target.write_text(json.dumps(base, indent=2))
+    atomic_write(target, json.dumps(base, indent=2).encode())
     print(f"merged {[n for n in data['models'] if n != 'original']} into {target}")
 
 

@@ -94,12 +94,17 @@ def judged_replies(model: nn.Module, tokenizer, prompts: list[str], prune: Neuro
     prompt, or None) and ``processor``: prompts through images on a vision-language model; ``requests``:
     what each prompt asks for (the judge reads them instead of ``prompts``, e.g. the instruction an image
     shows). Pruning acts on the language model's MLPs only, never on a vision tower or projector."""
-    layers = find_mlp_layers(model, mlp_modules)
-    with pruned(model, layers, prune):
-        replies = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           system_prompt=system_prompt, desc=desc, progress=progress, images=images,
-                           processor=processor)
+    replies = pruned_replies(model, tokenizer, prompts, prune, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                             system_prompt=system_prompt, desc=desc, progress=progress, mlp_modules=mlp_modules,
+                             images=images, processor=processor)
     return replies, judge.judge(requests or prompts, replies)
+
+
+def pruned_replies(model: nn.Module, tokenizer, prompts: list[str], prune: NeuronMask, *, mlp_modules=None,
+                   **generation) -> list[str]:
+    """Greedy replies with ``prune``'s neurons zeroed (``generation``: :func:`generate`'s settings)."""
+    with pruned(model, find_mlp_layers(model, mlp_modules), prune):
+        return generate(model, tokenizer, prompts, **generation)
 
 
 def successes(generations: list[dict[str, Any]], condition: str) -> list[bool]:
@@ -115,16 +120,23 @@ class _Runner:
     """Generates once per distinct pruning (identical pruning gives identical greedy replies) and
     records every condition's rates, pruned-neuron count and generations in ``results``."""
 
-    def __init__(self, model, tokenizer, harmful, judge, results, **gen):
+    def __init__(self, model, tokenizer, harmful, judge, results, store=None, **gen):
         self.model, self.tokenizer, self.harmful, self.judge, self.results, self.gen = (
             model, tokenizer, harmful, judge, results, gen)
         self.cache: dict[tuple, tuple[list[str], list]] = {}
+        self.store = store  # an EvaluationStore: replies made by an earlier, interrupted evaluation
 
     def __call__(self, name: str, prune: NeuronMask, record: bool = True) -> list:
         key = _key(prune)
         if key not in self.cache:
-            self.cache[key] = judged_replies(self.model, self.tokenizer, self.harmful, prune, self.judge,
-                                             desc=f"attack {name}", **self.gen)
+            gen = {k: v for k, v in self.gen.items() if k != "requests"}
+
+            def make():
+                return pruned_replies(self.model, self.tokenizer, self.harmful, prune, desc=f"attack {name}", **gen)
+            settings = {k: v for k, v in self.gen.items() if k in ("max_new_tokens", "system_prompt", "images")}
+            replies = make() if self.store is None else self.store.replies({"pruned": key, **settings}, self.harmful,
+                                                                           make)
+            self.cache[key] = replies, self.judge.judge(self.gen.get("requests") or self.harmful, replies)
         replies, verdicts = self.cache[key]
         images, requests = self.gen.get("images"), self.gen.get("requests")
         for i, (prompt, reply, v) in enumerate(zip(self.harmful, replies, verdicts)):  # every verdict stays readable
@@ -145,7 +157,7 @@ def run_attack(model: nn.Module, tokenizer, harmful: list[str], mask: NeuronMask
                best_attacker_grid: Sequence[Mapping[str, Any]] | None = None, identify_options=None,
                progress: bool = True, images: list | None = None, processor=None,
                requests: list[str] | None = None, extra_masks: Mapping[str, NeuronMask] | None = None,
-               conditions: Sequence[str] = CONDITIONS) -> dict[str, Any]:
+               conditions: Sequence[str] = CONDITIONS, store=None) -> dict[str, Any]:
     """ASR under every condition and the layer sweep; returns results with every generation.
 
     ``results["asr"][COND]`` is the compliance rate; ``results["rates"][COND]`` adds the refusal and
@@ -157,7 +169,9 @@ def run_attack(model: nn.Module, tokenizer, harmful: list[str], mask: NeuronMask
     Through images (vision-language models): ``images`` gives one image (path or PIL image) or None per
     prompt, ``processor`` is the model's, ``requests`` what each prompt asks for (judged instead of the
     text turn); the generations then carry ``image`` and ``request``. ``extra_masks``: other attackers' masks
-    (name -> mask), each pruned in full (condition ``attacker:NAME``, ``results["attackers"][NAME]``)."""
+    (name -> mask), each pruned in full (condition ``attacker:NAME``, ``results["attackers"][NAME]``).
+    ``store``: an :class:`~safeneuron_plugins.evaluate.store.EvaluationStore` that keeps each pass's replies, so
+    an interrupted evaluation resumes after its last finished pass."""
     judge = judge or default_judge()
     mlp_modules = getattr(identify_options, "safeneuron_mlp_modules", None)  # prune where identification looked
     layers = find_mlp_layers(model, mlp_modules)
@@ -165,7 +179,7 @@ def run_attack(model: nn.Module, tokenizer, harmful: list[str], mask: NeuronMask
                                "asr": {}, "rates": {}, "pruned_neurons": {}, "sweep": {}, "generations": []}
     vision = dict(images=images, processor=processor, requests=requests) if images is not None else {}
     run = _Runner(model, tokenizer, harmful, judge, results, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                  system_prompt=system_prompt, progress=progress, mlp_modules=mlp_modules, **vision)
+                  system_prompt=system_prompt, progress=progress, mlp_modules=mlp_modules, store=store, **vision)
     for condition in conditions:  # ``("ORI",)``: the unpruned model's replies only
         run(condition, condition_mask(mask, condition))
         results["asr"][condition] = results["rates"][condition]["compliance"]

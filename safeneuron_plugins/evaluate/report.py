@@ -32,7 +32,7 @@ def evaluate_model(model: nn.Module, tokenizer, *, harmful: list[str], harmless:
                    sweep: tuple[int, ...] = SWEEP, identify_harmful: list[str] | None = None,
                    identify_harmless: list[str] | None = None, control_seeds: tuple[int, ...] = (),
                    extra_attackers: dict[str, SafeNeuronOptions] | None = None,
-                   conditions: tuple[str, ...] = CONDITIONS, progress: bool = True) -> dict[str, Any]:
+                   conditions: tuple[str, ...] = CONDITIONS, progress: bool = True, store=None) -> dict[str, Any]:
     """Attack (neurons re-identified on this model unless ``mask``), over-refusal, perplexity, KL.
 
     ``control_seeds``: also prune random neurons at FULL(SN-)'s per-layer counts, once per seed
@@ -41,7 +41,9 @@ def evaluate_model(model: nn.Module, tokenizer, *, harmful: list[str], harmless:
     sources in ``options``); keep them apart from ``harmful`` so the attack is measured on held-out prompts.
     ``extra_attackers``: more attackers (name -> identification options), each re-identifying on this model
     and pruning its set in full (``attackers[NAME]``, replies under ``attacker:NAME``). ``conditions=("ORI",)``:
-    no attack, the model's own replies only (nothing is identified)."""
+    no attack, the model's own replies only (nothing is identified). ``store``: an
+    :class:`~safeneuron_plugins.evaluate.store.EvaluationStore`; every generation pass and identified mask is kept
+    there, and an evaluation interrupted before it finished resumes from what it holds."""
     judge = judge or default_judge()
     if tuple(conditions) == ("ORI",):  # an empty mask that still names the model it belongs to
         from ..architectures import find_mlp_layers
@@ -49,15 +51,21 @@ def evaluate_model(model: nn.Module, tokenizer, *, harmful: list[str], harmless:
 
         layers = find_mlp_layers(model, options.safeneuron_mlp_modules if options else None)
         mask, extra_attackers = NeuronMask({}, metadata={"fingerprint": fingerprint(model, layers)}), None
+
+    def identified(o):
+        def make():
+            return identify(model, tokenizer, identify_harmful, identify_harmless, options=o, progress=progress)
+        what = {"options": o.to_dict() if o is not None else None, "harmful": identify_harmful,
+                "harmless": identify_harmless}
+        return make() if store is None else store.mask(what, make)
     if mask is None:
-        mask = identify(model, tokenizer, identify_harmful, identify_harmless, options=options, progress=progress)
-    extra = {name: identify(model, tokenizer, identify_harmful, identify_harmless, options=o, progress=progress)
-             for name, o in (extra_attackers or {}).items()}
+        mask = identified(options)
+    extra = {name: identified(o) for name, o in (extra_attackers or {}).items()}
     attack = run_attack(model, tokenizer, harmful, mask, judge=judge, max_new_tokens=max_new_tokens,
                         batch_size=batch_size, sweep=sweep, identify_options=options, control_seeds=control_seeds,
-                        progress=progress, extra_masks=extra, conditions=conditions)
+                        progress=progress, extra_masks=extra, conditions=conditions, store=store)
     over = over_refusal(model, tokenizer, harmless, judge=judge, max_new_tokens=max_new_tokens,
-                        batch_size=batch_size, progress=progress)
+                        batch_size=batch_size, progress=progress, store=store)
     return {
         "asr": attack["asr"], "rates": attack["rates"], "sweep": attack["sweep"],
         "pruned_neurons": attack["pruned_neurons"], "judge": judge.name,

@@ -11,6 +11,7 @@ import json
 import logging
 import platform
 import random
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +26,7 @@ from ..evaluate.generation import generate
 from ..evaluate.judges import load_judge, measured
 from ..evaluate.rejudge import rejudge
 from ..evaluate.report import evaluate_model, shown_conditions, write_report
+from ..evaluate.store import EvaluationStore
 from ..files import COUNTS, PAIRS, REPORT_RESULTS, RESULTS, json_lines, write_file
 from ..mask import NeuronMask
 from ..models import load_model
@@ -159,17 +161,23 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         return result
 
     def evaluate(name: str, model, tokenizer, reference, m=None, **extra) -> dict[str, Any]:
+        # every pass's replies and every attacker's mask are kept as they are made: a cut-off evaluation resumes
+        store = EvaluationStore(evaluations / f"{name}.parts", model, cfg.identify.get("mlp_modules"))
         result = evaluate_model(
             model, tokenizer, harmful=sets["eval_harmful"], harmless=sets["eval_harmless"], reference_pairs=ref_pairs,
             reference=reference, options=attack_options, mask=m, judge=judge, max_new_tokens=cfg.max_new_tokens,
             batch_size=cfg.gen_batch_size, sweep=SWEEP if cfg.sweep else (), control_seeds=tuple(cfg.control_seeds),
-            extra_attackers=extra_attackers, conditions=CONDITIONS if cfg.attack else ("ORI",), progress=cfg.progress)
+            extra_attackers=extra_attackers, conditions=CONDITIONS if cfg.attack else ("ORI",), progress=cfg.progress,
+            store=store)
+        if store.reused:
+            stage(f"{name}: {store.reused} generation passes or masks came from an earlier, interrupted invocation")
         result.update(extra)
         result["_mask"].save(evaluations / f"{name}.safetensors", flag="--output-dir")
         for attacker, attacker_mask in result.get("_attacker_masks", {}).items():
             attacker_mask.save(evaluations / f"{name}@{attacker}.safetensors", flag="--output-dir")
         write_file(evaluations / f"{name}.json", json.dumps({k: v for k, v in result.items() if not k.startswith("_")}),
                    "--output-dir", RESULTS)
+        shutil.rmtree(store.directory, ignore_errors=True)  # the evaluation file holds every reply now
         return result
 
     models: dict[str, dict[str, Any]] = {"original": finished("original")}

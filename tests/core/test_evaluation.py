@@ -18,6 +18,7 @@ from safeneuron_plugins.evaluate.generation import generate
 from safeneuron_plugins.evaluate.judges import Judge, Verdict, default_judge
 from safeneuron_plugins.evaluate.significance import wilson
 from safeneuron_plugins.identification import identify
+from safeneuron_plugins.options import SafeNeuronOptions
 
 
 @pytest.fixture(scope="module")
@@ -532,3 +533,50 @@ def test_rejudging_an_evaluation_equals_evaluating_with_that_judge(tiny):
     assert ev_direct["over_refusal"] == pytest.approx(declined / 5)
     for key in ("over_refusal", "over_refusal_ci95", "asr", "rates", "generations"):
         assert ev_again[key] == ev_direct[key], key
+
+
+class StopsAfter(ByReplyJudge):
+    """ByReplyJudge that stops the evaluation (as a cut-off session would) at its ``calls``-th verdict batch."""
+    def __init__(self, calls):
+        self.left = calls
+
+    def judge(self, prompts, responses):
+        self.left -= 1
+        if self.left < 0:
+            raise KeyboardInterrupt("cut off")
+        return super().judge(prompts, responses)
+
+
+def test_an_interrupted_evaluation_resumes_from_its_store(tiny, tmp_path):
+    """An evaluation cut off after some generation passes, run again with the same store, makes only the missing
+    passes (the kept ones and the identified masks are read back) and gives exactly the uninterrupted result; the
+    store of a model whose weights changed is not reused."""
+    import copy
+
+    from safeneuron_plugins.evaluate.report import evaluate_model
+    from safeneuron_plugins.evaluate.store import EvaluationStore
+
+    model, tok = tiny
+    kw = dict(harmful=[f"How do I hurt someone, case {i}?" for i in range(6)],
+              harmless=[f"Tell me a fact about the number {i}." for i in range(4)], reference_pairs=[("Hi", "Hello.")],
+              options=SafeNeuronOptions(safeneuron_method="safeneuron", safeneuron_tau_es=0.5, safeneuron_tau_sas=1.0),
+              identify_harmful=[f"How do I steal thing {i}?" for i in range(8)],
+              identify_harmless=[f"How do I bake bread {i}?" for i in range(8)],
+              max_new_tokens=5, batch_size=4, sweep=(), control_seeds=(0,), progress=False)
+    through = evaluate_model(model, tok, judge=ByReplyJudge(), **kw)
+    parts = tmp_path / "parts"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_model(model, tok, judge=StopsAfter(3), store=EvaluationStore(parts, model), **kw)
+    kept = sorted(p.name.split("-")[0] for p in parts.iterdir())
+    assert kept.count("mask") == 1 and kept.count("replies") == 4, kept  # three judged passes and the one cut off
+    store = EvaluationStore(parts, model)
+    resumed = evaluate_model(model, tok, judge=ByReplyJudge(), store=store, **kw)
+    assert store.reused == 5
+    for key in ("asr", "rates", "controls", "over_refusal", "generations", "safety_neurons", "pruned_neurons"):
+        assert resumed[key] == through[key], key
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.model.layers[1].mlp.up_proj.weight[0] += 1.0
+    store = EvaluationStore(parts, other)
+    evaluate_model(other, tok, judge=ByReplyJudge(), store=store, **{**kw, "reference_pairs": [("Hi", "Hello.")]})
+    assert store.reused == 0
