@@ -61,7 +61,7 @@ def cmd_make_pairs(args) -> int:
                               max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size,
                               include_evasive=args.include_evasive, conversational=args.format == "conversational",
                               seed=args.seed, progress=not args.quiet, rejected_mask=rejected_mask,
-                              allow_other_weights=allow)
+                              allow_other_weights=allow, harmless_rejected=args.harmless_rejected)
     write_file(out, json_lines(rows), "--out", PAIRS, inputs=inputs)
     print(f"wrote {len(rows)} preference pairs to {out}: {counts}")
     return 0

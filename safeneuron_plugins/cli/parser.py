@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-mask", default=None, metavar="MASK",
                    help="generate the replies to harmful prompts with this mask's neurons pruned (the model's "
                         "safety neurons), for a model that refuses too many harmful prompts to give safety pairs")
+    p.add_argument("--harmless-rejected", choices=["refusal", "other_answer"], default="refusal",
+                   help="what a harmless prompt's pair rejects: a refusal template (against over-refusal), or the "
+                        "model's own answer to another harmless prompt (a worse answer that is no refusal, as in "
+                        "human helpfulness data; rejecting refusals can teach a model to stop refusing at all)")
     add_mask_flags(p)
     p.add_argument("--seed", type=_number(int, 0), default=0)
     p.add_argument("--harmful", default="builtin", help="harmful prompts (a SRC)")

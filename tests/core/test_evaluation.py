@@ -331,6 +331,17 @@ def test_make_pairs_feeds_a_real_dpo_trainer(tiny_dir, tmp_path):
     trl.DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=ds, processing_class=tok).train()
 
 
+def test_make_pairs_cli_harmless_rejected_other_answer(tiny_dir, tmp_path):
+    out = tmp_path / "pairs.jsonl"
+    assert main(["make-pairs", str(tiny_dir), "--out", str(out), "--limit", "6", "--max-new-tokens", "8",
+                 "--harmless-rejected", "other_answer", "--quiet"]) == 0
+    harmless = [json.loads(line) for line in out.read_text().splitlines() if '"harmless"' in line]
+    chosen = sorted(r["chosen"][0]["content"] for r in harmless)
+    assert len(harmless) >= 2 and sorted(r["rejected"][0]["content"] for r in harmless) == chosen
+    from safeneuron_plugins.pairs import refusal_templates
+    assert not {r["rejected"][0]["content"] for r in harmless} & set(refusal_templates())
+
+
 class NeverRefuses(Judge):
     name = "never-refuses"
 
