@@ -10,6 +10,10 @@
   plain-DPO ORI ASR on the dev prompts is <= 0.10, else (all candidates run) the one with the lowest ORI; until
   then the next candidate's command. ``--run`` runs that command, chunk after chunk, until the pilot is settled
   or ``--hours`` have passed.
+- ``probe``: the protocol's two-step probe at the real sizes, before the 1.5B runs: two optimizer steps of the
+  paper15 recipe (8-bit AdamW, reference log-probs precomputed, batch 8) on pairs whose every sequence fills the
+  256-token limit (the worst case for memory), in this process; prints and writes the median step time, the peak
+  RSS and the protocol's decision (the tied embedding is trained unless the peak exceeds 22 GiB).
 - ``results``: results.json in the protocol's shape (per model ``attacks.paper.{ORI,ES,SAS,FULL}``,
   ``attacks.paper_gate.FULL``, ``attacks.attribution.FULL``, ``attacks.best``, ``random``, ``curve``; the
   ``primary`` comparison with its post-hoc power) and report.md beside it, with the curve plot.
@@ -18,6 +22,7 @@
     .venv/bin/python bench/paper15.py best --work-dir ...
     .venv/bin/python bench/paper15.py results --work-dir ... [--out docs/research/paper15]
     .venv/bin/python bench/paper15.py pilot [--run --hours 2.5]
+    .venv/bin/python bench/paper15.py probe --learning-rate LR [--model ~/.cache/qwen-1.5b/hf]
 """
 
 from __future__ import annotations
@@ -272,12 +277,71 @@ def run_pilot(results: Path, run: bool, hours: float) -> int:
             return code
 
 
+PROBE_LIMIT_GB = 22.0
+
+
+def probe_pairs(tok, n: int, max_length: int) -> list[dict]:
+    """``n`` preference pairs whose prompt plus reply reaches ``max_length`` tokens (trl cuts them there), from
+    the built-in harmless prompts: the longest sequences a run of that limit can train on."""
+    texts = [p.text for p in load_prompts("builtin:harmless", kind="harmless")]
+    rows, at = [], 0
+    for _ in range(n):
+        reply, taken = [], 0
+        while taken < max_length:  # whole prompts as the reply's text until it alone fills the limit
+            reply.append(texts[at % len(texts)])
+            taken += len(tok(texts[at % len(texts)], add_special_tokens=False)["input_ids"]) + 1
+            at += 1
+        body = " ".join(reply)
+        rows.append({"prompt": [{"role": "user", "content": texts[at % len(texts)]}],
+                     "chosen": [{"role": "assistant", "content": body}],
+                     "rejected": [{"role": "assistant", "content": body[::-1]}], "kind": "harmless"})
+    return rows
+
+
+def run_probe(model: str, learning_rate: float, work: Path, steps: int = 2, recipe: str = "paper15",
+              limit_gb: float = PROBE_LIMIT_GB, out: Path | None = None) -> dict:
+    """Two (``steps``) optimizer steps of ``recipe``'s plain-DPO training on :func:`probe_pairs`; the figures and
+    the protocol's embedding decision, written to ``out`` when given."""
+    import transformers
+
+    from safeneuron_plugins.experiment import train_variant
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from reproduce import RECIPES
+
+    r = RECIPES[recipe]
+    cfg = ExperimentConfig(model=model, batch_size=r["batch_size"], max_length=r["max_length"], optim=r["optim"],
+                           precompute_ref=r["precompute_ref"], learning_rate=learning_rate, beta=r["beta"],
+                           weight_decay=r["weight_decay"], sft_weight=r["sft_weight"], max_steps=steps, seed=0,
+                           progress=False)
+    tok = transformers.AutoTokenizer.from_pretrained(model)
+    work.mkdir(parents=True, exist_ok=True)
+    pairs = work / "probe_pairs.jsonl"
+    atomic_write(pairs, "".join(json.dumps(row) + "\n" for row in probe_pairs(tok, cfg.batch_size * steps,
+                                                                             cfg.max_length)).encode())
+    facts = train_variant(cfg, "dpo", pairs, work / "no_mask.safetensors", work / "probe")
+    peak = facts["peak_rss_gb"]
+    result = {"model": model, "recipe": recipe, "steps": facts["steps"], "batch_size": cfg.batch_size,
+              "max_length": cfg.max_length, "optim": cfg.optim, "learning_rate": learning_rate,
+              "median_step_seconds": facts["median_step_seconds"], "peak_rss_gb": peak, "limit_gb": limit_gb,
+              "embedding": "trained" if peak <= limit_gb else "frozen (--freeze-embeddings)",
+              "torch_threads": torch.get_num_threads()}
+    print(f"probe: {facts['steps']} steps, {facts['median_step_seconds']} s per step after the first, peak RSS "
+          f"{peak} GB (limit {limit_gb}): the embedding is {result['embedding']}")
+    if out is not None:
+        atomic_write(out, json.dumps(result, indent=2).encode())
+        print(f"wrote {out}")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=["curve", "best", "results", "pilot"])
+    parser.add_argument("stage", choices=["curve", "best", "results", "pilot", "probe"])
     parser.add_argument("--work-dir", type=Path, help="the paper15 run's work directory (curve, best, results)")
     parser.add_argument("--run", action="store_true", help="pilot: run the next candidate until settled")
     parser.add_argument("--hours", type=float, default=2.5, help="pilot --run: start no chunk after this long")
+    parser.add_argument("--model", default=str(Path.home() / ".cache" / "qwen-1.5b" / "hf"), help="probe: the model")
+    parser.add_argument("--learning-rate", type=float, help="probe: the pilot's settled rate")
     parser.add_argument("--models", default="original,dpo,safeneuron_rounds")
     parser.add_argument("--shares", default=",".join(map(str, SHARES)))
     parser.add_argument("--screen-tokens", type=int, default=8)
@@ -287,6 +351,14 @@ def main() -> None:
     names = args.models.split(",")
     if args.stage == "pilot":
         sys.exit(run_pilot(PILOT_RESULTS, args.run, args.hours))
+    if args.stage == "probe":
+        if args.learning_rate is None:
+            parser.error("probe needs --learning-rate (the pilot's settled rate: bench/paper15.py pilot)")
+        import tempfile
+
+        with tempfile.TemporaryDirectory(dir=Path.home() / ".cache") as tmp:  # checkpoints are GBs: not in /tmp
+            run_probe(args.model, args.learning_rate, Path(tmp), out=args.out / "probe.json")
+        return
     if args.work_dir is None:
         parser.error(f"{args.stage} needs --work-dir (the paper15 run's, e.g. ~/.cache/safeneuron/experiments/paper15)")
     if args.stage == "curve":

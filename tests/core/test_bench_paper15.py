@@ -88,3 +88,24 @@ def test_pilot_rule_takes_the_first_candidate_on_target_else_the_lowest(work, be
     assert state["settled"] == "2e-5" and state["next"] is None and len(state["rows"]) == 3
     assert paper15.run_pilot(tmp_path, run=True, hours=0) == 0
     assert "no candidate reached" in capsys.readouterr().out
+
+
+def test_probe_trains_two_steps_on_full_length_pairs_and_applies_the_memory_rule(bench_script, tmp_path):
+    """The protocol's probe: pairs that fill the recipe's 256-token limit (prompt and reply together), two optimizer
+    steps of the paper15 recipe (8-bit AdamW, reference log-probs precomputed), its figures written, and the rule: the
+    embedding is trained unless the peak RSS exceeds the limit."""
+    import transformers
+
+    paper15 = bench_script("paper15")
+    model_dir = save_tiny_model(tmp_path / "m", "llama", hidden_size=64, intermediate_size=128)
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    rows = paper15.probe_pairs(tok, 4, 256)
+    for row in rows:
+        text = tok.apply_chat_template(row["prompt"] + row["rejected"], tokenize=False)
+        assert len(tok(text, add_special_tokens=False)["input_ids"]) >= 256
+    result = paper15.run_probe(str(model_dir), 1e-3, tmp_path / "w", out=tmp_path / "probe.json")
+    assert json.loads((tmp_path / "probe.json").read_text()) == result
+    assert result["steps"] == 2 and result["optim"] == "adamw_bnb_8bit" and result["max_length"] == 256
+    assert 0 < result["peak_rss_gb"] and result["embedding"] == "trained"
+    frozen = paper15.run_probe(str(model_dir), 1e-3, tmp_path / "w2", limit_gb=0.01)
+    assert frozen["embedding"].startswith("frozen")
