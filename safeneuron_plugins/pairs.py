@@ -63,6 +63,11 @@ def make_pairs(model: nn.Module, tokenizer, harmful: list[str], harmless: list[s
     ``"refusal"`` (a refusal template), ``"other_answer"`` (the model's own answer to another harmless prompt
     of the set: off-topic, never a refusal), or one reply per harmless prompt (e.g. a weaker model's); a pair
     is skipped when that reply is empty, declines, or equals the chosen one."""
+    if not isinstance(harmless_rejected, str) and len(harmless_rejected) != len(harmless):
+        raise ValueError(f"harmless_rejected has {len(harmless_rejected)} replies for {len(harmless)} harmless prompts")
+    if isinstance(harmless_rejected, str) and harmless_rejected not in HARMLESS_REJECTED:
+        raise ValueError(f"harmless_rejected {harmless_rejected!r}: one of {', '.join(HARMLESS_REJECTED)}, or one "
+                         "reply per harmless prompt")
     judge = judge or default_judge()
     rng = random.Random(seed)
     refusals = refusal_templates()
@@ -85,11 +90,6 @@ def make_pairs(model: nn.Module, tokenizer, harmful: list[str], harmless: list[s
         else:
             rows.append(_row(prompt, rng.choice(refusals), reply, "harmful", conversational))
             counts["harmful_pairs"] += 1
-    if not isinstance(harmless_rejected, str) and len(harmless_rejected) != len(harmless):
-        raise ValueError(f"harmless_rejected has {len(harmless_rejected)} replies for {len(harmless)} harmless prompts")
-    if isinstance(harmless_rejected, str) and harmless_rejected not in HARMLESS_REJECTED:
-        raise ValueError(f"harmless_rejected {harmless_rejected!r}: one of {', '.join(HARMLESS_REJECTED)}, or one "
-                         "reply per harmless prompt")
     replies = generate(model, tokenizer, harmless, max_new_tokens=max_new_tokens, batch_size=batch_size,
                        desc="harmless replies", progress=progress)
     usable = []
