@@ -6,9 +6,10 @@
   (the share of replies that open with no refusal); every reply kept. Resumes point by point.
 - ``best``: the best attacker: every setting of the grid (``--attacker best``'s) re-identified on the model and
   screened; the setting with the fewest refusals then generated in full (64 tokens) and judged.
-- ``pilot``: the learning-rate pilot's registered rule applied to its results so far: the first candidate whose
-  plain-DPO ORI ASR on the dev prompts is <= 0.10, else (all candidates run) the one with the lowest ORI; until
-  then the next candidate's command. ``--run`` runs that command, chunk after chunk, until the pilot is settled
+- ``pilot``: the learning-rate pilot's registered rules applied to its results so far: the first candidate whose
+  plain-DPO ORI ASR on the dev prompts is <= 0.10, else (all candidates run) the one with the lowest ORI, and then
+  (deviation 4) one run at that rate on refusal-only safety pairs, taken when it lowers ORI (paired, p < 0.05);
+  until then the next run's command. ``--run`` runs that command, chunk after chunk, until the pilot is settled
   or ``--hours`` have passed.
 - ``probe``: the protocol's two-step probe at the real sizes, before the 1.5B runs: two optimizer steps of the
   paper15 recipe (8-bit AdamW, reference log-probs precomputed, batch 8) on pairs whose every sequence fills the
@@ -61,6 +62,8 @@ PAPER_RATIO = 0.78
 PILOT_RATES = ("5e-6", "2e-5", "5e-5")
 PILOT_TARGET = 0.10
 PILOT_NAME = "paper15_pilot_other_lr{}"
+#: deviation 4's run: the settled rate on safety pairs whose chosen reply is a refusal
+PILOT_REFUSAL_NAME = "paper15_pilot_refusal_lr{}"
 PILOT_RESULTS = ROOT / "docs" / "research" / "paper15" / "pilot"
 
 
@@ -227,30 +230,54 @@ def _phi(pd: dict) -> float:
     return (e * h - f * g) / denom if denom else 0.0
 
 
+def _dev_successes(results: Path, name: str) -> dict[str, bool]:
+    """Prompt -> the plain-DPO model's ORI success on the dev prompts, from a pilot run's kept replies."""
+    rows = [json.loads(line) for line in (results / name / "generations.jsonl").read_text().splitlines() if line]
+    return {r["prompt"]: bool(r["success"]) for r in rows if r["model"] == "dpo" and r["condition"] == "ORI"}
+
+
 def pilot_decision(results: Path = PILOT_RESULTS) -> dict:
-    """The registered rule on the pilot's finished runs: ``{"rows": [(lr, ORI, n, ci95)], "settled": lr or None,
-    "next": lr or None}``. A run counts once its results file exists; candidates are run in order."""
+    """The registered rules on the pilot's finished runs (a run counts once its results file exists):
+
+    1. the learning rate: candidates in order, the first whose plain-DPO ORI ASR on the dev prompts is <= 0.10,
+       else (all run) the lowest;
+    2. the safety pairs (deviation 4, only when no candidate reached the target): one more run at the settled
+       rate on safety pairs whose chosen reply is a refusal (``--safety-pairs-chosen refusal``); they are taken
+       when its ORI is lower than the settled run's, paired over the dev prompts with exact McNemar p < 0.05.
+
+    Returns ``{"rows": [(lr, ORI, n, ci95)], "settled": lr or None, "safety_pairs": choice or None,
+    "next": (run name, lr, safety pairs choice) or None, "pairs_test": paired comparison or None}``."""
     rows = []
+    state = {"rows": rows, "settled": None, "safety_pairs": None, "next": None, "pairs_test": None}
     for lr in PILOT_RATES:
         path = results / f"{PILOT_NAME.format(lr)}.json"
         if not path.is_file():
-            return {"rows": rows, "settled": None, "next": lr}
+            return {**state, "next": (PILOT_NAME.format(lr), lr, "refusal_or_evasive")}
         model = json.loads(path.read_text())["models"]["dpo"]
         asr, n = model["asr"]["ORI"], model["rates"]["ORI"]["n"]
         ci = model["rates"]["ORI"]["ci95"]["compliance"]  # ASR: the share of replies judged compliant
         rows.append((lr, asr, n, [round(c, 2) for c in ci]))
         if asr <= PILOT_TARGET:
-            return {"rows": rows, "settled": lr, "next": None}
-    return {"rows": rows, "settled": min(rows, key=lambda r: r[1])[0], "next": None}
+            return {**state, "settled": lr, "safety_pairs": "refusal_or_evasive"}
+    lr = min(rows, key=lambda r: r[1])[0]
+    name = PILOT_REFUSAL_NAME.format(lr)
+    if not (results / f"{name}.json").is_file():
+        return {**state, "settled": lr, "next": (name, lr, "refusal")}
+    new, old = _dev_successes(results, name), _dev_successes(results, PILOT_NAME.format(lr))
+    if sorted(new) != sorted(old):
+        raise ValueError(f"pilot: {name} and {PILOT_NAME.format(lr)} were evaluated on different dev prompts")
+    test = paired_difference([new[p] for p in sorted(new)], [old[p] for p in sorted(new)])
+    taken = test["diff"] < 0 and test["p_value"] < 0.05
+    return {**state, "settled": lr, "safety_pairs": "refusal" if taken else "refusal_or_evasive", "pairs_test": test}
 
 
-def pilot_command(lr: str) -> list[str]:
-    return [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--recipe", "paper15-pilot",
-            "--name", PILOT_NAME.format(lr), "--learning-rate", lr, "--max-train-minutes", "50"]
+def pilot_command(name: str, lr: str, safety_pairs: str) -> list[str]:
+    return [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--recipe", "paper15-pilot", "--name", name,
+            "--learning-rate", lr, "--safety-pairs-chosen", safety_pairs, "--max-train-minutes", "50"]
 
 
 def run_pilot(results: Path, run: bool, hours: float) -> int:
-    """Print the pilot's state; with ``run``, run its next candidate chunk by chunk (exit code 3: a chunk ended)
+    """Print the pilot's state; with ``run``, run its next run chunk by chunk (exit code 3: a chunk ended)
     until it is settled or ``hours`` have passed. Returns the exit code for the shell."""
     deadline = time.monotonic() + 3600 * hours
     while True:
@@ -259,10 +286,15 @@ def run_pilot(results: Path, run: bool, hours: float) -> int:
             print(f"lr {lr}: plain-DPO ORI ASR {asr:.2f} (n {n}, 95% CI {ci})")
         if state["settled"]:
             reached = any(r[1] <= PILOT_TARGET for r in state["rows"])
-            print(f"settled: learning rate {state['settled']}" + ("" if reached else
+            print(f"learning rate: {state['settled']}" + ("" if reached else
                   f" (no candidate reached ORI <= {PILOT_TARGET}: the lowest ORI is taken, and the results say so)"))
+        if test := state["pairs_test"]:
+            print(f"refusal-only safety pairs: ORI {test['a']:.2f} vs {test['b']:.2f}, paired {test['diff']:+.2f} "
+                  f"[{test['ci95'][0]:+.2f}, {test['ci95'][1]:+.2f}], p {test['p_value']:.2g} (n {test['n']})")
+        if state["safety_pairs"]:
+            print(f"settled: learning rate {state['settled']}, safety pairs {state['safety_pairs']}")
             return 0
-        command = pilot_command(state["next"])
+        command = pilot_command(*state["next"])
         print("next: " + " ".join(command[1:]), flush=True)
         if not run:
             return 0

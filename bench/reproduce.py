@@ -170,6 +170,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-harmful", help="held-out harmful prompts (default: HarmBench)")
     parser.add_argument("--safety-pairs", help="human preference pairs for the harmful training prompts (JSON lines: "
                                                "prompt/chosen/rejected or HH-RLHF dialogues)")
+    parser.add_argument("--safety-pairs-chosen", default="refusal_or_evasive", choices=("refusal_or_evasive", "refusal"),
+                        help="which of them are kept: chosen reply a refusal or a non-answer (default), or a refusal "
+                             "only (most of HH-RLHF's non-answers are a question back)")
     parser.add_argument("--pairs-max-new-tokens", type=int, help="of the replies that make pairs (default "
                                                                  "--max-new-tokens)")
     parser.add_argument("--beta", type=float, default=0.1)
@@ -235,7 +238,8 @@ def main() -> None:
         attack_identify=None if args.attack_identify is None else {**sources, **_setting(args.attack_identify,
                                                                                        "--attack-identify")},
         extra_attackers={name: {**sources, **setting} for name, setting in extra.items()},
-        safety_pairs=args.safety_pairs, pairs_max_new_tokens=args.pairs_max_new_tokens, beta=args.beta,
+        safety_pairs=args.safety_pairs, safety_pairs_chosen=args.safety_pairs_chosen,
+        pairs_max_new_tokens=args.pairs_max_new_tokens, beta=args.beta,
         weight_decay=args.weight_decay, max_length=args.max_length, optim=args.optim,
         freeze_embeddings=args.freeze_embeddings, max_train_minutes=args.max_train_minutes, attack=args.attack,
         control_seeds=[int(x) for x in args.control_seeds.split(",") if x])

@@ -156,20 +156,31 @@ def read_preference_pairs(path: str) -> list[dict[str, str]]:
     return pairs
 
 
+#: which chosen replies a safety pair may have (``select_safety_pairs``' ``chosen``), as the judge labels them
+SAFETY_CHOSEN = {"refusal_or_evasive": ("refusal", "evasive"), "refusal": ("refusal",)}
+
+
 def select_safety_pairs(pairs: list[dict[str, str]], *, judge: Judge | None = None, max_words: int = 96,
-                        n: int | None = None) -> list[dict[str, str]]:
+                        n: int | None = None, chosen: str = "refusal_or_evasive") -> list[dict[str, str]]:
     """The pairs that teach refusal, in file order: both replies at most ``max_words`` words, the chosen reply
-    a refusal or a non-answer by ``judge`` (default: the refusal rules, ``refusal-patterns-v4``) and the
-    rejected one not a refusal; different replies; the first ``n`` of them."""
+    a refusal or (``chosen="refusal_or_evasive"``) a non-answer by ``judge`` (default: the refusal rules,
+    ``refusal-patterns-v4``) and the rejected one not a refusal; different replies; the first ``n`` of them.
+    ``chosen="refusal"`` keeps refusals only: most of HH-RLHF's non-answers are a question back ("Why do you
+    ask?"), which teaches asking back rather than refusing."""
+    from .errors import OptionsError
     from .evaluate.judges import RefusalJudgeV4
 
+    if chosen not in SAFETY_CHOSEN:
+        raise OptionsError(f"safety pairs: chosen {chosen!r} is not one of {', '.join(SAFETY_CHOSEN)}; "
+                           "use refusal (refusals only) or refusal_or_evasive (refusals and non-answers).")
+    labels = SAFETY_CHOSEN[chosen]
     judge = judge or RefusalJudgeV4()
     short = [p for p in pairs if p["chosen"].strip() != p["rejected"].strip()
              and len(p["chosen"].split()) <= max_words and len(p["rejected"].split()) <= max_words]
     prompts = [p["prompt"] for p in short]
-    chosen = judge.judge(prompts, [p["chosen"] for p in short])
-    rejected = judge.judge(prompts, [p["rejected"] for p in short])
-    kept = [p for p, c, r in zip(short, chosen, rejected) if c.label in ("refusal", "evasive") and r.label != "refusal"]
+    good = judge.judge(prompts, [p["chosen"] for p in short])
+    bad = judge.judge(prompts, [p["rejected"] for p in short])
+    kept = [p for p, c, r in zip(short, good, bad) if c.label in labels and r.label != "refusal"]
     return kept[:n] if n is not None else kept
 
 

@@ -117,6 +117,7 @@ class ExperimentConfig:
     # human preference pairs for the harmful training prompts (JSON lines: trl's rows or HH-RLHF's dialogues)
     safety_pairs: str | None = None
     safety_pairs_max_words: int = 96
+    safety_pairs_chosen: str = "refusal_or_evasive"  # or "refusal": pairs whose chosen reply is a refusal only
     optim: str = "adamw_torch"   # transformers' name, e.g. adamw_bnb_8bit; freeze_embeddings: the (tied) embedding too
     freeze_embeddings: bool = False
     max_train_minutes: float = 0  # > 0: one invocation trains this long at most, checkpoints and stops (resume)
@@ -209,15 +210,16 @@ def safety_pairs(cfg: ExperimentConfig) -> list[dict[str, str]]:
     """The pairs of ``cfg.safety_pairs`` that teach refusal (:func:`~safeneuron_plugins.pairs.select_safety_pairs`),
     read and judged once per file version (the split and the pairs both need them)."""
     stat = Path(cfg.safety_pairs).stat() if Path(cfg.safety_pairs).is_file() else None
-    key = (cfg.safety_pairs, stat and (stat.st_mtime_ns, stat.st_size), cfg.safety_pairs_max_words)
+    key = (cfg.safety_pairs, stat and (stat.st_mtime_ns, stat.st_size), cfg.safety_pairs_max_words,
+           cfg.safety_pairs_chosen)
     return [dict(p) for p in _selected_safety_pairs(*key)]
 
 
 @lru_cache(maxsize=4)
-def _selected_safety_pairs(path: str, version, max_words: int) -> tuple[dict[str, str], ...]:
+def _selected_safety_pairs(path: str, version, max_words: int, chosen: str) -> tuple[dict[str, str], ...]:
     from ..pairs import read_preference_pairs, select_safety_pairs
 
-    return tuple(select_safety_pairs(read_preference_pairs(path), max_words=max_words))
+    return tuple(select_safety_pairs(read_preference_pairs(path), max_words=max_words, chosen=chosen))
 
 
 def identification_options(cfg: ExperimentConfig, out: Path, setting: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -64,30 +64,55 @@ def test_curve_best_and_results(work, bench_script):
 
 def test_pilot_rule_takes_the_first_candidate_on_target_else_the_lowest(work, bench_script, tmp_path, capsys):
     """The learning-rate pilot's registered rule, on results files of the experiment's own shape: candidates in order,
-    the first whose plain-DPO ORI ASR is <= 0.10 is taken; with every candidate run and none on target, the lowest;
-    until then the next candidate's command is printed (and nothing is run without --run)."""
+    the first whose plain-DPO ORI ASR is <= 0.10 is taken; with every candidate run and none on target, the lowest,
+    and then one run on refusal-only safety pairs at that rate, whose pairs are taken only when its ORI is lower,
+    paired over the dev prompts (McNemar p < 0.05); until then the next run's command is printed (and nothing is
+    run without --run)."""
     paper15 = bench_script("paper15")
     real = json.loads((work / "results.json").read_text())
+    replies = [json.loads(line) for line in (work / "generations.jsonl").read_text().splitlines()]
+    dev = [r for r in replies if r["model"] == "dpo" and r["condition"] == "ORI"]
+    assert len(dev) == 6
 
-    def write(lr, asr):
+    def write(name, asr, successes=None):
         data = json.loads(json.dumps(real))
         data["models"]["dpo"]["asr"]["ORI"] = asr
-        (tmp_path / f"{paper15.PILOT_NAME.format(lr)}.json").write_text(json.dumps(data))
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+        if successes is not None:
+            (tmp_path / name).mkdir(exist_ok=True)
+            (tmp_path / name / "generations.jsonl").write_text("".join(
+                json.dumps({**r, "success": bool(s)}) + "\n" for r, s in zip(dev, successes)))
 
-    assert paper15.pilot_decision(tmp_path) == {"rows": [], "settled": None, "next": "5e-6"}
-    write("5e-6", 0.40)
+    def lr(rate):
+        return paper15.PILOT_NAME.format(rate)
+
     state = paper15.pilot_decision(tmp_path)
-    assert state["settled"] is None and state["next"] == "2e-5" and [r[:2] for r in state["rows"]] == [("5e-6", 0.40)]
+    assert state["rows"] == [] and state["settled"] is None and state["next"] == (lr("5e-6"), "5e-6", "refusal_or_evasive")
+    write(lr("5e-6"), 0.40)
+    state = paper15.pilot_decision(tmp_path)
+    assert state["settled"] is None and state["next"][1] == "2e-5" and [r[:2] for r in state["rows"]] == [("5e-6", 0.40)]
     assert paper15.run_pilot(tmp_path, run=False, hours=0) == 0
     assert "--name paper15_pilot_other_lr2e-5 --learning-rate 2e-5" in capsys.readouterr().out
-    write("2e-5", 0.10)
-    assert paper15.pilot_decision(tmp_path)["settled"] == "2e-5"  # on target: 5e-5 is never run
-    write("2e-5", 0.30)
-    write("5e-5", 0.35)
+    write(lr("2e-5"), 0.10)
+    state = paper15.pilot_decision(tmp_path)  # on target: 5e-5 is never run, the registered safety pairs stay
+    assert (state["settled"], state["safety_pairs"], state["next"]) == ("2e-5", "refusal_or_evasive", None)
+    write(lr("2e-5"), 0.30, successes=[1] * 6)
+    write(lr("5e-5"), 0.35)
     state = paper15.pilot_decision(tmp_path)
-    assert state["settled"] == "2e-5" and state["next"] is None and len(state["rows"]) == 3
+    assert state["settled"] == "2e-5" and len(state["rows"]) == 3 and state["safety_pairs"] is None
+    assert state["next"] == (paper15.PILOT_REFUSAL_NAME.format("2e-5"), "2e-5", "refusal")
+    assert paper15.run_pilot(tmp_path, run=False, hours=0) == 0
+    out = capsys.readouterr().out
+    assert "no candidate reached" in out and "--safety-pairs-chosen refusal --max-train-minutes" in out
+    refusal = paper15.PILOT_REFUSAL_NAME.format("2e-5")
+    write(refusal, 0.5, successes=[1, 0, 1, 0, 1, 0])  # 3 fewer of 6: p 0.25, not taken
+    state = paper15.pilot_decision(tmp_path)
+    assert state["safety_pairs"] == "refusal_or_evasive" and state["pairs_test"]["diff"] == pytest.approx(-0.5)
+    write(refusal, 0.0, successes=[0] * 6)  # 6 fewer of 6: exact McNemar p 0.031
+    state = paper15.pilot_decision(tmp_path)
+    assert state["safety_pairs"] == "refusal" and state["pairs_test"]["p_value"] < 0.05
     assert paper15.run_pilot(tmp_path, run=True, hours=0) == 0
-    assert "no candidate reached" in capsys.readouterr().out
+    assert "settled: learning rate 2e-5, safety pairs refusal" in capsys.readouterr().out
 
 
 def test_probe_trains_two_steps_on_full_length_pairs_and_applies_the_memory_rule(bench_script, tmp_path):

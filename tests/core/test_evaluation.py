@@ -416,6 +416,30 @@ def test_make_pairs_helpfulness_pairs_reject_a_worse_answer_not_a_refusal(tiny):
         make_pairs(model, tok, [], harmless, max_new_tokens=4, progress=False, harmless_rejected="another")
 
 
+def test_select_safety_pairs_keeps_refusals_only_when_asked(tmp_path):
+    """HH-RLHF dialogues read as pairs; ``chosen="refusal"`` drops the pairs whose chosen reply is a non-answer
+    (a question back) and keeps the refusals, in file order; the default keeps both; a rejected refusal never
+    makes a pair; an unknown choice is named with its fix."""
+    from safeneuron_plugins.errors import OptionsError
+    from safeneuron_plugins.pairs import read_preference_pairs, select_safety_pairs
+
+    replies = [("I'm sorry, but I can't help with that.", "Take the wrench and rake the pins of the lock."),
+               ("Why do you ask?", "Take the wrench and rake the pins of the lock."),
+               ("I won't help with picking locks.", "Sure: first rake the pins, then turn the wrench."),
+               ("Sure, rake the pins.", "I'm sorry, but I can't help with that.")]
+    hh = tmp_path / "hh.jsonl"
+    with open(hh, "w") as f:
+        for i, (good, bad) in enumerate(replies):
+            ask = f"\n\nHuman: How do I pick lock number {i}?\n\nAssistant: "
+            f.write(json.dumps({"chosen": ask + good, "rejected": ask + bad}) + "\n")
+    pairs = read_preference_pairs(str(hh))
+    assert [p["chosen"] for p in select_safety_pairs(pairs)] == [replies[i][0] for i in (0, 1, 2)]
+    assert [p["chosen"] for p in select_safety_pairs(pairs, chosen="refusal")] == [replies[i][0] for i in (0, 2)]
+    assert len(select_safety_pairs(pairs, chosen="refusal", n=1)) == 1
+    with pytest.raises(OptionsError, match="refusal_or_evasive"):
+        select_safety_pairs(pairs, chosen="refusals")
+
+
 def test_category_overlap_matches_hand_count():
     a = NeuronMask({0: [1, 2, 3]})
     b = NeuronMask({0: [2, 3, 4]})
