@@ -15,6 +15,9 @@
   paper15 recipe (8-bit AdamW, reference log-probs precomputed, batch 8) on pairs whose every sequence fills the
   256-token limit (the worst case for memory), in this process; prints and writes the median step time, the peak
   RSS and the protocol's decision (the tied embedding is trained unless the peak exceeds 22 GiB).
+- ``experiment``: the 1.5B experiment's ``bench/reproduce.py --recipe paper15`` command, built from the pilot's
+  settled learning rate and safety pairs and the probe's embedding decision (an error naming the missing stage
+  otherwise); ``--run`` runs it chunk after chunk until it is done or ``--hours`` have passed.
 - ``results``: results.json in the protocol's shape (per model ``attacks.paper.{ORI,ES,SAS,FULL}``,
   ``attacks.paper_gate.FULL``, ``attacks.attribution.FULL``, ``attacks.best``, ``random``, ``curve``; the
   ``primary`` comparison with its post-hoc power) and report.md beside it, with the curve plot.
@@ -24,6 +27,7 @@
     .venv/bin/python bench/paper15.py results --work-dir ... [--out docs/research/paper15]
     .venv/bin/python bench/paper15.py pilot [--run --hours 2.5]
     .venv/bin/python bench/paper15.py probe --learning-rate LR [--model ~/.cache/qwen-1.5b/hf]
+    .venv/bin/python bench/paper15.py experiment [--run --hours 2.5]
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ PILOT_NAME = "paper15_pilot_other_lr{}"
 #: deviation 4's run: the settled rate on safety pairs whose chosen reply is a refusal
 PILOT_REFUSAL_NAME = "paper15_pilot_refusal_lr{}"
 PILOT_RESULTS = ROOT / "docs" / "research" / "paper15" / "pilot"
+PROBE_RESULT = ROOT / "docs" / "research" / "paper15" / "probe.json"
 
 
 def _experiment(work: Path) -> tuple[ExperimentConfig, dict[str, list[str]]]:
@@ -298,15 +303,39 @@ def run_pilot(results: Path, run: bool, hours: float) -> int:
         print("next: " + " ".join(command[1:]), flush=True)
         if not run:
             return 0
-        while True:
-            code = subprocess.run(command).returncode
-            if code != 3:
-                break
-            if time.monotonic() > deadline:
-                print("pilot: --hours spent; run the same command again to resume")
-                return 3
-        if code:
+        if code := run_in_chunks(command, deadline):
             return code
+
+
+def run_in_chunks(command: list[str], deadline: float) -> int:
+    """Run ``command`` again while it ends a training chunk (exit code 3) and ``deadline`` (monotonic) has not
+    passed; returns its last exit code (3: time is up, the same command resumes)."""
+    while True:
+        code = subprocess.run(command).returncode
+        if code != 3:
+            return code
+        if time.monotonic() > deadline:
+            print("--hours spent; run the same command again to resume")
+            return 3
+
+
+def experiment_command(results: Path = PILOT_RESULTS, probe: Path = PROBE_RESULT) -> list[str]:
+    """The 1.5B experiment's command, from what was settled before it: the pilot's learning rate and safety
+    pairs, and the probe's embedding decision (the probe must have run at that rate). A clear error naming the
+    missing stage's command otherwise."""
+    state = pilot_decision(results)
+    if not state["safety_pairs"]:
+        raise SystemExit("paper15: the pilot is not settled yet; run: bench/paper15.py pilot --run")
+    lr = state["settled"]
+    if not probe.is_file():
+        raise SystemExit(f"paper15: no probe result ({probe}); run: bench/paper15.py probe --learning-rate {lr}")
+    facts = json.loads(probe.read_text())
+    if float(facts["learning_rate"]) != float(lr):
+        raise SystemExit(f"paper15: {probe} probed learning rate {facts['learning_rate']}, the pilot settled {lr}; "
+                         f"run: bench/paper15.py probe --learning-rate {lr}")
+    command = [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--recipe", "paper15", "--learning-rate", lr,
+               "--safety-pairs-chosen", state["safety_pairs"]]
+    return command + ([] if facts["embedding"] == "trained" else ["--freeze-embeddings"])
 
 
 PROBE_LIMIT_GB = 22.0
@@ -368,10 +397,11 @@ def run_probe(model: str, learning_rate: float, work: Path, steps: int = 2, reci
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=["curve", "best", "results", "pilot", "probe"])
+    parser.add_argument("stage", choices=["pilot", "probe", "experiment", "curve", "best", "results"])
     parser.add_argument("--work-dir", type=Path, help="the paper15 run's work directory (curve, best, results)")
-    parser.add_argument("--run", action="store_true", help="pilot: run the next candidate until settled")
-    parser.add_argument("--hours", type=float, default=2.5, help="pilot --run: start no chunk after this long")
+    parser.add_argument("--run", action="store_true", help="pilot: run the next candidate until settled; experiment: "
+                                                           "train and evaluate, chunk after chunk")
+    parser.add_argument("--hours", type=float, default=2.5, help="with --run: start no chunk after this long")
     parser.add_argument("--model", default=str(Path.home() / ".cache" / "qwen-1.5b" / "hf"), help="probe: the model")
     parser.add_argument("--learning-rate", type=float, help="probe: the pilot's settled rate")
     parser.add_argument("--models", default="original,dpo,safeneuron_rounds")
@@ -383,6 +413,10 @@ def main() -> None:
     names = args.models.split(",")
     if args.stage == "pilot":
         sys.exit(run_pilot(PILOT_RESULTS, args.run, args.hours))
+    if args.stage == "experiment":
+        command = experiment_command()
+        print("experiment: " + " ".join(command[1:]), flush=True)
+        sys.exit(run_in_chunks(command, time.monotonic() + 3600 * args.hours) if args.run else 0)
     if args.stage == "probe":
         if args.learning_rate is None:
             parser.error("probe needs --learning-rate (the pilot's settled rate: bench/paper15.py pilot)")

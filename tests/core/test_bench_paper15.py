@@ -114,6 +114,21 @@ def test_pilot_rule_takes_the_first_candidate_on_target_else_the_lowest(work, be
     assert paper15.run_pilot(tmp_path, run=True, hours=0) == 0
     assert "settled: learning rate 2e-5, safety pairs refusal" in capsys.readouterr().out
 
+    probe = tmp_path / "probe.json"  # the 1.5B command needs the settled pilot and a probe at its rate
+    with pytest.raises(SystemExit, match="probe --learning-rate 2e-5"):
+        paper15.experiment_command(tmp_path, probe)
+    probe.write_text(json.dumps({"learning_rate": 5e-6, "embedding": "trained"}))
+    with pytest.raises(SystemExit, match="probed learning rate 5e-06, the pilot settled 2e-5"):
+        paper15.experiment_command(tmp_path, probe)
+    probe.write_text(json.dumps({"learning_rate": 2e-5, "embedding": "trained"}))
+    command = paper15.experiment_command(tmp_path, probe)
+    assert command[2:] == ["--recipe", "paper15", "--learning-rate", "2e-5", "--safety-pairs-chosen", "refusal"]
+    probe.write_text(json.dumps({"learning_rate": 2e-5, "embedding": "frozen (--freeze-embeddings)"}))
+    assert paper15.experiment_command(tmp_path, probe)[-1] == "--freeze-embeddings"
+    (tmp_path / f"{refusal}.json").unlink()
+    with pytest.raises(SystemExit, match="pilot is not settled"):
+        paper15.experiment_command(tmp_path, probe)
+
 
 def test_probe_trains_two_steps_on_full_length_pairs_and_applies_the_memory_rule(bench_script, tmp_path):
     """The protocol's probe: pairs that fill the recipe's 256-token limit (prompt and reply together), two optimizer
