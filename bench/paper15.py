@@ -49,7 +49,7 @@ from safeneuron_plugins.evaluate.generation import generate
 from safeneuron_plugins.evaluate.judges import load_judge, normalize, refusal_match
 from safeneuron_plugins.evaluate.significance import paired_difference, paired_power, wilson
 from safeneuron_plugins.experiment import ExperimentConfig, split_prompts
-from safeneuron_plugins.files import atomic_write
+from safeneuron_plugins.files import atomic_write, read_json_objects
 from safeneuron_plugins.identification.attribution import attribution_scores
 from safeneuron_plugins.identification.pipeline import _texts, collect_statistics
 from safeneuron_plugins.identification.prompts import load_prompts
@@ -237,8 +237,8 @@ def _phi(pd: dict) -> float:
 
 def _dev_successes(results: Path, name: str) -> dict[str, bool]:
     """Prompt -> the plain-DPO model's ORI success on the dev prompts, from a pilot run's kept replies."""
-    rows = [json.loads(line) for line in (results / name / "generations.jsonl").read_text().splitlines() if line]
-    return {r["prompt"]: bool(r["success"]) for r in rows if r["model"] == "dpo" and r["condition"] == "ORI"}
+    rows = read_json_objects(results / name / "generations.jsonl", f"pilot run {name}'s replies")
+    return {r["prompt"]: bool(r["success"]) for _, r in rows if r["model"] == "dpo" and r["condition"] == "ORI"}
 
 
 def pilot_decision(results: Path = PILOT_RESULTS) -> dict:
@@ -269,16 +269,22 @@ def pilot_decision(results: Path = PILOT_RESULTS) -> dict:
     if not (results / f"{name}.json").is_file():
         return {**state, "settled": lr, "next": (name, lr, "refusal")}
     new, old = _dev_successes(results, name), _dev_successes(results, PILOT_NAME.format(lr))
-    if sorted(new) != sorted(old):
+    if new.keys() != old.keys():
         raise ValueError(f"pilot: {name} and {PILOT_NAME.format(lr)} were evaluated on different dev prompts")
-    test = paired_difference([new[p] for p in sorted(new)], [old[p] for p in sorted(new)])
+    prompts = sorted(new)
+    test = paired_difference([new[p] for p in prompts], [old[p] for p in prompts])
     taken = test["diff"] < 0 and test["p_value"] < 0.05
     return {**state, "settled": lr, "safety_pairs": "refusal" if taken else "refusal_or_evasive", "pairs_test": test}
 
 
+def reproduce_command(*args: str) -> list[str]:
+    """``bench/reproduce.py ARGS`` in this interpreter."""
+    return [sys.executable, str(ROOT / "bench" / "reproduce.py"), *args]
+
+
 def pilot_command(name: str, lr: str, safety_pairs: str) -> list[str]:
-    return [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--recipe", "paper15-pilot", "--name", name,
-            "--learning-rate", lr, "--safety-pairs-chosen", safety_pairs, "--max-train-minutes", "50"]
+    return reproduce_command("--recipe", "paper15-pilot", "--name", name, "--learning-rate", lr,
+                             "--safety-pairs-chosen", safety_pairs, "--max-train-minutes", "50")
 
 
 def run_pilot(results: Path, run: bool, hours: float) -> int:
@@ -333,9 +339,8 @@ def experiment_command(results: Path = PILOT_RESULTS, probe: Path = PROBE_RESULT
     if float(facts["learning_rate"]) != float(lr):
         raise SystemExit(f"paper15: {probe} probed learning rate {facts['learning_rate']}, the pilot settled {lr}; "
                          f"run: bench/paper15.py probe --learning-rate {lr}")
-    command = [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--recipe", "paper15", "--learning-rate", lr,
-               "--safety-pairs-chosen", state["safety_pairs"]]
-    return command + ([] if facts["embedding"] == "trained" else ["--freeze-embeddings"])
+    return reproduce_command("--recipe", "paper15", "--learning-rate", lr, "--safety-pairs-chosen",
+                             state["safety_pairs"], *([] if facts["embedding"] == "trained" else ["--freeze-embeddings"]))
 
 
 PROBE_LIMIT_GB = 22.0

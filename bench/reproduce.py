@@ -42,6 +42,7 @@ from pathlib import Path
 
 from safeneuron_plugins.experiment import ExperimentConfig, print_summary, run_experiment
 from safeneuron_plugins.files import atomic_write
+from safeneuron_plugins.pairs import SAFETY_CHOSEN
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -170,7 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-harmful", help="held-out harmful prompts (default: HarmBench)")
     parser.add_argument("--safety-pairs", help="human preference pairs for the harmful training prompts (JSON lines: "
                                                "prompt/chosen/rejected or HH-RLHF dialogues)")
-    parser.add_argument("--safety-pairs-chosen", default="refusal_or_evasive", choices=("refusal_or_evasive", "refusal"),
+    parser.add_argument("--safety-pairs-chosen", default="refusal_or_evasive", choices=tuple(SAFETY_CHOSEN),
                         help="which of them are kept: chosen reply a refusal or a non-answer (default), or a refusal "
                              "only (most of HH-RLHF's non-answers are a question back)")
     parser.add_argument("--pairs-max-new-tokens", type=int, help="of the replies that make pairs (default "
