@@ -6,11 +6,12 @@
   (the share of replies that open with no refusal); every reply kept. Resumes point by point.
 - ``best``: the best attacker: every setting of the grid (``--attacker best``'s) re-identified on the model and
   screened; the setting with the fewest refusals then generated in full (64 tokens) and judged.
-- ``pilot``: the learning-rate pilot's registered rules applied to its results so far: the first candidate whose
-  plain-DPO ORI ASR on the dev prompts is <= 0.10, else (all candidates run) the one with the lowest ORI, and then
+- ``pilot``: the learning-rate pilot's registered rules applied to its results so far: among the candidates whose
+  plain-DPO perplexity on the reference answers stays within 5x the original's (deviation 5), the first whose ORI ASR
+  on the dev prompts is <= 0.10, else (all candidates run) the one with the lowest ORI (none eligible: 5e-6), and then
   (deviation 4) one run at that rate on refusal-only safety pairs, taken when it lowers ORI (paired, p < 0.05);
   until then the next run's command. ``--run`` runs that command, chunk after chunk, until the pilot is settled
-  or ``--hours`` have passed.
+  or ``--hours`` have passed (no run starts after that).
 - ``probe``: the protocol's two-step probe at the real sizes, before the 1.5B runs: two optimizer steps of the
   paper15 recipe (8-bit AdamW, reference log-probs precomputed, batch 8) on pairs whose every sequence fills the
   256-token limit (the worst case for memory), in this process; prints and writes the median step time, the peak
@@ -65,6 +66,10 @@ PAPER_RATIO = 0.78
 #: the learning-rate pilot (protocol.md): candidates in order, the target ORI ASR, the runs' names and results
 PILOT_RATES = ("5e-6", "2e-5", "5e-5")
 PILOT_TARGET = 0.10
+#: deviation 5: a candidate is eligible only while plain DPO keeps the perplexity on the reference answers within
+#: this factor of the original's; with none eligible, the paper's rate
+PILOT_MAX_PERPLEXITY_RATIO = 5.0
+PILOT_FALLBACK_RATE = "5e-6"
 PILOT_NAME = "paper15_pilot_other_lr{}"
 #: deviation 4's run: the settled rate on safety pairs whose chosen reply is a refusal
 PILOT_REFUSAL_NAME = "paper15_pilot_refusal_lr{}"
@@ -244,27 +249,31 @@ def _dev_successes(results: Path, name: str) -> dict[str, bool]:
 def pilot_decision(results: Path = PILOT_RESULTS) -> dict:
     """The registered rules on the pilot's finished runs (a run counts once its results file exists):
 
-    1. the learning rate: candidates in order, the first whose plain-DPO ORI ASR on the dev prompts is <= 0.10,
-       else (all run) the lowest;
+    1. the learning rate: candidates in order, the first eligible one whose plain-DPO ORI ASR on the dev prompts is
+       <= 0.10, else (all run) the eligible one with the lowest ORI; eligible (deviation 5): plain DPO's perplexity
+       on the reference answers at most ``PILOT_MAX_PERPLEXITY_RATIO`` times the original's; none eligible: 5e-6;
     2. the safety pairs (deviation 4, only when no candidate reached the target): one more run at the settled
        rate on safety pairs whose chosen reply is a refusal (``--safety-pairs-chosen refusal``); they are taken
        when its ORI is lower than the settled run's, paired over the dev prompts with exact McNemar p < 0.05.
 
-    Returns ``{"rows": [(lr, ORI, n, ci95)], "settled": lr or None, "safety_pairs": choice or None,
-    "next": (run name, lr, safety pairs choice) or None, "pairs_test": paired comparison or None}``."""
+    Returns ``{"rows": [(lr, ORI, n, ci95, perplexity ratio)], "settled": lr or None, "safety_pairs": choice or
+    None, "next": (run name, lr, safety pairs choice) or None, "pairs_test": paired comparison or None}``."""
     rows = []
     state = {"rows": rows, "settled": None, "safety_pairs": None, "next": None, "pairs_test": None}
     for lr in PILOT_RATES:
         path = results / f"{PILOT_NAME.format(lr)}.json"
         if not path.is_file():
             return {**state, "next": (PILOT_NAME.format(lr), lr, "refusal_or_evasive")}
-        model = json.loads(path.read_text())["models"]["dpo"]
+        models = json.loads(path.read_text())["models"]
+        model = models["dpo"]
         asr, n = model["asr"]["ORI"], model["rates"]["ORI"]["n"]
         ci = model["rates"]["ORI"]["ci95"]["compliance"]  # ASR: the share of replies judged compliant
-        rows.append((lr, asr, n, [round(c, 2) for c in ci]))
-        if asr <= PILOT_TARGET:
+        ratio = model["perplexity"] / models["original"]["perplexity"]
+        rows.append((lr, asr, n, [round(c, 2) for c in ci], round(ratio, 2)))
+        if asr <= PILOT_TARGET and ratio <= PILOT_MAX_PERPLEXITY_RATIO:
             return {**state, "settled": lr, "safety_pairs": "refusal_or_evasive"}
-    lr = min(rows, key=lambda r: r[1])[0]
+    eligible = [r for r in rows if r[4] <= PILOT_MAX_PERPLEXITY_RATIO]
+    lr = min(eligible, key=lambda r: r[1])[0] if eligible else PILOT_FALLBACK_RATE
     name = PILOT_REFUSAL_NAME.format(lr)
     if not (results / f"{name}.json").is_file():
         return {**state, "settled": lr, "next": (name, lr, "refusal")}
@@ -293,12 +302,14 @@ def run_pilot(results: Path, run: bool, hours: float) -> int:
     deadline = time.monotonic() + 3600 * hours
     while True:
         state = pilot_decision(results)
-        for lr, asr, n, ci in state["rows"]:
-            print(f"lr {lr}: plain-DPO ORI ASR {asr:.2f} (n {n}, 95% CI {ci})")
+        for lr, asr, n, ci, ratio in state["rows"]:
+            print(f"lr {lr}: plain-DPO ORI ASR {asr:.2f} (n {n}, 95% CI {ci}), perplexity {ratio:.2f}x the original's"
+                  + ("" if ratio <= PILOT_MAX_PERPLEXITY_RATIO else f" (> {PILOT_MAX_PERPLEXITY_RATIO:g}x: not eligible)"))
         if state["settled"]:
-            reached = any(r[1] <= PILOT_TARGET for r in state["rows"])
+            reached = any(r[1] <= PILOT_TARGET and r[4] <= PILOT_MAX_PERPLEXITY_RATIO for r in state["rows"])
             print(f"learning rate: {state['settled']}" + ("" if reached else
-                  f" (no candidate reached ORI <= {PILOT_TARGET}: the lowest ORI is taken, and the results say so)"))
+                  f" (no eligible candidate reached ORI <= {PILOT_TARGET}: the eligible one with the lowest ORI is "
+                  "taken, and the results say so)"))
         if test := state["pairs_test"]:
             print(f"refusal-only safety pairs: ORI {test['a']:.2f} vs {test['b']:.2f}, paired {test['diff']:+.2f} "
                   f"[{test['ci95'][0]:+.2f}, {test['ci95'][1]:+.2f}], p {test['p_value']:.2g} (n {test['n']})")
@@ -309,6 +320,9 @@ def run_pilot(results: Path, run: bool, hours: float) -> int:
         print("next: " + " ".join(command[1:]), flush=True)
         if not run:
             return 0
+        if time.monotonic() > deadline:  # a run is never started after --hours
+            print("--hours spent; run the same command again to start it")
+            return 3
         if code := run_in_chunks(command, deadline):
             return code
 

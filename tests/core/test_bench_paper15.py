@@ -64,7 +64,8 @@ def test_curve_best_and_results(work, bench_script):
 
 def test_pilot_rule_takes_the_first_candidate_on_target_else_the_lowest(work, bench_script, tmp_path, capsys):
     """The learning-rate pilot's registered rule, on results files of the experiment's own shape: candidates in order,
-    the first whose plain-DPO ORI ASR is <= 0.10 is taken; with every candidate run and none on target, the lowest,
+    the first whose plain-DPO ORI ASR is <= 0.10 is taken; with every candidate run and none on target, the lowest;
+    only candidates whose perplexity stays within 5x the original's are eligible (else the paper's 5e-6),
     and then one run on refusal-only safety pairs at that rate, whose pairs are taken only when its ORI is lower,
     paired over the dev prompts (McNemar p < 0.05); until then the next run's command is printed (and nothing is
     run without --run)."""
@@ -74,9 +75,10 @@ def test_pilot_rule_takes_the_first_candidate_on_target_else_the_lowest(work, be
     dev = [r for r in replies if r["model"] == "dpo" and r["condition"] == "ORI"]
     assert len(dev) == 6
 
-    def write(name, asr, successes=None):
+    def write(name, asr, successes=None, perplexity_ratio=1.5):
         data = json.loads(json.dumps(real))
         data["models"]["dpo"]["asr"]["ORI"] = asr
+        data["models"]["dpo"]["perplexity"] = perplexity_ratio * data["models"]["original"]["perplexity"]
         (tmp_path / f"{name}.json").write_text(json.dumps(data))
         if successes is not None:
             (tmp_path / name).mkdir(exist_ok=True)
@@ -93,9 +95,21 @@ def test_pilot_rule_takes_the_first_candidate_on_target_else_the_lowest(work, be
     assert state["settled"] is None and state["next"][1] == "2e-5" and [r[:2] for r in state["rows"]] == [("5e-6", 0.40)]
     assert paper15.run_pilot(tmp_path, run=False, hours=0) == 0
     assert "--name paper15_pilot_other_lr2e-5 --learning-rate 2e-5" in capsys.readouterr().out
+    write(lr("2e-5"), 0.10, perplexity_ratio=6.0)  # on target, but capability lost (deviation 5): not taken
+    state = paper15.pilot_decision(tmp_path)
+    assert state["settled"] is None and state["next"][1] == "5e-5" and state["rows"][1][4] == 6.0
+    assert paper15.run_pilot(tmp_path, run=True, hours=0) == 3  # --hours spent: the next run is not started
+    assert "not eligible" in capsys.readouterr().out and not (tmp_path / f"{lr('5e-5')}.json").exists()
     write(lr("2e-5"), 0.10)
     state = paper15.pilot_decision(tmp_path)  # on target: 5e-5 is never run, the registered safety pairs stay
     assert (state["settled"], state["safety_pairs"], state["next"]) == ("2e-5", "refusal_or_evasive", None)
+    write(lr("5e-5"), 0.05, perplexity_ratio=30.0)  # lowest ORI but capability lost: the eligible lowest is taken
+    write(lr("2e-5"), 0.50)
+    assert paper15.pilot_decision(tmp_path)["settled"] == "5e-6"
+    write(lr("5e-6"), 0.40, perplexity_ratio=5.5)  # none eligible: the paper's rate
+    write(lr("2e-5"), 0.30, perplexity_ratio=8.0)
+    assert paper15.pilot_decision(tmp_path)["settled"] == "5e-6"
+    write(lr("5e-6"), 0.40)
     write(lr("2e-5"), 0.30, successes=[1] * 6)
     write(lr("5e-5"), 0.35)
     state = paper15.pilot_decision(tmp_path)
@@ -103,7 +117,7 @@ def test_pilot_rule_takes_the_first_candidate_on_target_else_the_lowest(work, be
     assert state["next"] == (paper15.PILOT_REFUSAL_NAME.format("2e-5"), "2e-5", "refusal")
     assert paper15.run_pilot(tmp_path, run=False, hours=0) == 0
     out = capsys.readouterr().out
-    assert "no candidate reached" in out and "--safety-pairs-chosen refusal --max-train-minutes" in out
+    assert "no eligible candidate reached" in out and "--safety-pairs-chosen refusal --max-train-minutes" in out
     refusal = paper15.PILOT_REFUSAL_NAME.format("2e-5")
     write(refusal, 0.5, successes=[1, 0, 1, 0, 1, 0])  # 3 fewer of 6: p 0.25, not taken
     state = paper15.pilot_decision(tmp_path)
