@@ -14,8 +14,9 @@
   or ``--hours`` have passed (no run starts after that).
 - ``probe``: the protocol's two-step probe at the real sizes, before the 1.5B runs: two optimizer steps of the
   paper15 recipe (8-bit AdamW, reference log-probs precomputed, batch 8) on pairs whose every sequence fills the
-  256-token limit (the worst case for memory), in this process; prints and writes the median step time, the peak
-  RSS and the protocol's decision (the tied embedding is trained unless the peak exceeds 22 GiB).
+  256-token limit (the worst case for memory), first with the tied embedding trained, then (if that does not fit)
+  frozen, each in a child process stopped once its RSS passes 22 GiB; prints and writes every attempt's median
+  step time and peak RSS and the protocol's decision (the first setting that fits).
 - ``experiment``: the 1.5B experiment's ``bench/reproduce.py --recipe paper15`` command, built from the pilot's
   settled learning rate and safety pairs and the probe's embedding decision (an error naming the missing stage
   otherwise); ``--run`` runs it chunk after chunk until it is done or ``--hours`` have passed.
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -256,10 +258,11 @@ def pilot_decision(results: Path = PILOT_RESULTS) -> dict:
        rate on safety pairs whose chosen reply is a refusal (``--safety-pairs-chosen refusal``); they are taken
        when its ORI is lower than the settled run's, paired over the dev prompts with exact McNemar p < 0.05.
 
-    Returns ``{"rows": [(lr, ORI, n, ci95, perplexity ratio)], "settled": lr or None, "safety_pairs": choice or
-    None, "next": (run name, lr, safety pairs choice) or None, "pairs_test": paired comparison or None}``."""
+    Returns ``{"rows": [(lr, ORI, n, ci95, perplexity ratio, eligible)], "settled": lr or None, "reached": whether
+    the settled rate met the ORI target, "safety_pairs": choice or None, "next": (run name, lr, safety pairs choice)
+    or None, "pairs_test": paired comparison or None}``."""
     rows = []
-    state = {"rows": rows, "settled": None, "safety_pairs": None, "next": None, "pairs_test": None}
+    state = {"rows": rows, "settled": None, "reached": False, "safety_pairs": None, "next": None, "pairs_test": None}
     for lr in PILOT_RATES:
         path = results / f"{PILOT_NAME.format(lr)}.json"
         if not path.is_file():
@@ -269,10 +272,11 @@ def pilot_decision(results: Path = PILOT_RESULTS) -> dict:
         asr, n = model["asr"]["ORI"], model["rates"]["ORI"]["n"]
         ci = model["rates"]["ORI"]["ci95"]["compliance"]  # ASR: the share of replies judged compliant
         ratio = model["perplexity"] / models["original"]["perplexity"]
-        rows.append((lr, asr, n, [round(c, 2) for c in ci], round(ratio, 2)))
-        if asr <= PILOT_TARGET and ratio <= PILOT_MAX_PERPLEXITY_RATIO:
-            return {**state, "settled": lr, "safety_pairs": "refusal_or_evasive"}
-    eligible = [r for r in rows if r[4] <= PILOT_MAX_PERPLEXITY_RATIO]
+        eligible = ratio <= PILOT_MAX_PERPLEXITY_RATIO
+        rows.append((lr, asr, n, [round(c, 2) for c in ci], round(ratio, 2), eligible))
+        if asr <= PILOT_TARGET and eligible:
+            return {**state, "settled": lr, "reached": True, "safety_pairs": "refusal_or_evasive"}
+    eligible = [r for r in rows if r[5]]
     lr = min(eligible, key=lambda r: r[1])[0] if eligible else PILOT_FALLBACK_RATE
     name = PILOT_REFUSAL_NAME.format(lr)
     if not (results / f"{name}.json").is_file():
@@ -302,12 +306,11 @@ def run_pilot(results: Path, run: bool, hours: float) -> int:
     deadline = time.monotonic() + 3600 * hours
     while True:
         state = pilot_decision(results)
-        for lr, asr, n, ci, ratio in state["rows"]:
+        for lr, asr, n, ci, ratio, eligible in state["rows"]:
             print(f"lr {lr}: plain-DPO ORI ASR {asr:.2f} (n {n}, 95% CI {ci}), perplexity {ratio:.2f}x the original's"
-                  + ("" if ratio <= PILOT_MAX_PERPLEXITY_RATIO else f" (> {PILOT_MAX_PERPLEXITY_RATIO:g}x: not eligible)"))
+                  + ("" if eligible else f" (> {PILOT_MAX_PERPLEXITY_RATIO:g}x: not eligible)"))
         if state["settled"]:
-            reached = any(r[1] <= PILOT_TARGET and r[4] <= PILOT_MAX_PERPLEXITY_RATIO for r in state["rows"])
-            print(f"learning rate: {state['settled']}" + ("" if reached else
+            print(f"learning rate: {state['settled']}" + ("" if state["reached"] else
                   f" (no eligible candidate reached ORI <= {PILOT_TARGET}: the eligible one with the lowest ORI is "
                   "taken, and the results say so)"))
         if test := state["pairs_test"]:
@@ -353,11 +356,24 @@ def experiment_command(results: Path = PILOT_RESULTS, probe: Path = PROBE_RESULT
     if float(facts["learning_rate"]) != float(lr):
         raise SystemExit(f"paper15: {probe} probed learning rate {facts['learning_rate']}, the pilot settled {lr}; "
                          f"run: bench/paper15.py probe --learning-rate {lr}")
+    if facts["embedding"] is None:
+        raise SystemExit(f"paper15: {probe}: no probed configuration fits {facts['limit_gb']} GiB RSS (attempts: "
+                         f"{facts['attempts']}); the recipe needs less memory before the 1.5B runs")
     return reproduce_command("--recipe", "paper15", "--learning-rate", lr, "--safety-pairs-chosen",
                              state["safety_pairs"], *([] if facts["embedding"] == "trained" else ["--freeze-embeddings"]))
 
 
 PROBE_LIMIT_GB = 22.0
+#: the probe's configurations in the protocol's order: the first whose two steps stay under the limit is taken
+PROBE_ATTEMPTS = ("trained", "frozen")
+#: the child process that trains one attempt: ExperimentConfig's fields, the pairs, the work directory (argv)
+_PROBE_CHILD = """import json, sys
+from pathlib import Path
+from safeneuron_plugins.experiment import ExperimentConfig, train_variant
+cfg, pairs, work = ExperimentConfig(**json.loads(sys.argv[1])), Path(sys.argv[2]), Path(sys.argv[3])
+facts = train_variant(cfg, "dpo", pairs, work / "no_mask.safetensors", work / "probe")
+(work / "facts.json").write_text(json.dumps(facts))
+"""
 
 
 def probe_pairs(tok, n: int, max_length: int) -> list[dict]:
@@ -378,36 +394,93 @@ def probe_pairs(tok, n: int, max_length: int) -> list[dict]:
     return rows
 
 
-def run_probe(model: str, learning_rate: float, work: Path, steps: int = 2, recipe: str = "paper15",
-              limit_gb: float = PROBE_LIMIT_GB, out: Path | None = None) -> dict:
-    """Two (``steps``) optimizer steps of ``recipe``'s plain-DPO training on :func:`probe_pairs`; the figures and
-    the protocol's embedding decision, written to ``out`` when given."""
-    import transformers
+def _rss_gb(pid: int) -> float:
+    """A live process's resident set in GiB (Linux /proc), as ``ru_maxrss`` counts it."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 2**20
+    return 0.0
 
-    from safeneuron_plugins.experiment import train_variant
+
+def watched_run(command: list[str], limit_gb: float, poll_s: float = 0.2) -> tuple[int | None, float]:
+    """Run ``command``, killing it once its resident set exceeds ``limit_gb`` GiB, so that a configuration too
+    large for the machine is measured and stopped instead of ending in the kernel's out-of-memory kill (which
+    takes the whole probe with it). Returns (exit code or None when killed, the highest RSS seen)."""
+    proc = subprocess.Popen(command)
+    seen = 0.0
+    while proc.poll() is None:
+        try:
+            seen = max(seen, _rss_gb(proc.pid))
+        except (FileNotFoundError, ProcessLookupError):  # it ended between poll() and the read
+            break
+        if seen > limit_gb:
+            proc.kill()
+            proc.wait()
+            return None, round(seen, 2)
+        time.sleep(poll_s)
+    return proc.wait(), round(seen, 2)
+
+
+def probe_decision(attempts: list[dict]) -> str | None:
+    """The protocol's rule on the probe's attempts, in order: the embedding setting of the first whose two steps
+    finished under the limit (``"trained"``, else ``"frozen (--freeze-embeddings)"``); None: none fits."""
+    for a in attempts:
+        if a["fits"]:
+            return "trained" if a["embedding"] == "trained" else "frozen (--freeze-embeddings)"
+    return None
+
+
+def run_probe(model: str, learning_rate: float, work: Path, steps: int = 2, recipe: str = "paper15",
+              limit_gb: float = PROBE_LIMIT_GB, out: Path | None = None, embeddings=PROBE_ATTEMPTS) -> dict:
+    """Two (``steps``) optimizer steps of ``recipe``'s plain-DPO training on :func:`probe_pairs`, first with the
+    embedding trained, then (if that exceeded ``limit_gb``) frozen; each attempt in its own process, stopped
+    once its RSS passes the limit. The figures of every attempt and the protocol's embedding decision, written to
+    ``out`` when given. ``embeddings``: the attempts, in order (trained models in ``work/SETTING/probe``)."""
+    import transformers
 
     sys.path.insert(0, str(ROOT / "bench"))
     from reproduce import RECIPES
 
     r = RECIPES[recipe]
-    cfg = ExperimentConfig(model=model, batch_size=r["batch_size"], max_length=r["max_length"], optim=r["optim"],
-                           precompute_ref=r["precompute_ref"], learning_rate=learning_rate, beta=r["beta"],
-                           weight_decay=r["weight_decay"], sft_weight=r["sft_weight"], max_steps=steps, seed=0,
-                           progress=False)
+    base = dict(model=model, batch_size=r["batch_size"], max_length=r["max_length"], optim=r["optim"],
+                precompute_ref=r["precompute_ref"], learning_rate=learning_rate, beta=r["beta"],
+                weight_decay=r["weight_decay"], sft_weight=r["sft_weight"], max_steps=steps, seed=0, progress=False)
     tok = transformers.AutoTokenizer.from_pretrained(model)
     work.mkdir(parents=True, exist_ok=True)
     pairs = work / "probe_pairs.jsonl"
-    atomic_write(pairs, "".join(json.dumps(row) + "\n" for row in probe_pairs(tok, cfg.batch_size * steps,
-                                                                             cfg.max_length)).encode())
-    facts = train_variant(cfg, "dpo", pairs, work / "no_mask.safetensors", work / "probe")
-    peak = facts["peak_rss_gb"]
-    result = {"model": model, "recipe": recipe, "steps": facts["steps"], "batch_size": cfg.batch_size,
-              "max_length": cfg.max_length, "optim": cfg.optim, "learning_rate": learning_rate,
-              "median_step_seconds": facts["median_step_seconds"], "peak_rss_gb": peak, "limit_gb": limit_gb,
-              "embedding": "trained" if peak <= limit_gb else "frozen (--freeze-embeddings)",
-              "torch_threads": torch.get_num_threads()}
-    print(f"probe: {facts['steps']} steps, {facts['median_step_seconds']} s per step after the first, peak RSS "
-          f"{peak} GB (limit {limit_gb}): the embedding is {result['embedding']}")
+    atomic_write(pairs, "".join(json.dumps(row) + "\n" for row in probe_pairs(tok, base["batch_size"] * steps,
+                                                                             base["max_length"])).encode())
+    del tok  # this process stays small: the attempts get the memory
+    attempts = []
+    for embedding in embeddings:
+        run_dir = work / embedding
+        run_dir.mkdir()
+        cfg = json.dumps({**base, "freeze_embeddings": embedding == "frozen"})
+        print(f"probe: {steps} steps with the embedding {embedding} (stopped above {limit_gb} GiB RSS)", flush=True)
+        code, seen = watched_run([sys.executable, "-c", _PROBE_CHILD, cfg, str(pairs), str(run_dir)], limit_gb)
+        if code is None or code == -signal.SIGKILL:  # stopped here above the limit, or by the kernel's OOM killer
+            how = "stopped above the limit" if code is None else "killed by the system (out of memory)"
+            attempts.append({"embedding": embedding, "fits": False, "peak_rss_gb": seen, "ended": how})
+            print(f"probe: the embedding {embedding}: {how} at {seen} GiB RSS (limit {limit_gb})")
+            continue
+        if code != 0:
+            raise SystemExit(f"probe: the attempt with the embedding {embedding} failed (exit code {code}); its "
+                             "output is above")
+        facts = json.loads((run_dir / "facts.json").read_text())
+        attempts.append({"embedding": embedding, "fits": facts["peak_rss_gb"] <= limit_gb, "steps": facts["steps"],
+                         "median_step_seconds": facts["median_step_seconds"], "peak_rss_gb": facts["peak_rss_gb"]})
+        print(f"probe: the embedding {embedding}: {facts['steps']} steps, {facts['median_step_seconds']} s per step "
+              f"after the first, peak RSS {facts['peak_rss_gb']} GiB (limit {limit_gb})")
+        if attempts[-1]["fits"]:
+            break
+    taken = next((a for a in attempts if a["fits"]), None)
+    result = {"model": model, "recipe": recipe, "steps": steps, "batch_size": base["batch_size"],
+              "max_length": base["max_length"], "optim": base["optim"], "learning_rate": learning_rate,
+              "limit_gb": limit_gb, "attempts": attempts, "embedding": probe_decision(attempts),
+              "median_step_seconds": taken and taken["median_step_seconds"],
+              "peak_rss_gb": taken and taken["peak_rss_gb"], "torch_threads": torch.get_num_threads()}
+    print(f"probe: the embedding is {result['embedding']}" if taken else
+          f"probe: no configuration fits {limit_gb} GiB; the 1.5B recipe cannot run on this machine as registered")
     if out is not None:
         atomic_write(out, json.dumps(result, indent=2).encode())
         print(f"wrote {out}")

@@ -5,6 +5,7 @@ results.json in the protocol's shape with the primary paired comparison."""
 import json
 
 import pytest
+import torch
 from tiny import save_tiny_model
 
 from safeneuron_plugins.experiment import ExperimentConfig, run_experiment
@@ -97,12 +98,12 @@ def test_pilot_rule_takes_the_first_candidate_on_target_else_the_lowest(work, be
     assert "--name paper15_pilot_other_lr2e-5 --learning-rate 2e-5" in capsys.readouterr().out
     write(lr("2e-5"), 0.10, perplexity_ratio=6.0)  # on target, but capability lost (deviation 5): not taken
     state = paper15.pilot_decision(tmp_path)
-    assert state["settled"] is None and state["next"][1] == "5e-5" and state["rows"][1][4] == 6.0
+    assert state["settled"] is None and state["next"][1] == "5e-5" and state["rows"][1][4:] == (6.0, False)
     assert paper15.run_pilot(tmp_path, run=True, hours=0) == 3  # --hours spent: the next run is not started
     assert "not eligible" in capsys.readouterr().out and not (tmp_path / f"{lr('5e-5')}.json").exists()
     write(lr("2e-5"), 0.10)
     state = paper15.pilot_decision(tmp_path)  # on target: 5e-5 is never run, the registered safety pairs stay
-    assert (state["settled"], state["safety_pairs"], state["next"]) == ("2e-5", "refusal_or_evasive", None)
+    assert (state["settled"], state["safety_pairs"], state["next"]) == ("2e-5", "refusal_or_evasive", None) and state["reached"]
     write(lr("5e-5"), 0.05, perplexity_ratio=30.0)  # lowest ORI but capability lost: the eligible lowest is taken
     write(lr("2e-5"), 0.50)
     assert paper15.pilot_decision(tmp_path)["settled"] == "5e-6"
@@ -113,7 +114,7 @@ def test_pilot_rule_takes_the_first_candidate_on_target_else_the_lowest(work, be
     write(lr("2e-5"), 0.30, successes=[1] * 6)
     write(lr("5e-5"), 0.35)
     state = paper15.pilot_decision(tmp_path)
-    assert state["settled"] == "2e-5" and len(state["rows"]) == 3 and state["safety_pairs"] is None
+    assert state["settled"] == "2e-5" and not state["reached"] and len(state["rows"]) == 3 and state["safety_pairs"] is None
     assert state["next"] == (paper15.PILOT_REFUSAL_NAME.format("2e-5"), "2e-5", "refusal")
     assert paper15.run_pilot(tmp_path, run=False, hours=0) == 0
     out = capsys.readouterr().out
@@ -139,6 +140,9 @@ def test_pilot_rule_takes_the_first_candidate_on_target_else_the_lowest(work, be
     assert command[2:] == ["--recipe", "paper15", "--learning-rate", "2e-5", "--safety-pairs-chosen", "refusal"]
     probe.write_text(json.dumps({"learning_rate": 2e-5, "embedding": "frozen (--freeze-embeddings)"}))
     assert paper15.experiment_command(tmp_path, probe)[-1] == "--freeze-embeddings"
+    probe.write_text(json.dumps({"learning_rate": 2e-5, "embedding": None, "limit_gb": 22.0, "attempts": []}))
+    with pytest.raises(SystemExit, match="no probed configuration fits 22.0 GiB"):
+        paper15.experiment_command(tmp_path, probe)
     (tmp_path / f"{refusal}.json").unlink()
     with pytest.raises(SystemExit, match="pilot is not settled"):
         paper15.experiment_command(tmp_path, probe)
@@ -147,7 +151,8 @@ def test_pilot_rule_takes_the_first_candidate_on_target_else_the_lowest(work, be
 def test_probe_trains_two_steps_on_full_length_pairs_and_applies_the_memory_rule(bench_script, tmp_path):
     """The protocol's probe: pairs that fill the recipe's 256-token limit (prompt and reply together), two optimizer
     steps of the paper15 recipe (8-bit AdamW, reference log-probs precomputed), its figures written, and the rule: the
-    embedding is trained unless the peak RSS exceeds the limit."""
+    embedding is trained unless that attempt exceeds the limit, then frozen; an attempt above the limit is stopped
+    (not left to the kernel's out-of-memory kill), and with none fitting the 1.5B command is refused."""
     import transformers
 
     paper15 = bench_script("paper15")
@@ -160,6 +165,22 @@ def test_probe_trains_two_steps_on_full_length_pairs_and_applies_the_memory_rule
     result = paper15.run_probe(str(model_dir), 1e-3, tmp_path / "w", out=tmp_path / "probe.json")
     assert json.loads((tmp_path / "probe.json").read_text()) == result
     assert result["steps"] == 2 and result["optim"] == "adamw_bnb_8bit" and result["max_length"] == 256
+    assert [a["embedding"] for a in result["attempts"]] == ["trained"]  # it fits: frozen is not tried
     assert 0 < result["peak_rss_gb"] and result["embedding"] == "trained"
-    frozen = paper15.run_probe(str(model_dir), 1e-3, tmp_path / "w2", limit_gb=0.01)
-    assert frozen["embedding"].startswith("frozen")
+
+    none = paper15.run_probe(str(model_dir), 1e-3, tmp_path / "w2", limit_gb=0.05, out=tmp_path / "none.json")
+    assert [(a["embedding"], a["fits"], a["ended"]) for a in none["attempts"]] == [
+        ("trained", False, "stopped above the limit"), ("frozen", False, "stopped above the limit")]
+    assert none["embedding"] is None and all(a["peak_rss_gb"] > 0.05 for a in none["attempts"])
+    assert not (tmp_path / "w2" / "trained" / "facts.json").exists()  # stopped before it finished
+    assert paper15.probe_decision([{"embedding": "trained", "fits": False}, {"embedding": "frozen", "fits": True}]) \
+        == "frozen (--freeze-embeddings)"
+
+    # the frozen attempt trains everything but the (tied) embedding, which stays bit-identical under 8-bit AdamW
+    # with weight decay
+    frozen = paper15.run_probe(str(model_dir), 1e-2, tmp_path / "w3", embeddings=("frozen",))
+    assert frozen["embedding"] == "frozen (--freeze-embeddings)"
+    before = transformers.AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
+    after = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "w3" / "frozen" / "probe").state_dict()
+    assert torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
+    assert not torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
