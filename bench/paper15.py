@@ -360,18 +360,34 @@ def experiment_command(results: Path = PILOT_RESULTS, probe: Path = PROBE_RESULT
         raise SystemExit(f"paper15: {probe}: no probed configuration fits {facts['limit_gb']} GiB RSS (attempts: "
                          f"{facts['attempts']}); the recipe needs less memory before the 1.5B runs")
     return reproduce_command("--recipe", "paper15", "--learning-rate", lr, "--safety-pairs-chosen",
-                             state["safety_pairs"], *([] if facts["embedding"] == "trained" else ["--freeze-embeddings"]))
+                             state["safety_pairs"], *([] if facts["embedding"] == "trained" else ["--freeze-embeddings"]),
+                             *(["--gradient-accumulation", str(k)] if (k := facts.get("gradient_accumulation", 1)) > 1
+                               else []))
 
 
 PROBE_LIMIT_GB = 22.0
-#: the probe's configurations in the protocol's order: the first whose two steps stay under the limit is taken
-PROBE_ATTEMPTS = ("trained", "frozen")
-#: the child process that trains one attempt: ExperimentConfig's fields, the pairs, the work directory (argv)
-_PROBE_CHILD = """import json, sys
+#: the probe's settings in the protocol's order, (embedding, gradient-accumulation steps): the first whose two steps
+#: stay under the limit is taken; micro-batches of 4 (two per step of 8 pairs) only when neither full batch fits
+PROBE_ATTEMPTS = (("trained", 1), ("frozen", 1), ("trained", 2), ("frozen", 2))
+#: the child process that trains one attempt: ExperimentConfig's fields, the pairs, the work directory (argv); the
+#: resident set at each phase of a step goes to phases.jsonl as it happens, so a stopped attempt still shows where
+_PROBE_CHILD = """import json, sys, time
 from pathlib import Path
+import transformers
 from safeneuron_plugins.experiment import ExperimentConfig, train_variant
 cfg, pairs, work = ExperimentConfig(**json.loads(sys.argv[1])), Path(sys.argv[2]), Path(sys.argv[3])
-facts = train_variant(cfg, "dpo", pairs, work / "no_mask.safetensors", work / "probe")
+start = time.monotonic()
+def note(phase, state):
+    rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS:")) / 2**20
+    with open(work / "phases.jsonl", "a") as f:
+        f.write(json.dumps({"phase": phase, "step": state.global_step, "minutes": round((time.monotonic() - start) / 60, 1),
+                            "rss_gb": round(rss, 2)}) + "\\n")
+class Phases(transformers.TrainerCallback):
+    def on_train_begin(self, args, state, control, **kw): note("train begins", state)
+    def on_substep_end(self, args, state, control, **kw): note("micro-batch backward done", state)
+    def on_pre_optimizer_step(self, args, state, control, **kw): note("backward done", state)
+    def on_optimizer_step(self, args, state, control, **kw): note("optimizer step done", state)
+facts = train_variant(cfg, "dpo", pairs, work / "no_mask.safetensors", work / "probe", callbacks=(Phases(),))
 (work / "facts.json").write_text(json.dumps(facts))
 """
 
@@ -421,21 +437,24 @@ def watched_run(command: list[str], limit_gb: float, poll_s: float = 0.2) -> tup
     return proc.wait(), round(seen, 2)
 
 
-def probe_decision(attempts: list[dict]) -> str | None:
-    """The protocol's rule on the probe's attempts, in order: the embedding setting of the first whose two steps
-    finished under the limit (``"trained"``, else ``"frozen (--freeze-embeddings)"``); None: none fits."""
+def probe_decision(attempts: list[dict]) -> dict | None:
+    """The protocol's rule on the probe's attempts, in order: the first whose two steps finished under the limit
+    (``{"embedding": "trained" | "frozen (--freeze-embeddings)", "gradient_accumulation": k}``); None: none fits."""
     for a in attempts:
         if a["fits"]:
-            return "trained" if a["embedding"] == "trained" else "frozen (--freeze-embeddings)"
+            return {"embedding": "trained" if a["embedding"] == "trained" else "frozen (--freeze-embeddings)",
+                    "gradient_accumulation": a.get("gradient_accumulation", 1)}
     return None
 
 
 def run_probe(model: str, learning_rate: float, work: Path, steps: int = 2, recipe: str = "paper15",
-              limit_gb: float = PROBE_LIMIT_GB, out: Path | None = None, embeddings=PROBE_ATTEMPTS) -> dict:
-    """Two (``steps``) optimizer steps of ``recipe``'s plain-DPO training on :func:`probe_pairs`, first with the
-    embedding trained, then (if that exceeded ``limit_gb``) frozen; each attempt in its own process, stopped
-    once its RSS passes the limit. The figures of every attempt and the protocol's embedding decision, written to
-    ``out`` when given. ``embeddings``: the attempts, in order (trained models in ``work/SETTING/probe``)."""
+              limit_gb: float = PROBE_LIMIT_GB, out: Path | None = None, settings=PROBE_ATTEMPTS) -> dict:
+    """Two (``steps``) optimizer steps of ``recipe``'s plain-DPO training on :func:`probe_pairs` in each of
+    ``settings`` (embedding trained or frozen, gradient-accumulation steps) in order until one fits ``limit_gb``;
+    each attempt in its own process, stopped once its RSS passes the limit. The figures of every attempt (with the
+    RSS at each phase of a step) and the protocol's decision, written to ``out`` when given. Attempts already in
+    ``out`` for the same model, recipe, rate, steps and limit are kept, not made again (trained models of the new
+    ones in ``work/SETTING/probe``)."""
     import transformers
 
     sys.path.insert(0, str(ROOT / "bench"))
@@ -445,6 +464,10 @@ def run_probe(model: str, learning_rate: float, work: Path, steps: int = 2, reci
     base = dict(model=model, batch_size=r["batch_size"], max_length=r["max_length"], optim=r["optim"],
                 precompute_ref=r["precompute_ref"], learning_rate=learning_rate, beta=r["beta"],
                 weight_decay=r["weight_decay"], sft_weight=r["sft_weight"], max_steps=steps, seed=0, progress=False)
+    same = {"model": model, "recipe": recipe, "steps": steps, "learning_rate": learning_rate, "limit_gb": limit_gb}
+    earlier = json.loads(out.read_text()) if out is not None and out.is_file() else {}
+    done = {(a["embedding"], a.get("gradient_accumulation", 1)): a for a in earlier.get("attempts", [])
+            if all(earlier.get(k) == v for k, v in same.items())}
     tok = transformers.AutoTokenizer.from_pretrained(model)
     work.mkdir(parents=True, exist_ok=True)
     pairs = work / "probe_pairs.jsonl"
@@ -452,35 +475,44 @@ def run_probe(model: str, learning_rate: float, work: Path, steps: int = 2, reci
                                                                              base["max_length"])).encode())
     del tok  # this process stays small: the attempts get the memory
     attempts = []
-    for embedding in embeddings:
-        run_dir = work / embedding
-        run_dir.mkdir()
-        cfg = json.dumps({**base, "freeze_embeddings": embedding == "frozen"})
-        print(f"probe: {steps} steps with the embedding {embedding} (stopped above {limit_gb} GiB RSS)", flush=True)
-        code, seen = watched_run([sys.executable, "-c", _PROBE_CHILD, cfg, str(pairs), str(run_dir)], limit_gb)
-        if code is None or code == -signal.SIGKILL:  # stopped here above the limit, or by the kernel's OOM killer
-            how = "stopped above the limit" if code is None else "killed by the system (out of memory)"
-            attempts.append({"embedding": embedding, "fits": False, "peak_rss_gb": seen, "ended": how})
-            print(f"probe: the embedding {embedding}: {how} at {seen} GiB RSS (limit {limit_gb})")
-            continue
-        if code != 0:
-            raise SystemExit(f"probe: the attempt with the embedding {embedding} failed (exit code {code}); its "
-                             "output is above")
-        facts = json.loads((run_dir / "facts.json").read_text())
-        attempts.append({"embedding": embedding, "fits": facts["peak_rss_gb"] <= limit_gb, "steps": facts["steps"],
-                         "median_step_seconds": facts["median_step_seconds"], "peak_rss_gb": facts["peak_rss_gb"]})
-        print(f"probe: the embedding {embedding}: {facts['steps']} steps, {facts['median_step_seconds']} s per step "
-              f"after the first, peak RSS {facts['peak_rss_gb']} GiB (limit {limit_gb})")
+    for embedding, accumulation in settings:
+        label = f"embedding {embedding}, {base['batch_size'] // accumulation} pairs x {accumulation} per step"
+        if (embedding, accumulation) in done:
+            attempts.append(done[(embedding, accumulation)])
+            print(f"probe: {label}: measured before ({out}), kept")
+        else:
+            run_dir = work / f"{embedding}_x{accumulation}"
+            run_dir.mkdir()
+            cfg = json.dumps({**base, "freeze_embeddings": embedding == "frozen", "gradient_accumulation": accumulation})
+            print(f"probe: {steps} steps, {label} (stopped above {limit_gb} GiB RSS)", flush=True)
+            code, seen = watched_run([sys.executable, "-c", _PROBE_CHILD, cfg, str(pairs), str(run_dir)], limit_gb)
+            phases = [row for _, row in read_json_objects(run_dir / "phases.jsonl", "the probe's phases")] \
+                if (run_dir / "phases.jsonl").is_file() else []
+            attempt = {"embedding": embedding, "gradient_accumulation": accumulation}
+            if code is None or code == -signal.SIGKILL:  # stopped here above the limit, or by the kernel's OOM killer
+                how = "stopped above the limit" if code is None else "killed by the system (out of memory)"
+                attempt.update(fits=False, peak_rss_gb=seen, ended=how, phases=phases)
+                print(f"probe: {label}: {how} at {seen} GiB RSS (limit {limit_gb})")
+            elif code != 0:
+                raise SystemExit(f"probe: the attempt with {label} failed (exit code {code}); its output is above")
+            else:
+                facts = json.loads((run_dir / "facts.json").read_text())
+                attempt.update(fits=facts["peak_rss_gb"] <= limit_gb, steps=facts["steps"],
+                               median_step_seconds=facts["median_step_seconds"], peak_rss_gb=facts["peak_rss_gb"],
+                               phases=phases)
+                print(f"probe: {label}: {facts['steps']} steps, {facts['median_step_seconds']} s per step after the "
+                      f"first, peak RSS {facts['peak_rss_gb']} GiB (limit {limit_gb})")
+            attempts.append(attempt)
         if attempts[-1]["fits"]:
             break
     taken = next((a for a in attempts if a["fits"]), None)
-    result = {"model": model, "recipe": recipe, "steps": steps, "batch_size": base["batch_size"],
-              "max_length": base["max_length"], "optim": base["optim"], "learning_rate": learning_rate,
-              "limit_gb": limit_gb, "attempts": attempts, "embedding": probe_decision(attempts),
+    decision = probe_decision(attempts)
+    result = {**same, "batch_size": base["batch_size"], "max_length": base["max_length"], "optim": base["optim"],
+              "attempts": attempts, **(decision or {"embedding": None, "gradient_accumulation": None}),
               "median_step_seconds": taken and taken["median_step_seconds"],
               "peak_rss_gb": taken and taken["peak_rss_gb"], "torch_threads": torch.get_num_threads()}
-    print(f"probe: the embedding is {result['embedding']}" if taken else
-          f"probe: no configuration fits {limit_gb} GiB; the 1.5B recipe cannot run on this machine as registered")
+    print(f"probe: taken: embedding {decision['embedding']}, gradient accumulation {decision['gradient_accumulation']}"
+          if decision else f"probe: no setting fits {limit_gb} GiB; the 1.5B recipe cannot run on this machine")
     if out is not None:
         atomic_write(out, json.dumps(result, indent=2).encode())
         print(f"wrote {out}")

@@ -158,7 +158,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sft-weight", type=float, default=1.0)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="preference pairs per optimizer step")
+    parser.add_argument("--gradient-accumulation", type=int, default=1,
+                        help="split each batch into this many micro-batches (less memory, the same mean gradient)")
     parser.add_argument("--sweep", action="store_true", help="also attack with 25/50/75/100%% of the safety neurons")
     parser.add_argument("--identify", default="", metavar="KEY=VALUE,...",
                         help="identification of the frozen set and the rounds (default: the scorer's defaults)")
@@ -232,7 +234,8 @@ def main() -> None:
         n_eval_harmful=args.n_eval, n_eval_harmless=args.n_eval_harmless or args.n_eval,
         variants=args.variants.split(","), epochs=args.epochs,
         learning_rate=args.learning_rate, sft_weight=args.sft_weight, max_new_tokens=args.max_new_tokens,
-        seed=args.seed, batch_size=args.batch_size, sweep=args.sweep, save_steps=args.save_steps,
+        seed=args.seed, batch_size=args.batch_size, gradient_accumulation=args.gradient_accumulation, sweep=args.sweep,
+        save_steps=args.save_steps,
         reidentify_steps=args.reidentify_steps, adversarial_steps=args.adversarial_steps, lora_r=args.lora_r,
         precompute_ref=args.precompute_ref, gradient_checkpointing=args.gradient_checkpointing, device=args.device,
         dtype=args.dtype, identify=identify,

@@ -90,7 +90,8 @@ class ExperimentConfig:
     beta: float = 0.1
     sft_weight: float = 1.0
     weight_decay: float = 0.05
-    batch_size: int = 8
+    batch_size: int = 8          # preference pairs per optimizer step
+    gradient_accumulation: int = 1  # > 1: the batch in this many micro-batches (less activation memory, same mean gradient)
     max_length: int = 160
     seed: int = 0
     max_new_tokens: int = 32

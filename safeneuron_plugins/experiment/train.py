@@ -66,9 +66,14 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
     options = variant_options(cfg, name, mask_path, identify)
     callback = SafeNeuronCallback(**options)
     on_gpu = (cfg.device or "").startswith("cuda")
+    if cfg.gradient_accumulation < 1 or cfg.batch_size % cfg.gradient_accumulation:
+        from ..errors import OptionsError
+        raise OptionsError(f"gradient_accumulation {cfg.gradient_accumulation} must be >= 1 and divide batch_size "
+                           f"{cfg.batch_size} (the pairs of one optimizer step); e.g. --gradient-accumulation 2")
     args = trl.DPOConfig(
         output_dir=str(out), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, beta=cfg.beta,
+        per_device_train_batch_size=cfg.batch_size // cfg.gradient_accumulation,
+        gradient_accumulation_steps=cfg.gradient_accumulation, learning_rate=cfg.learning_rate, beta=cfg.beta,
         loss_type=["sigmoid", "sft"] if cfg.sft_weight else ["sigmoid"],
         loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight else None, weight_decay=cfg.weight_decay, lr_scheduler_type="cosine",
         optim=cfg.optim,

@@ -140,6 +140,8 @@ def test_pilot_rule_takes_the_first_candidate_on_target_else_the_lowest(work, be
     assert command[2:] == ["--recipe", "paper15", "--learning-rate", "2e-5", "--safety-pairs-chosen", "refusal"]
     probe.write_text(json.dumps({"learning_rate": 2e-5, "embedding": "frozen (--freeze-embeddings)"}))
     assert paper15.experiment_command(tmp_path, probe)[-1] == "--freeze-embeddings"
+    probe.write_text(json.dumps({"learning_rate": 2e-5, "embedding": "trained", "gradient_accumulation": 2}))
+    assert paper15.experiment_command(tmp_path, probe)[-3:] == ["refusal", "--gradient-accumulation", "2"]
     probe.write_text(json.dumps({"learning_rate": 2e-5, "embedding": None, "limit_gb": 22.0, "attempts": []}))
     with pytest.raises(SystemExit, match="no probed configuration fits 22.0 GiB"):
         paper15.experiment_command(tmp_path, probe)
@@ -165,22 +167,27 @@ def test_probe_trains_two_steps_on_full_length_pairs_and_applies_the_memory_rule
     result = paper15.run_probe(str(model_dir), 1e-3, tmp_path / "w", out=tmp_path / "probe.json")
     assert json.loads((tmp_path / "probe.json").read_text()) == result
     assert result["steps"] == 2 and result["optim"] == "adamw_bnb_8bit" and result["max_length"] == 256
-    assert [a["embedding"] for a in result["attempts"]] == ["trained"]  # it fits: frozen is not tried
-    assert 0 < result["peak_rss_gb"] and result["embedding"] == "trained"
+    assert [(a["embedding"], a["gradient_accumulation"]) for a in result["attempts"]] == [("trained", 1)]  # it fits
+    assert 0 < result["peak_rss_gb"] and (result["embedding"], result["gradient_accumulation"]) == ("trained", 1)
+    assert [p["phase"] for p in result["attempts"][0]["phases"]].count("optimizer step done") == 2
 
     none = paper15.run_probe(str(model_dir), 1e-3, tmp_path / "w2", limit_gb=0.05, out=tmp_path / "none.json")
-    assert [(a["embedding"], a["fits"], a["ended"]) for a in none["attempts"]] == [
-        ("trained", False, "stopped above the limit"), ("frozen", False, "stopped above the limit")]
-    assert none["embedding"] is None and all(a["peak_rss_gb"] > 0.05 for a in none["attempts"])
-    assert not (tmp_path / "w2" / "trained" / "facts.json").exists()  # stopped before it finished
-    assert paper15.probe_decision([{"embedding": "trained", "fits": False}, {"embedding": "frozen", "fits": True}]) \
-        == "frozen (--freeze-embeddings)"
+    assert [(a["embedding"], a["gradient_accumulation"], a["fits"], a["ended"]) for a in none["attempts"]] == [
+        (e, k, False, "stopped above the limit") for e, k in paper15.PROBE_ATTEMPTS]
+    assert none["embedding"] is None and all(a["peak_rss_gb"] >= 0.05 for a in none["attempts"])
+    assert not (tmp_path / "w2" / "trained_x1" / "facts.json").exists()  # stopped before it finished
+    again = paper15.run_probe(str(model_dir), 1e-3, tmp_path / "w4", limit_gb=0.05, out=tmp_path / "none.json")
+    assert again["attempts"] == none["attempts"] and not (tmp_path / "w4" / "trained_x1").exists()  # kept, not redone
+    assert paper15.probe_decision([{"embedding": "trained", "fits": False}, {"embedding": "frozen", "fits": False},
+                                   {"embedding": "trained", "gradient_accumulation": 2, "fits": True}]) == \
+        {"embedding": "trained", "gradient_accumulation": 2}
 
     # the frozen attempt trains everything but the (tied) embedding, which stays bit-identical under 8-bit AdamW
     # with weight decay
-    frozen = paper15.run_probe(str(model_dir), 1e-2, tmp_path / "w3", embeddings=("frozen",))
-    assert frozen["embedding"] == "frozen (--freeze-embeddings)"
+    frozen = paper15.run_probe(str(model_dir), 1e-2, tmp_path / "w3", settings=(("frozen", 2),))
+    assert (frozen["embedding"], frozen["gradient_accumulation"]) == ("frozen (--freeze-embeddings)", 2)
+    assert [p["phase"] for p in frozen["attempts"][0]["phases"]].count("micro-batch backward done") == 2  # 1 of 2 each
     before = transformers.AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
-    after = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "w3" / "frozen" / "probe").state_dict()
+    after = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "w3" / "frozen_x2" / "probe").state_dict()
     assert torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
     assert not torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])

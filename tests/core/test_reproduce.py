@@ -308,6 +308,37 @@ def test_gradient_checkpointing_off_trains_the_same_weights(tmp_path):
         assert any(not torch.equal(a[k], original.state_dict()[k]) for k in a), "it trained"
 
 
+def test_gradient_accumulation_trains_the_full_batchs_weights(tmp_path):
+    """ExperimentConfig.gradient_accumulation (bench/reproduce.py --gradient-accumulation): a batch of 8 pairs in two
+    micro-batches of 4 takes the same optimizer steps as the batch of 8 in one (the same mean gradient, up to float
+    rounding; plain SGD, so a rounding difference is not magnified by Adam's normalisation), and SafeNeuron's frozen
+    rows stay exact; a setting that does not divide the batch is refused by name."""
+    from dataclasses import replace
+
+    from safeneuron_plugins.errors import OptionsError
+    from safeneuron_plugins.experiment import train_variant
+
+    model_dir, pairs, ident, original, mask_path = _variant_setup(tmp_path)
+    cfg = ExperimentConfig(model=str(model_dir), batch_size=8, max_steps=2, learning_rate=0.5, optim="sgd",
+                           weight_decay=0.0, identify=ident, progress=False)
+    whole = train_variant(cfg, "safeneuron", pairs, mask_path, tmp_path / "whole")
+    split = train_variant(replace(cfg, gradient_accumulation=2), "safeneuron", pairs, mask_path, tmp_path / "split")
+    assert whole["steps"] == split["steps"] == 2
+    a = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "whole").state_dict()
+    b = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "split").state_dict()
+    base = original.state_dict()
+    moved = [k for k in a if not torch.equal(a[k], base[k])]
+    assert moved, "it trained"
+    for k in moved:  # the same update: its difference is rounding, far below the update itself
+        assert (a[k] - b[k]).abs().max() <= 1e-3 * (a[k] - base[k]).abs().max(), k
+    mask = NeuronMask.load(mask_path)
+    before = frozen_rows(original, mask)
+    after = frozen_rows(transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "split"), mask)
+    assert before and all(torch.equal(before[k][0], after[k][0]) for k in before)
+    with pytest.raises(OptionsError, match="gradient_accumulation 3 must be >= 1 and divide batch_size 8"):
+        train_variant(replace(cfg, gradient_accumulation=3), "dpo", pairs, mask_path, tmp_path / "bad")
+
+
 def test_8bit_adamw_in_time_chunks_keeps_frozen_rows_exact_and_checks_its_manifest(tmp_path):
     """The full-parameter recipe of the paper15 protocol: bitsandbytes' 8-bit AdamW (block-wise quantised moments,
     on the CPU), weight decay, reference log-probs from the policy before training (no second model), and training
