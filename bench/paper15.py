@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import signal
 import subprocess
@@ -330,11 +331,11 @@ def run_pilot(results: Path, run: bool, hours: float) -> int:
             return code
 
 
-def run_in_chunks(command: list[str], deadline: float) -> int:
-    """Run ``command`` again while it ends a training chunk (exit code 3) and ``deadline`` (monotonic) has not
-    passed; returns its last exit code (3: time is up, the same command resumes)."""
+def run_in_chunks(command: list[str], deadline: float, env: dict | None = None) -> int:
+    """Run ``command`` (``env`` added to this environment) again while it ends a training chunk (exit code 3) and
+    ``deadline`` (monotonic) has not passed; returns its last exit code (3: time is up, the same command resumes)."""
     while True:
-        code = subprocess.run(command).returncode
+        code = subprocess.run(command, env={**os.environ, **(env or {})}).returncode
         if code != 3:
             return code
         if time.monotonic() > deadline:
@@ -356,6 +357,9 @@ def experiment_command(results: Path = PILOT_RESULTS, probe: Path = PROBE_RESULT
     if float(facts["learning_rate"]) != float(lr):
         raise SystemExit(f"paper15: {probe} probed learning rate {facts['learning_rate']}, the pilot settled {lr}; "
                          f"run: bench/paper15.py probe --learning-rate {lr}")
+    if not facts.get("finished", True):
+        raise SystemExit(f"paper15: the probe in {probe} has not tried every setting it needs yet; run it again (it "
+                         f"resumes): bench/paper15.py probe --learning-rate {lr}")
     if facts["embedding"] is None:
         raise SystemExit(f"paper15: {probe}: no probed configuration fits {facts['limit_gb']} GiB RSS (attempts: "
                          f"{facts['attempts']}); the recipe needs less memory before the 1.5B runs")
@@ -366,6 +370,10 @@ def experiment_command(results: Path = PILOT_RESULTS, probe: Path = PROBE_RESULT
 
 
 PROBE_LIMIT_GB = 22.0
+#: glibc's allocator for the 1.5B training processes (probe and experiment): blocks above 128 KiB are mapped and
+#: unmapped, so freed activations and optimizer temporaries go back to the system instead of staying in the heap
+#: (with the default, dynamic threshold, RSS grew from step to step above the live tensors); numerics unchanged
+ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 #: the probe's settings in the protocol's order, (embedding, gradient-accumulation steps): the first whose two steps
 #: stay under the limit is taken; micro-batches of 4 (two per step of 8 pairs) only when neither full batch fits
 PROBE_ATTEMPTS = (("trained", 1), ("frozen", 1), ("trained", 2), ("frozen", 2))
@@ -418,11 +426,13 @@ def _rss_gb(pid: int) -> float:
     return 0.0
 
 
-def watched_run(command: list[str], limit_gb: float, poll_s: float = 0.2) -> tuple[int | None, float]:
-    """Run ``command``, killing it once its resident set exceeds ``limit_gb`` GiB, so that a configuration too
-    large for the machine is measured and stopped instead of ending in the kernel's out-of-memory kill (which
-    takes the whole probe with it). Returns (exit code or None when killed, the highest RSS seen)."""
-    proc = subprocess.Popen(command)
+def watched_run(command: list[str], limit_gb: float, poll_s: float = 0.2,
+                env: dict | None = None) -> tuple[int | None, float]:
+    """Run ``command`` (with ``env`` added to this environment), killing it once its resident set exceeds
+    ``limit_gb`` GiB, so that a configuration too large for the machine is measured and stopped instead of ending in
+    the kernel's out-of-memory kill (which takes the whole probe with it). Returns (exit code or None when killed,
+    the highest RSS seen)."""
+    proc = subprocess.Popen(command, env={**os.environ, **(env or {})})
     seen = 0.0
     while proc.poll() is None:
         try:
@@ -464,7 +474,8 @@ def run_probe(model: str, learning_rate: float, work: Path, steps: int = 2, reci
     base = dict(model=model, batch_size=r["batch_size"], max_length=r["max_length"], optim=r["optim"],
                 precompute_ref=r["precompute_ref"], learning_rate=learning_rate, beta=r["beta"],
                 weight_decay=r["weight_decay"], sft_weight=r["sft_weight"], max_steps=steps, seed=0, progress=False)
-    same = {"model": model, "recipe": recipe, "steps": steps, "learning_rate": learning_rate, "limit_gb": limit_gb}
+    same = {"model": model, "recipe": recipe, "steps": steps, "learning_rate": learning_rate, "limit_gb": limit_gb,
+            "allocator": ALLOCATOR}
     earlier = json.loads(out.read_text()) if out is not None and out.is_file() else {}
     done = {(a["embedding"], a.get("gradient_accumulation", 1)): a for a in earlier.get("attempts", [])
             if all(earlier.get(k) == v for k, v in same.items())}
@@ -485,7 +496,8 @@ def run_probe(model: str, learning_rate: float, work: Path, steps: int = 2, reci
             run_dir.mkdir()
             cfg = json.dumps({**base, "freeze_embeddings": embedding == "frozen", "gradient_accumulation": accumulation})
             print(f"probe: {steps} steps, {label} (stopped above {limit_gb} GiB RSS)", flush=True)
-            code, seen = watched_run([sys.executable, "-c", _PROBE_CHILD, cfg, str(pairs), str(run_dir)], limit_gb)
+            code, seen = watched_run([sys.executable, "-c", _PROBE_CHILD, cfg, str(pairs), str(run_dir)], limit_gb,
+                                     env=ALLOCATOR)
             phases = [row for _, row in read_json_objects(run_dir / "phases.jsonl", "the probe's phases")] \
                 if (run_dir / "phases.jsonl").is_file() else []
             attempt = {"embedding": embedding, "gradient_accumulation": accumulation}
@@ -503,20 +515,26 @@ def run_probe(model: str, learning_rate: float, work: Path, steps: int = 2, reci
                 print(f"probe: {label}: {facts['steps']} steps, {facts['median_step_seconds']} s per step after the "
                       f"first, peak RSS {facts['peak_rss_gb']} GiB (limit {limit_gb})")
             attempts.append(attempt)
-        if attempts[-1]["fits"]:
+        finished = attempts[-1]["fits"] or len(attempts) == len(settings)
+        result = _probe_result(same, base, attempts, finished)
+        if out is not None:  # after every attempt: a probe cut off resumes from the next one
+            atomic_write(out, json.dumps(result, indent=2).encode())
+        if finished:
             break
-    taken = next((a for a in attempts if a["fits"]), None)
-    decision = probe_decision(attempts)
-    result = {**same, "batch_size": base["batch_size"], "max_length": base["max_length"], "optim": base["optim"],
-              "attempts": attempts, **(decision or {"embedding": None, "gradient_accumulation": None}),
-              "median_step_seconds": taken and taken["median_step_seconds"],
-              "peak_rss_gb": taken and taken["peak_rss_gb"], "torch_threads": torch.get_num_threads()}
-    print(f"probe: taken: embedding {decision['embedding']}, gradient accumulation {decision['gradient_accumulation']}"
-          if decision else f"probe: no setting fits {limit_gb} GiB; the 1.5B recipe cannot run on this machine")
+    print(f"probe: taken: embedding {result['embedding']}, gradient accumulation {result['gradient_accumulation']}"
+          if result["embedding"] else f"probe: no setting fits {limit_gb} GiB; the 1.5B recipe cannot run here")
     if out is not None:
-        atomic_write(out, json.dumps(result, indent=2).encode())
         print(f"wrote {out}")
     return result
+
+
+def _probe_result(same: dict, base: dict, attempts: list[dict], finished: bool) -> dict:
+    taken = next((a for a in attempts if a["fits"]), None)
+    decision = probe_decision(attempts) or {"embedding": None, "gradient_accumulation": None}
+    return {**same, "batch_size": base["batch_size"], "max_length": base["max_length"], "optim": base["optim"],
+            "finished": finished, "attempts": attempts, **decision,
+            "median_step_seconds": taken and taken["median_step_seconds"],
+            "peak_rss_gb": taken and taken["peak_rss_gb"], "torch_threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -539,8 +557,8 @@ def main() -> None:
         sys.exit(run_pilot(PILOT_RESULTS, args.run, args.hours))
     if args.stage == "experiment":
         command = experiment_command()
-        print("experiment: " + " ".join(command[1:]), flush=True)
-        sys.exit(run_in_chunks(command, time.monotonic() + 3600 * args.hours) if args.run else 0)
+        print("experiment: " + " ".join([*(f"{k}={v}" for k, v in ALLOCATOR.items()), *command[1:]]), flush=True)
+        sys.exit(run_in_chunks(command, time.monotonic() + 3600 * args.hours, env=ALLOCATOR) if args.run else 0)
     if args.stage == "probe":
         if args.learning_rate is None:
             parser.error("probe needs --learning-rate (the pilot's settled rate: bench/paper15.py pilot)")

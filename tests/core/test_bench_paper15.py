@@ -142,6 +142,9 @@ def test_pilot_rule_takes_the_first_candidate_on_target_else_the_lowest(work, be
     assert paper15.experiment_command(tmp_path, probe)[-1] == "--freeze-embeddings"
     probe.write_text(json.dumps({"learning_rate": 2e-5, "embedding": "trained", "gradient_accumulation": 2}))
     assert paper15.experiment_command(tmp_path, probe)[-3:] == ["refusal", "--gradient-accumulation", "2"]
+    probe.write_text(json.dumps({"learning_rate": 2e-5, "embedding": None, "finished": False}))
+    with pytest.raises(SystemExit, match="has not tried every setting it needs yet"):
+        paper15.experiment_command(tmp_path, probe)
     probe.write_text(json.dumps({"learning_rate": 2e-5, "embedding": None, "limit_gb": 22.0, "attempts": []}))
     with pytest.raises(SystemExit, match="no probed configuration fits 22.0 GiB"):
         paper15.experiment_command(tmp_path, probe)
@@ -169,6 +172,7 @@ def test_probe_trains_two_steps_on_full_length_pairs_and_applies_the_memory_rule
     assert result["steps"] == 2 and result["optim"] == "adamw_bnb_8bit" and result["max_length"] == 256
     assert [(a["embedding"], a["gradient_accumulation"]) for a in result["attempts"]] == [("trained", 1)]  # it fits
     assert 0 < result["peak_rss_gb"] and (result["embedding"], result["gradient_accumulation"]) == ("trained", 1)
+    assert result["finished"] and result["allocator"] == paper15.ALLOCATOR
     assert [p["phase"] for p in result["attempts"][0]["phases"]].count("optimizer step done") == 2
 
     none = paper15.run_probe(str(model_dir), 1e-3, tmp_path / "w2", limit_gb=0.05, out=tmp_path / "none.json")
