@@ -377,16 +377,19 @@ ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 #: the probe's settings in the protocol's order, (embedding, gradient-accumulation steps): the first whose two steps
 #: stay under the limit is taken; micro-batches of 4 (two per step of 8 pairs) only when neither full batch fits
 PROBE_ATTEMPTS = (("trained", 1), ("frozen", 1), ("trained", 2), ("frozen", 2))
-#: the child process that trains one attempt: ExperimentConfig's fields, the pairs, the work directory (argv); the
-#: resident set at each phase of a step goes to phases.jsonl as it happens, so a stopped attempt still shows where
-_PROBE_CHILD = """import json, sys, time
+#: the child process that trains one attempt: ExperimentConfig's fields, the pairs, the work directory, this
+#: script's folder (argv); the resident set at each phase of a step goes to phases.jsonl as it happens, so a stopped
+#: attempt still shows where
+_PROBE_CHILD = """import json, os, sys, time
 from pathlib import Path
 import transformers
 from safeneuron_plugins.experiment import ExperimentConfig, train_variant
 cfg, pairs, work = ExperimentConfig(**json.loads(sys.argv[1])), Path(sys.argv[2]), Path(sys.argv[3])
+sys.path.insert(0, sys.argv[4])
+from paper15 import _rss_gb
 start = time.monotonic()
 def note(phase, state):
-    rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS:")) / 2**20
+    rss = _rss_gb(os.getpid())
     with open(work / "phases.jsonl", "a") as f:
         f.write(json.dumps({"phase": phase, "step": state.global_step, "minutes": round((time.monotonic() - start) / 60, 1),
                             "rss_gb": round(rss, 2)}) + "\\n")
@@ -496,8 +499,8 @@ def run_probe(model: str, learning_rate: float, work: Path, steps: int = 2, reci
             run_dir.mkdir()
             cfg = json.dumps({**base, "freeze_embeddings": embedding == "frozen", "gradient_accumulation": accumulation})
             print(f"probe: {steps} steps, {label} (stopped above {limit_gb} GiB RSS)", flush=True)
-            code, seen = watched_run([sys.executable, "-c", _PROBE_CHILD, cfg, str(pairs), str(run_dir)], limit_gb,
-                                     env=ALLOCATOR)
+            code, seen = watched_run([sys.executable, "-c", _PROBE_CHILD, cfg, str(pairs), str(run_dir),
+                                      str(Path(__file__).parent)], limit_gb, env=ALLOCATOR)
             phases = [row for _, row in read_json_objects(run_dir / "phases.jsonl", "the probe's phases")] \
                 if (run_dir / "phases.jsonl").is_file() else []
             attempt = {"embedding": embedding, "gradient_accumulation": accumulation}

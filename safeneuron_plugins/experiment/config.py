@@ -230,6 +230,14 @@ def identification_options(cfg: ExperimentConfig, out: Path, setting: dict[str, 
                 **{kind: str(out / f"identify_{kind}.jsonl") for kind in ("harmful", "harmless")})
 
 
+def check_gradient_accumulation(cfg: ExperimentConfig) -> None:
+    """A clear error, before anything is loaded, when ``gradient_accumulation`` cannot split the batch."""
+    if cfg.gradient_accumulation < 1 or cfg.batch_size % cfg.gradient_accumulation:
+        from ..errors import OptionsError
+        raise OptionsError(f"gradient_accumulation {cfg.gradient_accumulation} must be >= 1 and divide batch_size "
+                           f"{cfg.batch_size} (the pairs of one optimizer step); e.g. --gradient-accumulation 2")
+
+
 def attackers(cfg: ExperimentConfig) -> dict[str, dict[str, Any]]:
     """Every attacker's settings (``""``: the main one, then the extra ones), checked by the options schema."""
     from ..errors import OptionsError

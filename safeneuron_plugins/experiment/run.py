@@ -39,6 +39,7 @@ from .config import (
     _check_same_experiment,
     _check_same_variant,
     attackers,
+    check_gradient_accumulation,
     identification_options,
     safety_pairs,
     split_prompts,
@@ -60,6 +61,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     if cfg.harmless_rejected not in HARMLESS_REJECTED and not cfg.harmless_rejected.startswith("model:"):
         raise OptionsError(f"harmless_rejected {cfg.harmless_rejected!r}: use one of {', '.join(HARMLESS_REJECTED)} "
                            "or model:PATH_OR_ID (that model's answers)")
+    check_gradient_accumulation(cfg)
     t0 = time.perf_counter()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ import torch
 from ..files import CHUNKS, TRAINING, write_file
 from ..files import MANIFEST as MANIFEST_FILE
 from ..mask import NeuronMask
-from .config import ExperimentConfig, _check_same_variant, variant_options
+from .config import ExperimentConfig, _check_same_variant, check_gradient_accumulation, variant_options
 from .console import metrics_to_file
 
 logger = logging.getLogger("safeneuron")
@@ -43,6 +43,7 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
         check_manifest(out, pairs_path)
         logger.info("%s: already trained (%s); reusing it", name, done)
         return facts
+    check_gradient_accumulation(cfg)  # before the model is loaded
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if out.is_dir() else []
     path = str(default_model_path()) if cfg.model == "default" else cfg.model
     transformers.set_seed(cfg.seed)
@@ -66,10 +67,6 @@ def train_variant(cfg: ExperimentConfig, name: str, pairs_path: Path, mask_path:
     options = variant_options(cfg, name, mask_path, identify)
     callback = SafeNeuronCallback(**options)
     on_gpu = (cfg.device or "").startswith("cuda")
-    if cfg.gradient_accumulation < 1 or cfg.batch_size % cfg.gradient_accumulation:
-        from ..errors import OptionsError
-        raise OptionsError(f"gradient_accumulation {cfg.gradient_accumulation} must be >= 1 and divide batch_size "
-                           f"{cfg.batch_size} (the pairs of one optimizer step); e.g. --gradient-accumulation 2")
     args = trl.DPOConfig(
         output_dir=str(out), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size // cfg.gradient_accumulation,

@@ -316,7 +316,7 @@ def test_gradient_accumulation_trains_the_full_batchs_weights(tmp_path):
     from dataclasses import replace
 
     from safeneuron_plugins.errors import OptionsError
-    from safeneuron_plugins.experiment import train_variant
+    from safeneuron_plugins.experiment import run_experiment, train_variant
 
     model_dir, pairs, ident, original, mask_path = _variant_setup(tmp_path)
     cfg = ExperimentConfig(model=str(model_dir), batch_size=8, max_steps=2, learning_rate=0.5, optim="sgd",
@@ -337,6 +337,9 @@ def test_gradient_accumulation_trains_the_full_batchs_weights(tmp_path):
     assert before and all(torch.equal(before[k][0], after[k][0]) for k in before)
     with pytest.raises(OptionsError, match="gradient_accumulation 3 must be >= 1 and divide batch_size 8"):
         train_variant(replace(cfg, gradient_accumulation=3), "dpo", pairs, mask_path, tmp_path / "bad")
+    with pytest.raises(OptionsError, match="gradient_accumulation 3 must be >= 1 and divide batch_size 8"):
+        run_experiment(replace(cfg, gradient_accumulation=3, out_dir=str(tmp_path / "bad_run")))
+    assert not (tmp_path / "bad_run").exists() and not (tmp_path / "bad").exists()  # refused before anything ran
 
 
 def test_8bit_adamw_in_time_chunks_keeps_frozen_rows_exact_and_checks_its_manifest(tmp_path):
